@@ -1,0 +1,229 @@
+"""Building blocks of UniRepLKNet as used by MiniMaxAD.
+
+Attribute names mirror the authors' code (``dwconv``, ``pwconv1.1``, ``act.1.gamma`` ...), so
+their checkpoints load without renaming. Shapes: ``N`` batch, ``C`` channels, ``H x W`` space.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimaxad.models.reparam import (
+    Reparameterizable,
+    dilated_to_dense,
+    fuse_conv_bn,
+    merge_centered,
+    replace_with_conv,
+)
+
+# Parallel dilated branches of the Dilated Reparam block: kernel size -> (kernels, dilations).
+DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
+    15: ((5, 7, 3, 3, 3), (1, 2, 3, 5, 7)),
+    13: ((5, 7, 3, 3, 3), (1, 2, 3, 4, 5)),
+    11: ((5, 5, 3, 3, 3), (1, 2, 3, 4, 5)),
+    9: ((5, 5, 3, 3), (1, 2, 3, 4)),
+    7: ((5, 3, 3), (1, 2, 3)),
+    5: ((3, 3), (1, 2)),
+}
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a channels-first map ``(N, C, H, W) -> (N, C, H, W)``."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ToChannelsLast(nn.Module):
+    """``(N, C, H, W) -> (N, H, W, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class ToChannelsFirst(nn.Module):
+    """``(N, H, W, C) -> (N, C, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt V2) on channels-last input ``(N, H, W, C)``.
+
+    ``G = ||x||_2 over (H, W)``; ``Nx = G / (mean_C(G) + eps)``; ``out = (gamma * Nx + 1) * x + beta``.
+    After re-parameterization ``beta`` lives in the next Linear and ``use_bias`` is False.
+    """
+
+    def __init__(self, channels: int, use_bias: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.use_bias = use_bias
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, channels))
+        if use_bias:
+            self.beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        out = (self.gamma * nx + 1) * x
+        return out + self.beta if self.use_bias else out
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation: pool, 1x1 conv ``C -> C/4``, ReLU, 1x1 conv back, sigmoid gate.
+
+    ``(N, C, H, W) -> (N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or channels // 4
+        self.down = nn.Conv2d(channels, hidden, kernel_size=1, bias=True)
+        self.up = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = F.adaptive_avg_pool2d(x, 1)
+        gate = torch.sigmoid(self.up(F.relu(self.down(gate))))
+        return x * gate
+
+
+class DilatedReparamBlock(nn.Module, Reparameterizable):
+    """Large depthwise conv + BN, plus parallel dilated depthwise convs + BN, summed.
+
+    Fuses into a single large depthwise conv with bias (``lk_origin``). ``(N, C, H, W) -> same``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 13) -> None:
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(
+                f"DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}"
+            )
+        self.kernel_size = kernel_size
+        self.kernel_sizes, self.dilations = DILATED_BRANCHES[kernel_size]
+        self.lk_origin = nn.Conv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
+        )
+        self.origin_bn = nn.BatchNorm2d(channels)
+        for k, r in zip(self.kernel_sizes, self.dilations):
+            conv = nn.Conv2d(
+                channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
+                groups=channels, bias=False,
+            )
+            self.add_module(f"dil_conv_k{k}_{r}", conv)
+            self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in zip(self.kernel_sizes, self.dilations):
+            conv = getattr(self, f"dil_conv_k{k}_{r}")
+            bn = getattr(self, f"dil_bn_k{k}_{r}")
+            out = out + bn(conv(x))
+        return out
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.fused:
+            return
+        weight, bias = fuse_conv_bn(self.lk_origin.weight, None, self.origin_bn)
+        for k, r in zip(self.kernel_sizes, self.dilations):
+            branch_w, branch_b = fuse_conv_bn(
+                getattr(self, f"dil_conv_k{k}_{r}").weight, None, getattr(self, f"dil_bn_k{k}_{r}")
+            )
+            weight = merge_centered(weight, dilated_to_dense(branch_w, r))
+            bias = bias + branch_b
+            delattr(self, f"dil_conv_k{k}_{r}")
+            delattr(self, f"dil_bn_k{k}_{r}")
+        self.lk_origin = replace_with_conv(self.lk_origin, weight, bias)
+        del self.origin_bn
+        self.fused = True
+
+
+class UniRepLKNetBlock(nn.Module, Reparameterizable):
+    """UniRepLKNet block: LarK block for kernel >= 7, SmaK block for kernel 3 or 5.
+
+    ``out = x + gamma * pwconv2(act(pwconv1(se(norm(dwconv(x))))))``; ``(N, C, H, W) -> same``.
+
+    Args:
+        dim: channels.
+        kernel_size: depthwise kernel; >= 7 uses a :class:`DilatedReparamBlock`.
+        layer_scale_init: initial per-channel ``gamma`` (1e-6 in the paper).
+        ffn_ratio: hidden width of the pointwise FFN relative to ``dim``.
+    """
+
+    def __init__(
+        self, dim: int, kernel_size: int, layer_scale_init: float = 1e-6, ffn_ratio: int = 4
+    ) -> None:
+        super().__init__()
+        if kernel_size >= 7:
+            self.dwconv: nn.Module = DilatedReparamBlock(dim, kernel_size)
+        elif kernel_size in (3, 5):
+            self.dwconv = nn.Conv2d(
+                dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False
+            )
+        else:
+            raise ValueError(f"UniRepLKNetBlock kernel_size must be 3, 5 or >= 7, got {kernel_size}")
+        self.norm: nn.Module = nn.BatchNorm2d(dim)
+        self.se = SEBlock(dim, dim // 4)
+        hidden = ffn_ratio * dim
+        self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, hidden))
+        self.act = nn.Sequential(nn.GELU(), GRN(hidden, use_bias=True))
+        self.pwconv2 = nn.Sequential(
+            nn.Linear(hidden, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim)
+        )
+        self.gamma: nn.Parameter | None = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.se(self.norm(self.dwconv(x)))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
+        if self.gamma is not None:
+            y = self.gamma.view(1, -1, 1, 1) * y
+        return x + y
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.fused:
+            return
+        # 1. depthwise conv (branches already merged) + BatchNorm -> one conv with bias
+        if isinstance(self.dwconv, DilatedReparamBlock):
+            self.dwconv.reparameterize()
+            conv = self.dwconv.lk_origin
+            weight, bias = fuse_conv_bn(conv.weight, conv.bias, self.norm)
+            self.dwconv.lk_origin = replace_with_conv(conv, weight, bias)
+        else:
+            weight, bias = fuse_conv_bn(self.dwconv.weight, self.dwconv.bias, self.norm)
+            self.dwconv = replace_with_conv(self.dwconv, weight, bias)
+        self.norm = nn.Identity()
+        # 2. GRN beta, the trailing BatchNorm and the layer scale -> the second Linear
+        grn: GRN = self.act[1]
+        linear: nn.Linear = self.pwconv2[0]
+        bn: nn.BatchNorm2d = self.pwconv2[2]
+        linear_bias = linear.weight @ grn.beta.reshape(-1)
+        if linear.bias is not None:
+            linear_bias = linear_bias + linear.bias
+        std = (bn.running_var + bn.eps).sqrt()
+        scale = bn.weight / std
+        layer_scale = self.gamma if self.gamma is not None else torch.ones_like(scale)
+        fused = nn.Linear(linear.in_features, linear.out_features, bias=True).to(linear.weight)
+        fused.weight.copy_(linear.weight * (scale * layer_scale).unsqueeze(1))
+        fused.bias.copy_((bn.bias + (linear_bias - bn.running_mean) * scale) * layer_scale)
+        trainable = linear.weight.requires_grad
+        fused.requires_grad_(trainable)
+        self.pwconv2 = nn.Sequential(fused, ToChannelsFirst())
+        del grn.beta
+        grn.use_bias = False
+        self.gamma = None
+        self.fused = True

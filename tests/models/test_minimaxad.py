@@ -1,0 +1,98 @@
+"""The MiniMaxAD module: variants, shapes, frozen encoder, state-dict layout, fusion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minimaxad import MiniMaxAD, list_backbones
+from minimaxad.models.weights import encoder_from_official, encoder_to_official
+
+from .test_blocks import randomize, rel_err
+
+
+def test_registry_lists_paper_variants():
+    for name in ("unireplknet_a", "unireplknet_f", "unireplknet_p", "unireplknet_n", "unireplknet_t"):
+        assert name in list_backbones()
+    assert MiniMaxAD().backbone == "unireplknet_n"
+    with pytest.raises(ValueError, match="unknown backbone 'resnet18'"):
+        MiniMaxAD("resnet18")
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_forward_shapes(size):
+    model = MiniMaxAD("unireplknet_micro").eval()
+    enc, dec = model(torch.randn(2, 3, size, size))
+    assert [tuple(e.shape) for e in enc] == [(2, 16, size // 4, size // 4), (2, 32, size // 8, size // 8),
+                                             (2, 64, size // 16, size // 16)]
+    assert [e.shape for e in enc] == [d.shape for d in dec]
+
+
+def test_size_not_multiple_of_32_resizes_decoder_maps():
+    model = MiniMaxAD("unireplknet_micro").eval()
+    enc, dec = model(torch.randn(1, 3, 80, 80))  # bottleneck 3x3 -> decoder 24/12/6 vs 20/10/5
+    assert [e.shape for e in enc] == [d.shape for d in dec]
+
+
+def test_encoder_frozen_and_stays_in_eval():
+    model = MiniMaxAD("unireplknet_micro")
+    model.train()
+    assert not model.encoder.training and model.decoder.training and model.bottleneck.training
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.trainable_parameters())
+    enc, dec = model(torch.randn(2, 3, 64, 64))
+    assert not any(e.requires_grad for e in enc) and all(d.requires_grad for d in dec)
+    sum(d.mean() for d in dec).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    running = model.encoder.stages[0][0].norm.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64) * 5)
+    torch.testing.assert_close(model.encoder.stages[0][0].norm.running_mean, running)
+
+
+def test_reparameterize_whole_model_micro():
+    model = randomize(MiniMaxAD("unireplknet_micro"), seed=5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        enc0, dec0 = model(x)
+        assert model.reparameterize() is model and model.reparameterize() is model
+        enc1, dec1 = model(x)
+    for a, b in zip(enc1 + dec1, enc0 + dec0):
+        assert rel_err(a, b) < 1e-5
+    assert model.reparameterized
+
+
+@pytest.fixture(scope="module")
+def layout(reference_dir):
+    return json.loads((reference_dir / "state_dict_keys_unireplknet_n.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_n():
+    return MiniMaxAD("unireplknet_n")
+
+
+def shapes(state):
+    return {k: list(v.shape) for k, v in state.items()}
+
+
+def test_variant_n_matches_authors_key_layout(model_n, layout):
+    assert shapes(model_n.bottleneck.state_dict()) == layout["bottleneck"]
+    assert shapes(model_n.decoder.state_dict()) == layout["decoder"]
+    # the encoder omits the unused downsample_layers.3 / norm3; the converter maps both ways
+    ours = model_n.encoder.state_dict()
+    official = encoder_to_official(ours, model_n.spec)
+    assert shapes(official) == layout["encoder"]
+    back, unused = encoder_from_official(official)
+    assert shapes(back) == shapes(ours)
+    assert sorted(unused) == sorted(k for k in layout["encoder"] if k.startswith(("downsample_layers.3", "norm3")))
+    for k in ours:
+        assert torch.equal(back[k], ours[k])
+
+
+def test_trainable_parameter_count_of_n():
+    # bottleneck + decoder of variant N: about 23 M parameters (~90 MB float32), SPEC
+    model = MiniMaxAD("unireplknet_n")
+    n = sum(p.numel() for p in model.trainable_parameters())
+    assert 20e6 < n < 26e6, n

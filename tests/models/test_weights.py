@@ -1,0 +1,121 @@
+"""Loading the authors' ImageNet checkpoints and training checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from minimaxad import MiniMaxAD
+from minimaxad.models.weights import EncoderWeightsError, load_official_checkpoint
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(reference_dir):
+    """A file shaped like unireplknet_n_in1k_224_acc81.64.pth, with random values."""
+    layout = json.loads((reference_dir / "state_dict_keys_unireplknet_n.json").read_text())
+    keys = layout["imagenet_checkpoint_unireplknet_n_in1k"]
+    g = torch.Generator().manual_seed(0)
+    return {k: (torch.randint(0, 100, shape, generator=g) if k.endswith("num_batches_tracked")
+                else torch.randn(shape, generator=g)) for k, shape in keys.items()}
+
+
+def test_imagenet_checkpoint_loads_every_encoder_weight(imagenet_like, tmp_path, caplog):
+    path = tmp_path / "unireplknet_n_in1k_224_acc81.64.pth"
+    torch.save({"model": imagenet_like}, path)
+    with caplog.at_level(logging.DEBUG, logger="minimaxad.models.weights"):
+        model = MiniMaxAD("unireplknet_n", encoder_weights=path)
+    state = model.encoder.state_dict()
+    for key, value in state.items():
+        if key.startswith(("norm0.", "norm1.", "norm2.")):
+            expected = torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value)
+            assert torch.equal(value, expected), key
+        else:
+            assert torch.equal(value, imagenet_like[key].to(value.dtype)), key
+    assert model.encoder_weights_id.startswith("unireplknet_n_in1k_224_acc81.64.pth@sha256:")
+    unused_logs = [r for r in caplog.records if "unused" in r.getMessage()]
+    assert len(unused_logs) == 1 and unused_logs[0].levelno == logging.DEBUG
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("wrapper", ["raw", "models"])
+def test_wrapped_and_raw_checkpoints(imagenet_like, tmp_path, wrapper):
+    path = tmp_path / "ck.pth"
+    torch.save(imagenet_like if wrapper == "raw" else {"models": imagenet_like}, path)
+    model = MiniMaxAD("unireplknet_n", encoder_weights=path)
+    assert torch.equal(model.encoder.downsample_layers[0][0].weight, imagenet_like["downsample_layers.0.0.weight"])
+
+
+def test_missing_key_is_named(imagenet_like, tmp_path):
+    broken = dict(imagenet_like)
+    del broken["stages.2.7.dwconv.dil_conv_k3_5.weight"]
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(EncoderWeightsError, match=r"1 missing key\(s\): stages\.2\.7\.dwconv\.dil_conv_k3_5\.weight"):
+        MiniMaxAD("unireplknet_n", encoder_weights=tmp_path / "broken.pth")
+
+
+def test_misshaped_key_is_named(imagenet_like, tmp_path):
+    broken = dict(imagenet_like)
+    broken["stages.1.0.se.down.weight"] = torch.randn(7, 160, 1, 1)
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(EncoderWeightsError, match=r"stages\.1\.0\.se\.down\.weight: file \(7, 160, 1, 1\)"):
+        MiniMaxAD("unireplknet_n", encoder_weights=tmp_path / "broken.pth")
+
+
+def test_wrong_variant_fails_clearly(imagenet_like, tmp_path):
+    torch.save(imagenet_like, tmp_path / "n.pth")
+    with pytest.raises(EncoderWeightsError, match="do not fit backbone unireplknet_f"):
+        MiniMaxAD("unireplknet_f", encoder_weights=tmp_path / "n.pth")
+
+
+def test_missing_file_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(EncoderWeightsError) as info:
+        MiniMaxAD("unireplknet_n", encoder_weights=tmp_path / "nope.pth")
+    message = str(info.value)
+    assert "unireplknet_n_in1k_224_acc81.64.pth" in message
+    assert "huggingface.co/DingXiaoH/UniRepLKNet" in message and "--encoder-weights" in message
+
+
+def test_hub_offline_or_without_package_fails_with_instructions(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *args, **kwargs):
+        if name.startswith("huggingface_hub"):
+            raise ImportError("no huggingface_hub here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    with pytest.raises(EncoderWeightsError, match="huggingface_hub is not installed.*unireplknet_f_in1k_224_acc78.6.pth|unireplknet_f_in1k_224_acc78.6.pth.*huggingface_hub"):
+        MiniMaxAD("unireplknet_f", encoder_weights="hub")
+
+
+def test_hub_uses_local_cache_first(imagenet_like, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path))
+    torch.save(imagenet_like, tmp_path / "unireplknet_n_in1k_224_acc81.64.pth")
+    model = MiniMaxAD("unireplknet_n", encoder_weights="hub")
+    assert model.encoder_weights_id.startswith("unireplknet_n_in1k_224_acc81.64.pth")
+
+
+def test_authors_training_checkpoint_imports(tmp_path):
+    source = MiniMaxAD("unireplknet_micro")
+    torch.save({"bn": source.bottleneck.state_dict(), "decoder": source.decoder.state_dict()}, tmp_path / "wres.pth")
+    target = MiniMaxAD("unireplknet_micro")
+    load_official_checkpoint(target, tmp_path / "wres.pth")
+    for k, v in source.trainable_state_dict().items():
+        assert torch.equal(target.trainable_state_dict()[k], v)
+    torch.save({"something": 1}, tmp_path / "other.pth")
+    with pytest.raises(RuntimeError, match="expected keys 'bn' and 'decoder'"):
+        load_official_checkpoint(target, tmp_path / "other.pth")
+
+
+def test_official_state_dict_mismatch_fails():
+    model = MiniMaxAD("unireplknet_micro")
+    other = MiniMaxAD("unireplknet_f")
+    with pytest.raises(RuntimeError, match="decoder state dict does not fit backbone unireplknet_micro"):
+        model.load_official_state_dict(decoder=other.decoder.state_dict())
