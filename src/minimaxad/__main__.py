@@ -1,0 +1,5 @@
+import sys
+
+from minimaxad.cli import main
+
+sys.exit(main())

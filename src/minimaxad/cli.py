@@ -1,0 +1,279 @@
+"""Command line: ``minimaxad fit | test | predict | report | benchmark | export | demo | presets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from minimaxad import __version__
+
+
+# -- fit --------------------------------------------------------------------------------------
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset root folder")
+    p.add_argument("--format", help="mvtec | visa | goodsad | aebad | mad | realiad | folder (default mvtec)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--categories", nargs="+", help="categories to train on (default: all found); "
+                                                      "one model per category unless --unified")
+    group.add_argument("--all-categories", action="store_true", help="every category (the default)")
+    p.add_argument("--unified", action="store_true", default=None,
+                   help="one model for all categories (the paper's unified setting)")
+    p.add_argument("--per-category", dest="unified", action="store_false",
+                   help="one model per category (overrides a unified preset)")
+    p.add_argument("--preset", help="named settings of a paper experiment (see 'minimaxad presets')")
+    p.add_argument("--backbone", help="unireplknet_a|f|p|n|t (paper: n)")
+    p.add_argument("--encoder-weights", help="PATH to the ImageNet checkpoint, 'hub' (cache, then download; "
+                                             "the default) or 'none' (random encoder, not comparable to the paper)")
+    p.add_argument("--loss", choices=["adc", "global", "local", "local-hm"],
+                   help="adc (MiniMaxAD-fr) or global (MiniMaxAD-fp); local, local-hm for ablations")
+    p.add_argument("--p-hard", type=float)
+    p.add_argument("--p-lim", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--test-domains", nargs="+", help="AeBAD-S: same background illumination view")
+    p.add_argument("--extra-data", nargs="+", metavar="FORMAT=ROOT",
+                   help="more training datasets merged into a unified run (e.g. mvtec=/data/mvtec)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, help="111 in the paper (1, 11, 111 for error bars)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision on CUDA")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory on CUDA")
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--cache", action="store_true", default=None, help="keep resized training images in memory")
+    p.add_argument("--no-cache", dest="cache", action="store_false")
+    p.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="leave unreadable images out with a warning instead of stopping")
+    p.add_argument("--val-fraction", type=float, help="normal training images held out for thresholds")
+    p.add_argument("--image-fpr", type=float, help="target false-positive rate of the image threshold")
+    p.add_argument("--pixel-fpr", type=float, help="target false-positive rate of the pixel threshold")
+    p.add_argument("--top-ratio", type=float, help="image score: mean of this fraction of top pixels (0: max)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs of image metrics")
+    p.add_argument("--checkpoint-every", type=int, help="epochs between resumable checkpoints")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
+                   help="train only; do not evaluate at the end")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--output", required=True, help="run folder (checkpoints, metrics, report, logs)")
+
+
+FIT_KEYS = ("data", "format", "categories", "unified", "backbone", "encoder_weights", "loss", "p_hard", "p_lim",
+            "image_size", "crop_size", "test_domains", "epochs", "max_steps", "batch_size", "lr",
+            "weight_decay", "seed", "device", "precision", "channels_last", "workers", "cache",
+            "skip_bad_images", "val_fraction", "image_fpr", "pixel_fpr", "top_ratio", "bootstrap",
+            "checkpoint_every", "evaluate")
+
+
+def config_from_args(args: argparse.Namespace):
+    from minimaxad.engine.config import RunConfig
+    from minimaxad.presets import get_preset
+
+    config = RunConfig()
+    if args.preset:
+        config = config.updated(preset=args.preset, **get_preset(args.preset))
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in FIT_KEYS}
+    if args.extra_data:
+        extras = []
+        for spec in args.extra_data:
+            if "=" not in spec:
+                raise SystemExit(f"--extra-data expects FORMAT=ROOT, got {spec!r}")
+            fmt, root = spec.split("=", 1)
+            extras.append({"format": fmt, "root": root})
+        overrides["extra_datasets"] = extras
+    config = config.updated(**overrides)
+    if config.data is None:
+        raise SystemExit("minimaxad fit: --data ROOT is required")
+    return config
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from minimaxad.engine.runner import fit
+
+    config = config_from_args(args)
+    fit(config, Path(args.output), resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+# -- test -------------------------------------------------------------------------------------
+def cmd_test(args: argparse.Namespace) -> int:
+    from minimaxad.engine.runner import test
+
+    overrides = {k: v for k, v in {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
+                                   "bootstrap": args.bootstrap, "test_domains": args.test_domains,
+                                   "skip_bad_images": args.skip_bad_images or None}.items() if v is not None}
+    test(Path(args.checkpoint), Path(args.output), data=args.data, format=args.format, categories=args.categories,
+         overrides=overrides, encoder_weights=args.encoder_weights, progress=not args.quiet,
+         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate)
+    return 0
+
+
+# -- predict ----------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from minimaxad.predict import predict_paths
+
+    result = predict_paths(
+        Path(args.checkpoint), [Path(p) for p in args.inputs], Path(args.output),
+        batch_size=args.batch_size, device=args.device or "auto", encoder_weights=args.encoder_weights,
+        image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
+        pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
+        progress=not args.quiet,
+    )
+    return 0 if result["predicted"] else 1
+
+
+# -- report -----------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from minimaxad.reporting import render_saved_evaluation
+
+    run = Path(args.run)
+    out = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "report.html"
+    path = render_saved_evaluation(run, out, title=args.title, image_threshold=args.threshold,
+                                   pixel_threshold=args.pixel_threshold, max_gallery=args.max_gallery)
+    print(f"report: {path}")
+    return 0
+
+
+# -- benchmark --------------------------------------------------------------------------------
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from minimaxad.benchmark import print_speed_table
+
+    print_speed_table(args.backbones, args.image_size, args.batch_sizes, device=args.device or "auto",
+                      min_seconds=args.seconds, train=args.train)
+    return 0
+
+
+# -- export -----------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from minimaxad.export import export
+
+    path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
+                  batch_size=args.batch_size)
+    print(f"exported: {path}")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from minimaxad.demo import run_demo
+
+    run_demo(Path(args.output), steps=args.steps, backbone=args.backbone, seed=args.seed,
+             progress=not args.quiet)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from minimaxad.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        print(f"{name:<12} {preset['describe']}")
+        if args.verbose:
+            print("             " + json.dumps({k: v for k, v in preset.items() if k != "describe"}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimaxad", description="MiniMaxAD anomaly detection: train on normal "
+                                     "images, flag defective ones and show where the defect is.")
+    parser.add_argument("--version", action="version", version=f"minimaxad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train (and evaluate) models", description="Train MiniMaxAD; evaluate at the end.")
+    add_fit_arguments(fit)
+    fit.set_defaults(func=cmd_fit)
+
+    test = sub.add_parser("test", help="evaluate a trained checkpoint on a test set")
+    test.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run folder")
+    test.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    test.add_argument("--format")
+    test.add_argument("--categories", nargs="+")
+    test.add_argument("--test-domains", nargs="+")
+    test.add_argument("--output", required=True)
+    test.add_argument("--encoder-weights", help="where the ImageNet encoder file is now, if it moved")
+    test.add_argument("--threshold", type=float, help="image threshold for the report's decisions")
+    test.add_argument("--false-positive-rate", type=float, help="re-calibrate the image threshold to this FPR")
+    test.add_argument("--device")
+    test.add_argument("--batch-size", type=int)
+    test.add_argument("--workers", type=int)
+    test.add_argument("--bootstrap", type=int)
+    test.add_argument("--skip-bad-images", action="store_true")
+    test.add_argument("--quiet", action="store_true")
+    test.set_defaults(func=cmd_test)
+
+    pred = sub.add_parser("predict", help="score new photos: heatmaps, masks, scores.csv/json")
+    pred.add_argument("--checkpoint", required=True)
+    pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pred.add_argument("--output", required=True)
+    pred.add_argument("--threshold", type=float, help="image score threshold (overrides the calibrated one)")
+    pred.add_argument("--false-positive-rate", type=float,
+                      help="choose the image threshold for this rate of false alarms on normal images")
+    pred.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
+    pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--device")
+    pred.add_argument("--encoder-weights")
+    pred.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    pred.add_argument("--report", action="store_true", help="also write report.html")
+    pred.add_argument("--quiet", action="store_true")
+    pred.set_defaults(func=cmd_predict)
+
+    rep = sub.add_parser("report", help="(re)write the HTML report of a test run")
+    rep.add_argument("run", help="run folder (with evaluation.npz) or the .npz file")
+    rep.add_argument("--output", help="HTML file (default: RUN/report.html)")
+    rep.add_argument("--threshold", type=float)
+    rep.add_argument("--pixel-threshold", type=float)
+    rep.add_argument("--max-gallery", type=int, default=60)
+    rep.add_argument("--title", default="minimaxad report")
+    rep.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("benchmark", help="model size and images/second, training vs fused form")
+    bench.add_argument("--backbones", nargs="+", default=["unireplknet_f", "unireplknet_n"])
+    bench.add_argument("--image-size", type=int, default=256)
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    bench.add_argument("--device")
+    bench.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
+    bench.add_argument("--train", action="store_true", help="also time training steps")
+    bench.set_defaults(func=cmd_benchmark)
+
+    exp = sub.add_parser("export", help="export a fused model (TorchScript or ONNX) for deployment")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
+    exp.add_argument("--format", choices=["torchscript", "onnx"], help="default: from the file suffix")
+    exp.add_argument("--encoder-weights")
+    exp.add_argument("--batch-size", type=int, default=1)
+    exp.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")
+    demo.add_argument("--output", default="minimaxad-demo")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
+    demo.add_argument("--backbone", default=None)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    pres = sub.add_parser("presets", help="list the named presets")
+    pres.add_argument("--verbose", "-v", action="store_true")
+    pres.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"minimaxad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

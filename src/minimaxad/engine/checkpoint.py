@@ -1,0 +1,197 @@
+"""Self-describing, atomically written checkpoints that are safe to open.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values, read back with
+``torch.load(weights_only=True)``: no code from the file ever runs. It holds the trainable
+bottleneck + decoder (and the encoder only when it was randomly initialised: an ImageNet encoder
+comes from its own file, identified by name and hash), the run configuration, image size,
+thresholds, and for resumable checkpoints the optimiser, scheduler and RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from minimaxad import __version__
+from minimaxad.models import MiniMaxAD
+
+FORMAT = "minimaxad-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable, not ours, or does not fit the model."""
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": repr(random.getstate()),
+    }
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(ast.literal_eval(state["python"])))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def build_checkpoint(
+    model: MiniMaxAD,
+    config: dict[str, Any],
+    *,
+    categories: list[str],
+    thresholds: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything ``test``/``predict`` need, plus ``training_state`` for ``--resume``."""
+    random_encoder = model.encoder_weights_id is None
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "minimaxad_version": __version__,
+        "backbone": model.backbone,
+        "image_size": int(config["image_size"]),
+        "crop_size": config.get("crop_size"),
+        "top_ratio": float(config.get("top_ratio", 0.01)),
+        "encoder_weights": {
+            "identity": model.encoder_weights_id,
+            "source": None if random_encoder else str(config.get("encoder_weights")),
+        },
+        "config": config,
+        "categories": list(categories),
+        "thresholds": thresholds or {},
+        "state": {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()},
+        "encoder_state": (
+            {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()} if random_encoder else None
+        ),
+        "training_state": training_state,
+    }
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
+    atomic_torch_save(checkpoint, Path(path))
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint without executing anything from it."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoint.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"no checkpoint.pt in {path}; pass the checkpoint file itself")
+        path = candidate
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"it may be truncated, or not a minimaxad checkpoint"
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if isinstance(obj, dict) and "decoder" in obj and ("bn" in obj or "bottleneck" in obj):
+            raise CheckpointError(
+                f"{path} is a checkpoint of the authors' scripts; import it with "
+                f"minimaxad.models.weights.load_official_checkpoint(model, path)"
+            )
+        raise CheckpointError(f"{path} is not a minimaxad checkpoint (no '{FORMAT}' marker)")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer minimaxad ({obj.get('minimaxad_version')}); upgrade to read it"
+        )
+    obj["path"] = str(path)
+    return obj
+
+
+def load_model_state(model: MiniMaxAD, checkpoint: dict[str, Any]) -> MiniMaxAD:
+    """Load the trainable parts (and a stored random encoder) into ``model``, strictly."""
+    if checkpoint["backbone"] != model.backbone:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.get('path')} is for backbone {checkpoint['backbone']}, "
+            f"the model is {model.backbone}"
+        )
+    expected = model.trainable_state_dict()
+    state = checkpoint["state"]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.get('path')} does not fit {model.backbone}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}"
+        )
+    for name in ("bottleneck", "decoder"):
+        prefix = f"{name}."
+        getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    if checkpoint.get("encoder_state") is not None:
+        try:
+            model.encoder.load_state_dict(checkpoint["encoder_state"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"stored encoder of {checkpoint.get('path')} does not fit: {exc}") from exc
+    return model
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any] | str | Path,
+    encoder_weights: str | Path | None = None,
+) -> MiniMaxAD:
+    """Rebuild the trained model: backbone from the file, encoder from its ImageNet file (the one
+    recorded, or ``encoder_weights``) or from the checkpoint when it was random."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
+    model = MiniMaxAD(checkpoint["backbone"])
+    info = checkpoint.get("encoder_weights") or {}
+    if checkpoint.get("encoder_state") is None:
+        source = encoder_weights or info.get("source") or "hub"
+        if source and Path(str(source)).name and not Path(str(source)).exists() and str(source) not in ("hub", "imagenet"):
+            source = "hub"  # the recorded path moved: fall back to the cache / hub
+        model.load_encoder_weights(source)
+        recorded = info.get("identity")
+        if recorded and model.encoder_weights_id and recorded.split("@")[-1] != model.encoder_weights_id.split("@")[-1]:
+            raise CheckpointError(
+                f"encoder weights differ from the ones {checkpoint.get('path')} was trained with: "
+                f"recorded {recorded}, found {model.encoder_weights_id}"
+            )
+    load_model_state(model, checkpoint)
+    return model.eval()

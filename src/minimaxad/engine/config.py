@@ -1,0 +1,84 @@
+"""Run configuration: one flat dataclass, filled from a preset and then from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run (saved beside the results as ``config.json``).
+
+    Defaults are the authors' protocol (SPEC "Training protocol"); presets override some.
+    """
+
+    # data
+    data: str | None = None
+    format: str = "mvtec"
+    categories: list[str] | None = None  # None: every category found
+    unified: bool = False  # one model for all categories (else one model per category)
+    image_size: int = 256
+    crop_size: int | None = None
+    test_domains: list[str] | None = None  # AeBAD-S test domains
+    augment: bool = False  # AeBAD-S training augmentation
+    extra_datasets: list[dict[str, Any]] = field(default_factory=list)  # merged unified training
+    cache: bool = False
+    workers: int = 0
+    skip_bad_images: bool = False
+    # model
+    backbone: str = "unireplknet_n"
+    encoder_weights: str = "hub"  # path | hub | none
+    # optimisation (authors: AdamW lr 0.005, betas 0.9/0.999, wd 1e-5, ExponentialLR 0.995/epoch)
+    loss: str = "adc"
+    p_hard: float = 0.9999
+    p_lim: float = 0.9995
+    epochs: int = 160
+    max_steps: int | None = None  # stop after this many optimiser steps (quick trials, tests)
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-5
+    lr_gamma: float = 0.995
+    seed: int = 111
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    channels_last: bool = False
+    device: str = "auto"
+    max_nonfinite_steps: int = 5
+    # evaluation and thresholds
+    top_ratio: float = 0.01  # image score: mean of the top 1% pixels; 0 = max pixel
+    val_fraction: float = 0.1  # normal training images held out to calibrate thresholds
+    val_max_images: int = 200
+    image_fpr: float = 0.01  # target false-positive rate on held-out normal images
+    pixel_fpr: float = 0.005
+    evaluate: bool = True
+    bootstrap: int = 0
+    # bookkeeping
+    checkpoint_every: int = 1  # epochs between resumable checkpoints (0: only at the end)
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
+        values = dict(values)
+        if values.get("betas") is not None:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    def updated(self, **overrides: Any) -> "RunConfig":
+        """A copy with the non-None overrides applied (unknown keys are an error)."""
+        merged = self.to_dict()
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return RunConfig.from_dict(merged)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,238 @@
+"""What ``minimaxad fit`` and ``minimaxad test`` do: datasets, one model per category or one for
+all, evaluation, metrics files, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from minimaxad.engine.config import RunConfig
+from minimaxad.engine.inference import DatasetOutputs, resolve_device, run_dataset
+from minimaxad.engine.thresholds import resolve_thresholds
+from minimaxad.engine.trainer import train
+
+log = logging.getLogger("minimaxad")
+Echo = Callable[[str], None]
+
+
+def setup_logging(output_dir: Path, name: str = "train.log") -> Path:
+    """Log INFO and up to ``output_dir/name`` (the console gets the progress bar and warnings)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / name
+    logger = logging.getLogger("minimaxad")
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            return path
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(console)
+    return path
+
+
+# -- datasets ---------------------------------------------------------------------------------
+def open_dataset(config: RunConfig, split: str, categories: list[str] | None = None, domain: str | None = None):
+    """``build_dataset`` with the run's settings; merges ``extra_datasets`` for unified training."""
+    from minimaxad.data import build_dataset
+
+    if config.data is None:
+        raise ValueError("no data root given: pass --data ROOT")
+    common = dict(image_size=config.image_size, crop_size=config.crop_size,
+                  skip_bad_images=config.skip_bad_images)
+    kwargs = dict(common, augment=config.augment and split == "train", cache=config.cache and split == "train")
+    if domain is not None:
+        kwargs["domain"] = domain
+    dataset = build_dataset(config.format, config.data, split=split,
+                            categories=categories if categories is not None else config.categories, **kwargs)
+    if split == "train" and config.extra_datasets:
+        from minimaxad.data import UnifiedDataset
+
+        parts = [dataset]
+        for extra in config.extra_datasets:
+            parts.append(build_dataset(extra["format"], extra["root"], split="train",
+                                       categories=extra.get("categories"),
+                                       image_size=extra.get("image_size", config.image_size),
+                                       crop_size=extra.get("crop_size"),
+                                       skip_bad_images=config.skip_bad_images))
+        dataset = UnifiedDataset(parts)
+    return dataset
+
+
+def test_sets(config: RunConfig, categories: list[str]) -> list[tuple[str | None, Any]]:
+    """``[(domain or None, dataset)]``: AeBAD-S is tested once per domain."""
+    if config.test_domains:
+        return [(d, open_dataset(config, "test", categories, domain=d)) for d in config.test_domains]
+    return [(None, open_dataset(config, "test", categories))]
+
+
+# -- evaluation -------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    summary: dict[str, Any]
+    outputs: DatasetOutputs
+    thresholds: dict[str, dict[str, Any]]
+
+
+def evaluate_model(model, config: RunConfig, categories: list[str], calibration: dict | None,
+                   echo: Echo = print, progress: bool = True, **threshold_overrides) -> Evaluation:
+    """Maps and scores of every test item, metrics per category (and per AeBAD-S domain)."""
+    from minimaxad.results import evaluate_by_category
+
+    device = resolve_device(config.device)
+    per_category: dict[str, dict[str, Any]] = {}
+    collected: list[DatasetOutputs] = []
+    for domain, dataset in test_sets(config, categories):
+        echo(f"  testing on {len(dataset)} images{f' (domain {domain})' if domain else ''}")
+        outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
+                              device=device, workers=config.workers, progress=progress)
+        if domain is not None:
+            outputs.categories = [domain if len(categories) == 1 else f"{c}/{domain}" for c in outputs.categories]
+        has_mask = outputs.has_mask if len(outputs.has_mask) else None
+        summary = evaluate_by_category(outputs.scores, outputs.labels, outputs.categories,
+                                       anomaly_maps=outputs.maps, masks=outputs.masks, has_mask=has_mask,
+                                       bootstrap=config.bootstrap, seed=config.seed)
+        per_category.update(summary["categories"])
+        collected.append(outputs)
+    outputs = collected[0] if len(collected) == 1 else _concat_outputs(collected)
+    thresholds = resolve_thresholds(calibration, **threshold_overrides)
+    return Evaluation({"categories": per_category}, outputs, thresholds)
+
+
+def _concat_outputs(parts: list[DatasetOutputs]) -> DatasetOutputs:
+    import torch
+
+    return DatasetOutputs(
+        np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]),
+        [c for p in parts for c in p.categories], [x for p in parts for x in p.paths],
+        torch.cat([p.maps for p in parts]),
+        None if any(p.masks is None for p in parts) else torch.cat([p.masks for p in parts]),
+        np.concatenate([p.has_mask for p in parts]),
+    )
+
+
+def finish_results(per_category: dict[str, dict], output: Path, echo: Echo) -> dict[str, Any]:
+    """Mean over categories, ``metrics.json`` + ``metrics.csv``, and the printed table."""
+    from minimaxad.results import format_table, summarize, write_metrics
+
+    summary = summarize(per_category)
+    json_path, csv_path = write_metrics(summary, output)
+    echo(format_table(summary))
+    echo(f"metrics: {json_path} and {csv_path}")
+    return summary
+
+
+def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path, config: dict,
+                            title: str) -> Path:
+    """``report.html`` plus ``evaluation.npz`` (what ``minimaxad report`` re-renders from)."""
+    from minimaxad.reporting import save_evaluation, render_saved_evaluation
+
+    npz = save_evaluation(output / "evaluation.npz", evaluation, summary, config)
+    return render_saved_evaluation(npz, output / "report.html", title=title)
+
+
+# -- fit ----------------------------------------------------------------------------------------
+def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool = True,
+        echo: Echo = print) -> dict[str, Any] | None:
+    """Train (one model for all categories, or one per category), then evaluate unless
+    ``config.evaluate`` is False. Returns the metrics summary (None without evaluation)."""
+    from minimaxad.data import split_holdout
+
+    output = Path(output)
+    setup_logging(output)
+    config.save(output / "config.json")
+    echo(f"[1/3] reading {config.format} data from {config.data}")
+    train_full = open_dataset(config, "train")
+    categories = list(train_full.categories)
+    echo(f"      {len(train_full)} training images, categories: {', '.join(categories)}")
+    if config.encoder_weights is None or str(config.encoder_weights).lower() == "none":
+        echo("      WARNING: random encoder (--encoder-weights none): results are NOT comparable to the paper")
+    jobs = [("all", categories)] if config.unified else [(c, [c]) for c in categories]
+    per_category: dict[str, dict] = {}
+    for name, job_categories in jobs:
+        job_dir = output if config.unified else output / name
+        if config.unified:
+            train_set = train_full
+        else:
+            train_set = train_full.subset(np.flatnonzero(np.asarray(train_full.item_categories) == name))
+        holdout = None
+        if config.val_fraction > 0:
+            train_set, holdout = split_holdout(train_set, config.val_fraction, seed=config.seed)
+            if len(holdout) > config.val_max_images:
+                holdout = holdout.subset(range(config.val_max_images))
+        echo(f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
+             f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds")
+        job_config = config.updated(categories=job_categories)
+        result = train(job_config, train_set, holdout, job_dir, categories=job_categories, resume=resume,
+                       progress=progress)
+        echo(f"      checkpoint: {result.checkpoint_path} ({result.steps} steps, "
+             f"{result.images_per_second:.1f} images/s, final loss {result.final_loss:.4f})")
+        if config.evaluate:
+            echo(f"[3/3] evaluating {name}")
+            evaluation = evaluate_model(result.model, job_config, job_categories, result.thresholds,
+                                        echo=echo, progress=progress)
+            per_category.update(evaluation.summary["categories"])
+            job_summary = {"categories": evaluation.summary["categories"]}
+            write_evaluation_report(evaluation, job_summary, job_dir, job_config.to_dict(),
+                                    title=f"minimaxad - {name}")
+    if not config.evaluate:
+        return None
+    summary = finish_results(per_category, output, echo)
+    if not config.unified:
+        echo(f"reports: {output}/<category>/report.html")
+    else:
+        echo(f"report: {output / 'report.html'}")
+    return summary
+
+
+# -- test ---------------------------------------------------------------------------------------
+def find_checkpoints(path: Path) -> list[Path]:
+    """A checkpoint file, a run folder with ``checkpoint.pt``, or a per-category run folder."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / "checkpoint.pt").is_file():
+        return [path / "checkpoint.pt"]
+    found = sorted(path.glob("*/checkpoint.pt")) if path.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no checkpoint at {path} (expected a checkpoint.pt file or a run folder)")
+    return found
+
+
+def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str | None = None,
+         categories: list[str] | None = None, overrides: dict[str, Any] | None = None,
+         encoder_weights: str | None = None, progress: bool = True, echo: Echo = print,
+         **threshold_overrides) -> dict[str, Any]:
+    """Evaluate trained checkpoint(s) on a test set; writes metrics and report into ``output``."""
+    output = Path(output)
+    setup_logging(output, "test.log")
+    per_category: dict[str, dict] = {}
+    for path in find_checkpoints(checkpoint):
+        state = read_checkpoint(path)
+        config = RunConfig.from_dict(state["config"]).updated(data=data, format=format, **(overrides or {}))
+        wanted = [c for c in state["categories"] if categories is None or c in categories]
+        if categories is not None and not wanted:
+            continue
+        echo(f"testing {path} on {config.format} data at {config.data} ({', '.join(wanted)})")
+        model = model_from_checkpoint(state, encoder_weights=encoder_weights)
+        evaluation = evaluate_model(model, config, wanted, state.get("thresholds"), echo=echo,
+                                    progress=progress, **threshold_overrides)
+        per_category.update(evaluation.summary["categories"])
+        job_dir = output if len(find_checkpoints(checkpoint)) == 1 else output / path.parent.name
+        write_evaluation_report(evaluation, {"categories": evaluation.summary["categories"]}, job_dir,
+                                config.to_dict(), title=f"minimaxad test - {', '.join(wanted)}")
+    if not per_category:
+        raise ValueError(f"none of the categories {categories} is in the checkpoint(s) at {checkpoint}")
+    (output / "config.json").write_text(json.dumps({"checkpoint": str(checkpoint), "data": data,
+                                                    "format": format, "categories": categories}, indent=2))
+    return finish_results(per_category, output, echo)

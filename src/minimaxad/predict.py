@@ -1,0 +1,276 @@
+"""Python API for inspection programs: load a checkpoint once, predict on batches of images.
+
+    from minimaxad.predict import Predictor
+    predictor = Predictor.from_checkpoint("runs/bottle/checkpoint.pt")
+    result = predictor.predict([pil_image, "photo.png", numpy_array])
+    result.scores, result.normalized_scores, result.is_anomalous, result.maps
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from minimaxad.data.io import load_image
+from minimaxad.data.transforms import Transform
+from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
+from minimaxad.engine.inference import infer_batch, resolve_device
+from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
+from minimaxad.models import MiniMaxAD
+
+
+@dataclass
+class Prediction:
+    """Results for a batch, in input order. Maps are at the network's input size."""
+
+    scores: np.ndarray  # (N,) raw anomaly scores
+    normalized_scores: np.ndarray  # (N,) in [0, 1], 0.5 at the image threshold
+    is_anomalous: np.ndarray  # (N,) bool: score >= image threshold
+    maps: np.ndarray  # (N, H, W) float32 anomaly maps
+    defect_masks: np.ndarray | None  # (N, H, W) bool: map >= pixel threshold (None without one)
+    image_threshold: float | None
+    pixel_threshold: float | None
+    sizes: list[tuple[int, int]]  # (width, height) of each original image
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Predictor:
+    """A trained model with its preprocessing and decision thresholds, ready for inference.
+
+    Threshold precedence: ``image_threshold`` > ``false_positive_rate`` (re-calibrated on the
+    normal scores stored in the checkpoint) > the calibrated threshold in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: MiniMaxAD,
+        *,
+        image_size: int,
+        crop_size: int | None = None,
+        top_ratio: float = 0.01,
+        calibration: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        image_threshold: float | None = None,
+        false_positive_rate: float | None = None,
+        pixel_threshold: float | None = None,
+        pixel_false_positive_rate: float | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.transform = Transform(image_size, crop_size)
+        self.top_ratio = top_ratio
+        self.calibration = calibration or {}
+        self.thresholds = resolve_thresholds(
+            self.calibration, image_threshold=image_threshold, false_positive_rate=false_positive_rate,
+            pixel_threshold=pixel_threshold, pixel_false_positive_rate=pixel_false_positive_rate,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        encoder_weights: str | Path | None = None,
+        reparameterize: bool = True,
+        **threshold_overrides: Any,
+    ) -> "Predictor":
+        """Load once: the model (re-parameterized for speed by default), transform, thresholds."""
+        state = read_checkpoint(checkpoint)
+        model = model_from_checkpoint(state, encoder_weights=encoder_weights)
+        if reparameterize:
+            model.reparameterize()
+        return cls(model, image_size=state["image_size"], crop_size=state.get("crop_size"),
+                   top_ratio=state.get("top_ratio", 0.01), calibration=state.get("thresholds"), device=device,
+                   **threshold_overrides)
+
+    @property
+    def image_threshold(self) -> float | None:
+        return self.thresholds["image"]["value"]
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        return self.thresholds["pixel"]["value"]
+
+    def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Paths, PIL images or arrays -> a normalised batch and the original (W, H) sizes."""
+        pil = [load_image(image) for image in images]
+        return torch.stack([self.transform(p) for p in pil]), [p.size for p in pil]
+
+    def predict(self, images: Sequence[Any], batch_size: int = 16) -> Prediction:
+        """Scores, decisions and maps for ``images`` (any mix of paths, PIL images, arrays)."""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
+        scores, maps, sizes = [], [], []
+        for start in range(0, len(images), batch_size):
+            batch, batch_sizes = self.preprocess(images[start:start + batch_size])
+            batch_maps, batch_scores = infer_batch(self.model, batch.to(self.device), batch.shape[-1], self.top_ratio)
+            maps.append(batch_maps.float().cpu().numpy())
+            scores.append(batch_scores.float().cpu().numpy())
+            sizes.extend(batch_sizes)
+        return self.decide(np.concatenate(scores), np.concatenate(maps), sizes)
+
+    def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]]) -> Prediction:
+        image_thr, pixel_thr = self.image_threshold, self.pixel_threshold
+        normal = self.calibration.get("normal_scores")
+        if image_thr is None:
+            normalized = np.full(len(scores), np.nan)
+            anomalous = np.zeros(len(scores), dtype=bool)
+        else:
+            normalized = normalize_scores(scores, image_thr, np.asarray(normal) if normal else None)
+            anomalous = scores >= image_thr
+        masks = None if pixel_thr is None else maps >= pixel_thr
+        return Prediction(scores, normalized, anomalous, maps, masks, image_thr, pixel_thr, sizes)
+
+
+# -- folders of photos -> files -------------------------------------------------------------------
+def collect_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files given directly or found (recursively) in folders, sorted; and the inputs
+    that do not exist."""
+    from minimaxad.data.io import is_image_file
+
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)))
+        elif item.is_file():
+            files.append(item)
+        else:
+            missing.append((str(item), "no such file or folder"))
+    return files, missing
+
+
+def _output_names(files: list[Path]) -> list[str]:
+    """Unique, readable output names: the file stem, with parent folders added on collisions."""
+    names = [f.stem for f in files]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        seen: dict[str, int] = {}
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        names = ["__".join(f.with_suffix("").parts[-depth - 1:]) if seen[n] > 1 else n for f, n in zip(files, names)]
+        depth += 1
+    if len(set(names)) < len(names):  # still equal (e.g. a.png and a.jpg): number them
+        names = [f"{n}_{i}" for i, n in enumerate(names)]
+    return names
+
+
+def predict_paths(
+    checkpoint: Path,
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    encoder_weights: str | None = None,
+    image_threshold: float | None = None,
+    false_positive_rate: float | None = None,
+    pixel_threshold: float | None = None,
+    alpha: float = 0.5,
+    write_report: bool = False,
+    progress: bool = True,
+    echo=print,
+) -> dict[str, Any]:
+    """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
+    ``masks/NAME.png`` (binary defect mask at the photo's size), ``scores.csv`` and
+    ``scores.json``. Unreadable files are skipped, reported, and listed at the end."""
+    import csv
+
+    from minimaxad.data.io import BadImageError, DatasetError
+    from minimaxad.visualize import defect_mask, heatmap_overlay
+
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
+                                          image_threshold=image_threshold, false_positive_rate=false_positive_rate,
+                                          pixel_threshold=pixel_threshold)
+    files, failed = collect_inputs(inputs)
+    names = dict(zip(files, _output_names(files)))
+    output = Path(output)
+    (output / "heatmaps").mkdir(parents=True, exist_ok=True)
+    (output / "masks").mkdir(parents=True, exist_ok=True)
+    calibration = predictor.calibration
+    map_lo = float(calibration["normal_pixel_quantiles"][10]) if calibration.get("normal_pixel_quantiles") else None
+    pixel_thr = predictor.pixel_threshold
+    rows: list[dict[str, Any]] = []
+    report_items = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images, good = [], []
+        for path in chunk:
+            try:
+                images.append(load_image(path))
+                good.append(path)
+            except (BadImageError, DatasetError, OSError) as exc:
+                failed.append((str(path), str(exc).split(". ")[0]))
+        if images:
+            result = predictor.predict(images, batch_size=len(images))
+            for i, path in enumerate(good):
+                name = names[path]
+                photo = images[i]
+                amap = result.maps[i]
+                hi = pixel_thr * 1.5 if pixel_thr is not None else float(amap.max())
+                lo = map_lo if map_lo is not None else float(amap.min())
+                heatmap_overlay(photo, amap, vmin=lo, vmax=max(hi, lo + 1e-6), alpha=alpha).save(
+                    output / "heatmaps" / f"{name}.png")
+                threshold = pixel_thr if pixel_thr is not None else float("inf")
+                defect_mask(amap, threshold, size=photo.size).save(output / "masks" / f"{name}.png")
+                rows.append({
+                    "path": str(path), "name": name, "score": float(result.scores[i]),
+                    "normalized_score": float(result.normalized_scores[i]),
+                    "decision": ("anomalous" if result.is_anomalous[i] else "normal")
+                    if result.image_threshold is not None else "unknown",
+                    "width": photo.size[0], "height": photo.size[1],
+                    "heatmap": f"heatmaps/{name}.png", "mask": f"masks/{name}.png",
+                })
+                if write_report:
+                    from minimaxad.report import ReportItem
+
+                    report_items.append(ReportItem(path=str(path), category="predict", label=-1,
+                                                   score=float(result.scores[i]), anomaly_map=amap, image=photo))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    summary = {
+        "checkpoint": str(checkpoint),
+        "image_threshold": predictor.image_threshold,
+        "image_threshold_note": predictor.thresholds["image"]["note"],
+        "pixel_threshold": pixel_thr,
+        "pixel_threshold_note": predictor.thresholds["pixel"]["note"],
+        "predictions": rows,
+        "failed": [{"path": p, "error": e} for p, e in failed],
+    }
+    fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
+    with open(output / "scores.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (output / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if write_report and report_items:
+        from minimaxad.report import write_report as render
+
+        render(output / "report.html", metrics=None, items=report_items, image_threshold=predictor.image_threshold,
+               pixel_threshold=pixel_thr, threshold_notes={"image": predictor.thresholds["image"]["note"],
+                                                            "pixel": predictor.thresholds["pixel"]["note"]},
+               title="minimaxad predictions")
+    anomalous = sum(r["decision"] == "anomalous" for r in rows)
+    echo(f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
+         f"(image threshold {predictor.image_threshold}); results in {output}")
+    if failed:
+        echo(f"{len(failed)} input(s) could not be read and were skipped:")
+        for path, error in failed:
+            echo(f"  {path}: {error}")
+    return {"predicted": len(rows), "failed": failed, "output": str(output), "rows": rows}

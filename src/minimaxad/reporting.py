@@ -1,0 +1,121 @@
+"""Saving an evaluation compactly (``evaluation.npz``) and rendering it as the HTML report.
+
+``minimaxad test`` writes both; ``minimaxad report RUN_DIR`` re-renders the page from the
+``.npz`` (for example with another threshold) without the model or the data. Maps are stored as
+float16 at 128 px (64 px for test sets over 500 images): the report shows thumbnails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _stored_side(n_items: int, side: int) -> int:
+    return min(side, 128 if n_items <= 500 else 64)
+
+
+def save_evaluation(path: Path, evaluation, summary: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write scores, labels, categories, paths, small maps and masks, thresholds and metrics."""
+    outputs = evaluation.outputs
+    side = _stored_side(len(outputs.scores), outputs.maps.shape[-1])
+    maps = F.interpolate(outputs.maps[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+    arrays: dict[str, Any] = {
+        "scores": outputs.scores.astype(np.float32),
+        "labels": outputs.labels.astype(np.int8),
+        "categories": np.asarray(outputs.categories, dtype=str),
+        "paths": np.asarray(outputs.paths, dtype=str),
+        "maps": maps.numpy().astype(np.float16),
+        "map_range": np.asarray(_map_range(outputs.maps), dtype=np.float64),
+        "meta": np.asarray(json.dumps({"summary": summary, "thresholds": evaluation.thresholds,
+                                       "config": config}, default=str)),
+    }
+    if outputs.masks is not None:
+        small = F.interpolate(outputs.masks[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0.5
+        arrays["masks"] = small.numpy()
+        arrays["has_mask"] = (outputs.has_mask if len(outputs.has_mask) else outputs.masks.flatten(1).any(1).numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def _map_range(maps: torch.Tensor) -> tuple[float, float]:
+    """1st to 99.9th percentile of all pixels (on a sample): a common heatmap colour range."""
+    flat = maps.reshape(-1)
+    if flat.numel() > 2_000_000:
+        flat = flat[torch.randint(flat.numel(), (2_000_000,), generator=torch.Generator().manual_seed(0))]
+    lo, hi = torch.quantile(flat.float(), torch.tensor([0.01, 0.999])).tolist()
+    return lo, max(hi, lo + 1e-6)
+
+
+def load_evaluation(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "evaluation.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation.npz at {path}: run 'minimaxad test' (or fit) first")
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["meta"] = json.loads(str(out["meta"]))
+    return out
+
+
+def render_saved_evaluation(
+    path: Path,
+    html_path: Path,
+    *,
+    title: str = "minimaxad report",
+    image_threshold: float | None = None,
+    pixel_threshold: float | None = None,
+    max_gallery: int | None = 60,
+) -> Path:
+    """The HTML report from an ``evaluation.npz``; thresholds default to the stored ones."""
+    from minimaxad.report import ReportItem, write_report
+
+    saved = load_evaluation(path)
+    meta = saved["meta"]
+    thresholds = meta.get("thresholds") or {}
+    notes = {}
+    image_value = image_threshold
+    pixel_value = pixel_threshold
+    if image_value is None:
+        image_value = (thresholds.get("image") or {}).get("value")
+        notes["image"] = (thresholds.get("image") or {}).get("note", "not calibrated")
+    else:
+        notes["image"] = f"set by the user ({image_value:g})"
+    if pixel_value is None:
+        pixel_value = (thresholds.get("pixel") or {}).get("value")
+        notes["pixel"] = (thresholds.get("pixel") or {}).get("note", "not calibrated")
+    else:
+        notes["pixel"] = f"set by the user ({pixel_value:g})"
+    masks = saved.get("masks")
+    has_mask = saved.get("has_mask")
+    items = [
+        ReportItem(
+            path=str(saved["paths"][i]),
+            category=str(saved["categories"][i]),
+            label=int(saved["labels"][i]),
+            score=float(saved["scores"][i]),
+            anomaly_map=saved["maps"][i].astype(np.float32),
+            mask=None if masks is None or (has_mask is not None and not has_mask[i] and saved["labels"][i] == 1)
+            else masks[i],
+        )
+        for i in range(len(saved["scores"]))
+    ]
+    from minimaxad.results import summarize
+
+    summary = meta.get("summary") or {}
+    if "mean" not in summary and summary.get("categories"):
+        summary = summarize(summary["categories"])
+    return write_report(
+        html_path, metrics=summary, items=items, image_threshold=image_value, pixel_threshold=pixel_value,
+        threshold_notes=notes, title=title, config=meta.get("config"), max_gallery=max_gallery,
+        map_range=tuple(float(v) for v in saved["map_range"]),
+    )
