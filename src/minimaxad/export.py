@@ -42,7 +42,12 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
     format = format or ("onnx" if output.suffix == ".onnx" else "torchscript")
     output.parent.mkdir(parents=True, exist_ok=True)
     if format == "torchscript":
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            # the image size is fixed at export: shape-dependent Python values are meant as constants
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
             traced = torch.jit.trace(scorer, example, check_trace=False)
         traced.save(str(output))
     elif format == "onnx":

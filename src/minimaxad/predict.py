@@ -131,37 +131,31 @@ class Predictor:
 
 
 # -- folders of photos -> files -------------------------------------------------------------------
-def collect_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files given directly or found (recursively) in folders, sorted; and the inputs
-    that do not exist."""
+def collect_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
+    """Image files given directly or found (recursively) in folders, sorted; a unique output name
+    for each (its path inside the given folder, ``/`` as ``__``); and the inputs that do not exist."""
     from minimaxad.data.io import is_image_file
 
     files: list[Path] = []
+    names: list[str] = []
     missing: list[tuple[str, str]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            files.extend(found)
+            names.extend("__".join(p.relative_to(item).with_suffix("").parts) for p in found)
         elif item.is_file():
             files.append(item)
+            names.append(item.stem)
         else:
             missing.append((str(item), "no such file or folder"))
-    return files, missing
-
-
-def _output_names(files: list[Path]) -> list[str]:
-    """Unique, readable output names: the file stem, with parent folders added on collisions."""
-    names = [f.stem for f in files]
-    depth = 1
-    while len(set(names)) < len(names) and depth < 8:
-        seen: dict[str, int] = {}
-        for n in names:
-            seen[n] = seen.get(n, 0) + 1
-        names = ["__".join(f.with_suffix("").parts[-depth - 1:]) if seen[n] > 1 else n for f, n in zip(files, names)]
-        depth += 1
-    if len(set(names)) < len(names):  # still equal (e.g. a.png and a.jpg): number them
-        names = [f"{n}_{i}" for i, n in enumerate(names)]
-    return names
+    counts: dict[str, int] = {}
+    unique = []
+    for name in names:  # same name twice (a.png and a.jpg, or two inputs): number the later ones
+        counts[name] = counts.get(name, 0) + 1
+        unique.append(name if counts[name] == 1 else f"{name}_{counts[name] - 1}")
+    return files, unique, missing
 
 
 def predict_paths(
@@ -191,8 +185,8 @@ def predict_paths(
     predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
                                           image_threshold=image_threshold, false_positive_rate=false_positive_rate,
                                           pixel_threshold=pixel_threshold)
-    files, failed = collect_inputs(inputs)
-    names = dict(zip(files, _output_names(files)))
+    files, file_names, failed = collect_inputs(inputs)
+    names = dict(zip(files, file_names))
     output = Path(output)
     (output / "heatmaps").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
