@@ -1,0 +1,947 @@
+"""Self-contained HTML report: metrics, curves, score histograms and a gallery.
+
+:func:`write_report` writes ONE HTML file with everything inline: images as
+base64 ``data:`` URIs, plots as inline SVG, CSS in a ``<style>`` block, no
+JavaScript and no external resource, so the file can be mailed, archived as a CI
+artefact or opened offline (``file://``) in any browser.
+
+Only numpy and Pillow are needed (the package's torch code is not imported).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from minimaxad.visualize import _as_2d, colorize, defect_mask, get_colormap, heatmap_overlay, to_data_uri
+
+__all__ = ["ReportItem", "write_report"]
+
+Threshold = Union[float, Mapping[str, float], None]
+
+
+@dataclass
+class ReportItem:
+    """One test image.
+
+    ``label``: 1 anomalous, 0 normal, -1 unknown (prediction-only runs).
+    ``anomaly_map``: ``(H, W)`` float map at network resolution.
+    ``mask``: ground-truth ``(H, W)`` bool mask (network resolution or original
+    size) or ``None``. ``image``: the photo; ``None`` loads ``path`` with Pillow
+    (a file that cannot be read is shown as a placeholder).
+    """
+
+    path: str
+    category: str
+    label: int
+    score: float
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None = None
+    image: Image.Image | None = None
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+
+_E = html.escape
+
+_METRIC_COLUMNS = (
+    ("i_auroc", "Image AUROC"),
+    ("i_ap", "Image AP"),
+    ("i_f1max", "Image F1-max"),
+    ("p_auroc", "Pixel AUROC"),
+    ("p_ap", "Pixel AP"),
+    ("p_f1max", "Pixel F1-max"),
+    ("aupro", "AUPRO"),
+)
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+_DASHES = ("", "6 3", "2 2", "8 3 2 3")
+_OVERALL = "all categories"
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _finite(v: Any) -> bool:
+    return _is_num(v) and math.isfinite(float(v))
+
+
+def _pct(v: Any) -> str:
+    """Fraction -> percent with 1 decimal (values > 1 are taken as already in %)."""
+    if not _finite(v):
+        return "—"
+    v = float(v)
+    return f"{v * 100.0:.1f}" if abs(v) <= 1.0 + 1e-9 else f"{v:.1f}"
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if _is_num(v):
+        v = float(v)
+        if math.isnan(v):
+            return "NaN"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _thr_for(thr: Threshold, category: str) -> float | None:
+    if thr is None:
+        return None
+    if isinstance(thr, Mapping):
+        v = thr.get(category)
+        return float(v) if _finite(v) else None
+    return float(thr) if _finite(thr) else None
+
+
+def _color(i: int) -> tuple[str, str]:
+    return _PALETTE[i % len(_PALETTE)], _DASHES[(i // len(_PALETTE)) % len(_DASHES)]
+
+
+# ---------------------------------------------------------------------------
+# curves (numpy only)
+# ---------------------------------------------------------------------------
+
+
+def _roc_pr(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
+    """ROC and precision-recall curves; ``None`` unless both classes are present."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    idx = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[idx].astype(np.float64)
+    fps = (idx + 1) - tps
+    tpr = np.r_[0.0, tps / n_pos]
+    fpr = np.r_[0.0, fps / n_neg]
+    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    last = int(np.searchsorted(tps, tps[-1]))  # stop once full recall is reached (as sklearn)
+    tps_pr, fps_pr = tps[: last + 1], fps[: last + 1]
+    precision = tps_pr / (tps_pr + fps_pr)
+    recall = tps_pr / n_pos
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    # step curve (precision p_i holds on (r_{i-1}, r_i]) to match the AP definition
+    pr_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
+    pr_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
+    return {"fpr": fpr, "tpr": tpr, "auroc": auroc, "recall": pr_x, "precision": pr_y, "ap": ap,
+            "n_pos": n_pos, "n_neg": n_neg}
+
+
+def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict[str, float] | None:
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores, dtype=np.float64) >= thr
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    return {"fpr": fp / n_neg, "tpr": tp / n_pos, "precision": tp / (tp + fp) if tp + fp else 1.0}
+
+
+# ---------------------------------------------------------------------------
+# SVG plots
+# ---------------------------------------------------------------------------
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = mag
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        step = m * mag
+        if step >= raw * 0.999:
+            break
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = start
+    while v <= hi + step * 1e-6:
+        ticks.append(0.0 if abs(v) < step * 1e-9 else v)
+        v += step
+    return ticks
+
+
+def _tick_label(v: float) -> str:
+    s = f"{v:.4g}"
+    return "0" if s in ("-0", "0") else s
+
+
+def _downsample(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    if x.size <= max_points:
+        return x, y
+    idx = np.unique(np.r_[np.linspace(0, x.size - 1, max_points).astype(np.intp), x.size - 1])
+    return x[idx], y[idx]
+
+
+class _Frame:
+    """Coordinate frame of one plot: data -> SVG pixels."""
+
+    def __init__(self, x0: float, y0: float, w: float, h: float,
+                 xlim: tuple[float, float], ylim: tuple[float, float]):
+        self.x0, self.y0, self.w, self.h = x0, y0, w, h
+        self.xlim, self.ylim = xlim, ylim
+
+    def px(self, x: Any) -> Any:
+        lo, hi = self.xlim
+        return self.x0 + (np.asarray(x, dtype=np.float64) - lo) / (hi - lo) * self.w
+
+    def py(self, y: Any) -> Any:
+        lo, hi = self.ylim
+        return self.y0 + self.h - (np.asarray(y, dtype=np.float64) - lo) / (hi - lo) * self.h
+
+    def axes(self, title: str, xlabel: str, ylabel: str, xticks: Sequence[float],
+             yticks: Sequence[float]) -> list[str]:
+        out = [f'<rect x="{self.x0}" y="{self.y0}" width="{self.w}" height="{self.h}" class="pa"/>']
+        for t in xticks:
+            x = float(self.px(t))
+            out.append(f'<line x1="{x:.1f}" y1="{self.y0}" x2="{x:.1f}" y2="{self.y0 + self.h}" class="grid"/>')
+            out.append(f'<line x1="{x:.1f}" y1="{self.y0 + self.h}" x2="{x:.1f}" y2="{self.y0 + self.h + 4}" class="ax"/>')
+            out.append(f'<text x="{x:.1f}" y="{self.y0 + self.h + 16}" text-anchor="middle">{_E(_tick_label(t))}</text>')
+        for t in yticks:
+            y = float(self.py(t))
+            out.append(f'<line x1="{self.x0}" y1="{y:.1f}" x2="{self.x0 + self.w}" y2="{y:.1f}" class="grid"/>')
+            out.append(f'<line x1="{self.x0 - 4}" y1="{y:.1f}" x2="{self.x0}" y2="{y:.1f}" class="ax"/>')
+            out.append(f'<text x="{self.x0 - 7}" y="{y + 4:.1f}" text-anchor="end">{_E(_tick_label(t))}</text>')
+        out.append(f'<line x1="{self.x0}" y1="{self.y0 + self.h}" x2="{self.x0 + self.w}" y2="{self.y0 + self.h}" class="ax"/>')
+        out.append(f'<line x1="{self.x0}" y1="{self.y0}" x2="{self.x0}" y2="{self.y0 + self.h}" class="ax"/>')
+        out.append(f'<text x="{self.x0 + self.w / 2:.1f}" y="{self.y0 - 10}" text-anchor="middle" class="ttl">{_E(title)}</text>')
+        out.append(f'<text x="{self.x0 + self.w / 2:.1f}" y="{self.y0 + self.h + 34}" text-anchor="middle" class="lbl">{_E(xlabel)}</text>')
+        cy = self.y0 + self.h / 2
+        out.append(f'<text x="{self.x0 - 40}" y="{cy:.1f}" text-anchor="middle" class="lbl" '
+                   f'transform="rotate(-90 {self.x0 - 40} {cy:.1f})">{_E(ylabel)}</text>')
+        return out
+
+
+def _legend(x: float, y: float, entries: Sequence[tuple[str, str, str, str]]) -> list[str]:
+    """entries: (label, colour, dash, kind) with kind 'line' or 'box'."""
+    out = []
+    for i, (label, color, dash, kind) in enumerate(entries):
+        yy = y + i * 18
+        if kind == "circle":
+            out.append(f'<circle cx="{x + 9}" cy="{yy - 4}" r="4" fill="white" stroke="{color}" stroke-width="2"/>')
+        elif kind == "box":
+            out.append(f'<rect x="{x}" y="{yy - 9}" width="18" height="10" fill="{color}" fill-opacity="0.55" stroke="{color}"/>')
+        else:
+            da = f' stroke-dasharray="{dash}"' if dash else ""
+            out.append(f'<line x1="{x}" y1="{yy - 4}" x2="{x + 18}" y2="{yy - 4}" stroke="{color}" stroke-width="2"{da}/>')
+        out.append(f'<text x="{x + 24}" y="{yy}">{_E(label)}</text>')
+    return out
+
+
+def _svg(width: float, height: float, body: list[str], label: str, cls: str = "plot") -> str:
+    return (f'<svg class="{cls}" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+            f'role="img" aria-label="{_E(label)}"><title>{_E(label)}</title>' + "".join(body) + "</svg>")
+
+
+def _line_plot(title: str, xlabel: str, ylabel: str,
+               series: Sequence[dict[str, Any]], diagonal: bool = False,
+               points: Sequence[dict[str, Any]] = ()) -> str:
+    """Unit-square line plot. series: {label, x, y, color, dash, width}."""
+    fr = _Frame(58, 30, 300, 260, (0.0, 1.0), (0.0, 1.0))
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    body = fr.axes(title, xlabel, ylabel, ticks, ticks)
+    if diagonal:
+        body.append(f'<line x1="{fr.px(0):.1f}" y1="{fr.py(0):.1f}" x2="{fr.px(1):.1f}" y2="{fr.py(1):.1f}" class="chance"/>')
+    for s in series:
+        x, y = _downsample(np.clip(np.asarray(s["x"], float), 0, 1), np.clip(np.asarray(s["y"], float), 0, 1))
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(fr.px(x), fr.py(y)))
+        da = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        body.append(f'<polyline points="{pts}" fill="none" stroke="{s["color"]}" '
+                    f'stroke-width="{s.get("width", 1.8)}"{da}><title>{_E(s["label"])}</title></polyline>')
+    for p in points:
+        body.append(f'<circle cx="{float(fr.px(p["x"])):.1f}" cy="{float(fr.py(p["y"])):.1f}" r="4" '
+                    f'fill="white" stroke="{p["color"]}" stroke-width="2"><title>{_E(p["label"])}</title></circle>')
+    entries = [(s["label"], s["color"], s.get("dash", ""), "line") for s in series]
+    if points:
+        entries.append(("operating point at the image threshold", "#444", "", "circle"))
+    leg_x = fr.x0 + fr.w + 18
+    body += _legend(leg_x, fr.y0 + 12, entries)
+    longest = max((len(e[0]) for e in entries), default=10)
+    width = leg_x + 30 + 6.4 * longest
+    height = max(fr.y0 + fr.h + 46, fr.y0 + 12 + 18 * len(entries))
+    return _svg(width, height, body, title)
+
+
+def _histogram(title: str, groups: Sequence[tuple[str, np.ndarray, str]], threshold: float | None,
+               bins: int = 24) -> str:
+    vals = [np.asarray(g[1], float) for g in groups]
+    allv = np.concatenate([v[np.isfinite(v)] for v in vals] + [np.zeros(0)])
+    if threshold is not None:
+        allv = np.r_[allv, threshold]
+    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.03
+    lo, hi = lo - pad, hi + pad
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = [np.histogram(v[np.isfinite(v)], bins=edges)[0] for v in vals]
+    cmax = max([int(c.max()) for c in counts if c.size] + [1])
+    yticks = [t for t in _nice_ticks(0, cmax, 4) if abs(t - round(t)) < 1e-9]
+    ytop = max(cmax, yticks[-1] if yticks else cmax)
+    fr = _Frame(50, 30, 300, 170, (lo, hi), (0.0, float(ytop)))
+    body = fr.axes(title, "image anomaly score", "images", _nice_ticks(lo, hi, 5), yticks)
+    for (label, _, color), c in zip(groups, counts):
+        for i, n in enumerate(c):
+            if n == 0:
+                continue
+            x0, x1 = float(fr.px(edges[i])), float(fr.px(edges[i + 1]))
+            y = float(fr.py(n))
+            body.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                        f'height="{fr.y0 + fr.h - y:.1f}" fill="{color}" fill-opacity="0.55" stroke="{color}" '
+                        f'stroke-width="0.6"><title>{_E(label)}: {int(n)} in [{edges[i]:.4g}, {edges[i + 1]:.4g})</title></rect>')
+    entries = [(f"{g[0]} (n={int(np.isfinite(v).sum())})", g[2], "", "box") for g, v in zip(groups, vals)]
+    if threshold is not None:
+        x = float(fr.px(threshold))
+        body.append(f'<line x1="{x:.1f}" y1="{fr.y0}" x2="{x:.1f}" y2="{fr.y0 + fr.h}" class="thr">'
+                    f'<title>image threshold {threshold:.6g}</title></line>')
+        entries.append((f"threshold {threshold:.4g}", "#000", "5 3", "line"))
+    leg_x = fr.x0 + fr.w + 14
+    body += _legend(leg_x, fr.y0 + 12, entries)
+    longest = max((len(e[0]) for e in entries), default=10)
+    width = leg_x + 30 + 6.4 * longest
+    height = max(fr.y0 + fr.h + 46, fr.y0 + 12 + 18 * len(entries))
+    return _svg(width, height, body, title)
+
+
+def _colorbar(cmap: Any, vmin: float, vmax: float) -> str:
+    lut = get_colormap(cmap)
+    stops = []
+    for k in range(17):
+        i = round(k * (lut.shape[0] - 1) / 16)
+        r, g, b = (int(c) for c in lut[i])
+        stops.append(f'<stop offset="{k / 16:.4f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>')
+    w, x0 = 320, 10
+    body = [f'<defs><linearGradient id="mmad-cbar" x1="0" y1="0" x2="1" y2="0">{"".join(stops)}</linearGradient></defs>',
+            f'<rect x="{x0}" y="6" width="{w}" height="16" fill="url(#mmad-cbar)" stroke="#555" stroke-width="0.6"/>']
+    for frac, v in ((0.0, vmin), (0.5, (vmin + vmax) / 2), (1.0, vmax)):
+        x = x0 + frac * w
+        anchor = "start" if frac == 0 else ("end" if frac == 1 else "middle")
+        body.append(f'<line x1="{x:.1f}" y1="22" x2="{x:.1f}" y2="27" class="ax"/>')
+        body.append(f'<text x="{x:.1f}" y="39" text-anchor="{anchor}">{_E(_tick_label(v))}</text>')
+    return _svg(w + 2 * x0, 44, body, f"heatmap colour scale {vmin:.4g} to {vmax:.4g}", cls="cbar")
+
+
+# ---------------------------------------------------------------------------
+# gallery
+# ---------------------------------------------------------------------------
+
+
+def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
+    """Return (thumbnail RGB, original size, error)."""
+    try:
+        if item.image is not None:
+            im = item.image
+            size = im.size
+            thumb = im.convert("RGB")
+        else:
+            from PIL import ImageOps
+
+            from minimaxad.data.io import to_rgb
+
+            with Image.open(item.path) as im:
+                # upright (EXIF) and any mode (16-bit, palette...) decoded as the data loader does
+                width, height = im.size
+                rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                size = (height, width) if rotated else (width, height)
+                try:
+                    im.draft("RGB", (side, side))  # fast JPEG decoding at reduced scale
+                except Exception:
+                    pass
+                thumb = to_rgb(ImageOps.exif_transpose(im))
+        if thumb is item.image:
+            thumb = thumb.copy()
+        thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+        return thumb, size, None
+    except Exception as exc:  # never crash on a bad photo
+        return None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
+    m = _as_2d(mask, "mask", dtype=bool)
+    im = Image.fromarray(np.where(m, 255, 0).astype(np.uint8))
+    if im.size == size:
+        return im
+    # enlarging: keep crisp edges; shrinking: average so thin defects stay visible (grey)
+    enlarge = size[0] * size[1] >= im.size[0] * im.size[1]
+    return im.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.BOX)
+
+
+def _placeholder(text: str) -> str:
+    return f'<div class="ph">{_E(text)}</div>'
+
+
+def _fig(uri: str, alt: str, caption: str) -> str:
+    return (f'<figure><img src="{uri}" alt="{_E(alt)}" loading="eager">'
+            f'<figcaption>{_E(caption)}</figcaption></figure>')
+
+
+def _fig_ph(text: str, caption: str) -> str:
+    return f'<figure>{_placeholder(text)}<figcaption>{_E(caption)}</figcaption></figure>'
+
+
+_OUTCOME = {
+    "miss": ("miss", "MISSED DEFECT", "anomalous image scored below the threshold"),
+    "fa": ("fa", "FALSE ALARM", "normal image scored at or above the threshold"),
+    "tp": ("ok", "detected", "anomalous image correctly flagged"),
+    "tn": ("ok", "correct", "normal image correctly passed"),
+    "nodec": ("nd", "no threshold", "no image threshold: no decision"),
+    "unk": ("unk", "label unknown", "ground truth unknown"),
+}
+
+
+def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float, vmax: float,
+                 cmap: Any, alpha: float, side: int, pixel_thr: float | None, show_pred: bool,
+                 jpeg_quality: int) -> str:
+    cls, badge, why = _OUTCOME[info["outcome"]]
+    name = os.path.basename(str(it.path)) or str(it.path)
+    photo, orig_size, err = _load_photo(it, side)
+    try:
+        amap = _as_2d(it.anomaly_map)
+        map_ok = amap.size > 0
+    except Exception:
+        amap, map_ok = np.zeros((1, 1), np.float32), False
+    cells = []
+    # photo
+    if photo is not None:
+        cells.append(_fig(to_data_uri(photo, "JPEG", quality=jpeg_quality), f"photo {name}",
+                          f"photo {orig_size[0]}×{orig_size[1]}"))
+        target = photo.size
+    else:
+        cells.append(_fig_ph("image could not be read", "photo"))
+        target = None
+    # heatmap
+    if map_ok:
+        try:
+            if photo is not None:
+                ov = heatmap_overlay(photo, amap, vmin, vmax, alpha=alpha, cmap=cmap)
+                cap = "heatmap overlay"
+            else:
+                ov = Image.fromarray(colorize(amap, vmin, vmax, cmap))
+                ov.thumbnail((side, side), Image.Resampling.BILINEAR)
+                cap = "heatmap (no photo)"
+            if target is None:
+                target = ov.size
+            cells.append(_fig(to_data_uri(ov, "JPEG", quality=jpeg_quality), f"heatmap {name}", cap))
+        except Exception as exc:
+            map_ok = False
+            cells.append(_fig_ph(f"heatmap failed: {type(exc).__name__}", "heatmap"))
+    else:
+        cells.append(_fig_ph(f"invalid anomaly map shape {np.shape(it.anomaly_map)}", "heatmap"))
+    if target is None:
+        target = (side, side)
+    # ground truth
+    if it.mask is not None:
+        try:
+            cells.append(_fig(to_data_uri(_mask_image(it.mask, target), "PNG"), f"ground truth {name}",
+                              "ground-truth mask"))
+        except Exception as exc:
+            cells.append(_fig_ph(f"mask unusable: {type(exc).__name__}", "ground-truth mask"))
+    else:
+        cells.append(_fig_ph("no mask", "ground-truth mask"))
+    # prediction
+    extra = ""
+    if show_pred:
+        if pixel_thr is not None and map_ok:
+            pm = defect_mask(amap, pixel_thr, size=target)
+            cells.append(_fig(to_data_uri(pm, "PNG"), f"predicted mask {name}", "predicted mask"))
+            frac = float(np.mean(amap >= pixel_thr))
+            extra = f"<div>map ≥ pixel threshold: <b>{frac * 100:.1f}%</b> of pixels</div>"
+        else:
+            cells.append(_fig_ph("no pixel threshold" if pixel_thr is None else "no map", "predicted mask"))
+    label = {1: "anomalous", 0: "normal"}.get(it.label, "unknown")
+    thr = info["thr"]
+    decision = "—" if info["pred"] is None else ("anomalous" if info["pred"] else "normal")
+    details = (
+        f'<div class="fname" title="{_E(str(it.path))}">{_E(name)}</div>'
+        f'<div class="fpath">{_E(str(it.path))}</div>'
+        f'<div>category: <b>{_E(str(it.category))}</b></div>'
+        f'<div>score: <b>{_E(_num(info["score"], 5))}</b>'
+        + (f' (threshold {_E(_num(thr, 5))})' if thr is not None else "") + "</div>"
+        f'<div>label: <b>{label}</b> · decision: <b>{decision}</b></div>'
+        f'<div>map max: {_E(_num(float(np.nanmax(amap)) if map_ok and np.isfinite(amap).any() else None, 4))}</div>'
+        + extra
+        + (f'<div class="err">{_E(err)}</div>' if err else "")
+        + f'<div><span class="badge b-{cls}" title="{_E(why)}">{_E(badge)}</span></div>'
+    )
+    return (f'<tr class="item {cls}" data-rank="{rank}"><td class="rank">{rank}</td>'
+            + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="det">{details}</td></tr>')
+
+
+def _classify(items: Sequence[ReportItem], image_threshold: Threshold) -> list[dict[str, Any]]:
+    infos = []
+    for it in items:
+        score = float(it.score) if _is_num(it.score) else float("nan")
+        thr = _thr_for(image_threshold, str(it.category))
+        pred = None if thr is None or not math.isfinite(score) else bool(score >= thr)
+        if it.label not in (0, 1):
+            outcome = "unk"
+        elif pred is None:
+            outcome = "nodec"
+        elif it.label == 1:
+            outcome = "tp" if pred else "miss"
+        else:
+            outcome = "fa" if pred else "tn"
+        infos.append({"score": score, "thr": thr, "pred": pred, "outcome": outcome})
+    return infos
+
+
+def _gallery_order(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]) -> list[int]:
+    """Worst first: misses (lowest scores first), false alarms (highest first),
+    the other labelled items by descending badness, then unlabelled by score."""
+    # threshold-free badness: fraction of the other class on the wrong side
+    by_cat: dict[str, dict[int, list[float]]] = {}
+    for it, inf in zip(items, infos):
+        if it.label in (0, 1) and math.isfinite(inf["score"]):
+            by_cat.setdefault(str(it.category), {0: [], 1: []})[it.label].append(inf["score"])
+    keys = []
+    group_of = {"miss": 0, "fa": 1, "tp": 2, "tn": 2, "nodec": 3, "unk": 4}
+    for i, (it, inf) in enumerate(zip(items, infos)):
+        s, thr, g = inf["score"], inf["thr"], group_of[inf["outcome"]]
+        if not math.isfinite(s):
+            bad = -math.inf
+        elif g in (0, 1, 2):
+            bad = (thr - s) if it.label == 1 else (s - thr)
+        elif g == 3:
+            other = np.asarray(by_cat.get(str(it.category), {}).get(1 - it.label, []), float)
+            if other.size == 0:
+                bad = 0.0
+            elif it.label == 1:
+                bad = float(np.mean(other >= s))
+            else:
+                bad = float(np.mean(other <= s))
+            bad += 1e-12 * ((-s) if it.label == 1 else s)  # tie-break: lower anomalous / higher normal first
+        else:
+            bad = s
+        keys.append((g, -bad, str(it.path), i))
+    return [k[3] for k in sorted(keys)]
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+
+def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
+    metrics = metrics or {}
+    cats = metrics.get("categories") or {}
+    rows: list[tuple[str, Mapping[str, Any], bool]] = [(str(k), v or {}, False) for k, v in cats.items()]
+    if isinstance(metrics.get("mean"), Mapping):
+        rows.append(("mean", metrics["mean"], True))
+    if not rows:
+        return "<p class='note'>No metrics were given.</p>"
+    known = [(k, t) for k, t in _METRIC_COLUMNS if any(_is_num(r[1].get(k)) for r in rows)]
+    known_keys = {k for k, _ in _METRIC_COLUMNS}
+    extra: list[str] = []
+    for _, r, _ in rows:
+        for k, v in r.items():
+            if k not in known_keys and not k.endswith("_ci") and _is_num(v) and k not in extra:
+                extra.append(k)
+    head = "<tr><th>category</th>" + "".join(f"<th title='{_E(k)}'>{_E(t)} (%)</th>" for k, t in known)
+    head += "".join(f"<th>{_E(k)}</th>" for k in extra) + "</tr>"
+    body = []
+    for name, r, is_mean in rows:
+        cells = []
+        for k, _ in known:
+            ci = r.get(f"{k}_ci")
+            txt = _pct(r.get(k))
+            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_finite(c) for c in ci):
+                txt += f' <span class="ci">[{_pct(ci[0])}, {_pct(ci[1])}]</span>'
+            cells.append(f"<td class='num'>{txt}</td>")
+        for k in extra:
+            ci = r.get(f"{k}_ci")
+            txt = _E(_num(r.get(k)))
+            if isinstance(ci, (list, tuple)) and len(ci) == 2:
+                txt += f' <span class="ci">[{_E(_num(ci[0]))}, {_E(_num(ci[1]))}]</span>'
+            cells.append(f"<td class='num'>{txt}</td>")
+        cls = " class='mean'" if is_mean else ""
+        body.append(f"<tr{cls}><th>{_E(name)}</th>{''.join(cells)}</tr>")
+    others = {k: v for k, v in metrics.items() if k not in ("categories", "mean") and _is_num(v)}
+    other_html = ""
+    if others:
+        other_html = "<p class='note'>" + " · ".join(f"{_E(str(k))}: {_E(_num(v))}" for k, v in others.items()) + "</p>"
+    ci_note = ("<p class='note'>Values in percent; brackets give confidence intervals where available. "
+               "— means not computed (e.g. no pixel masks).</p>")
+    return f"<table class='metrics'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>{ci_note}{other_html}"
+
+
+def _as_xy(v: Any, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        if isinstance(v, Mapping):
+            x = v.get(xkey, v.get("x"))
+            y = v.get(ykey, v.get("y"))
+        else:
+            x, y = v[0], v[1]
+        x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+        if x.size == 0 or x.size != y.size:
+            return None
+        return x, y
+    except Exception:
+        return None
+
+
+def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
+                    image_threshold: Threshold, curves: Mapping[str, Any] | None) -> str:
+    lab = [(str(it.category), it.label, inf["score"]) for it, inf in zip(items, infos)
+           if it.label in (0, 1) and math.isfinite(inf["score"])]
+    cats = sorted({c for c, _, _ in lab})
+    groups: list[tuple[str, list[int]]] = [(c, [i for i, t in enumerate(lab) if t[0] == c]) for c in cats]
+    if len(cats) > 1:
+        groups.append((_OVERALL, list(range(len(lab)))))
+    roc_series, pr_series, roc_pts, pr_pts, notes = [], [], [], [], []
+    for gi, (name, idx) in enumerate(groups):
+        y = np.array([lab[i][1] for i in idx], dtype=int)
+        s = np.array([lab[i][2] for i in idx], dtype=float)
+        res = _roc_pr(y, s)
+        if res is None:
+            notes.append(f"{name}: needs both normal and anomalous images ({int((y == 0).sum())} normal, "
+                         f"{int((y == 1).sum())} anomalous)")
+            continue
+        overall = name == _OVERALL
+        color, dash = ("#111111", "5 3") if overall else _color(gi)
+        width = 2.4 if overall else 1.8
+        roc_series.append({"label": f"{name} (AUROC {res['auroc'] * 100:.1f}%)", "x": res["fpr"], "y": res["tpr"],
+                           "color": color, "dash": dash, "width": width, "name": name})
+        pr_series.append({"label": f"{name} (AP {res['ap'] * 100:.1f}%)", "x": res["recall"], "y": res["precision"],
+                          "color": color, "dash": dash, "width": width, "name": name})
+        thr = None if overall else _thr_for(image_threshold, name)
+        if overall and image_threshold is not None and not isinstance(image_threshold, Mapping):
+            thr = _thr_for(image_threshold, name)
+        if thr is not None:
+            op = _operating_point(y, s, thr)
+            if op is not None:
+                txt = f"{name}: threshold {thr:.4g} → TPR {op['tpr'] * 100:.1f}%, FPR {op['fpr'] * 100:.1f}%"
+                roc_pts.append({"x": op["fpr"], "y": op["tpr"], "color": color, "label": txt})
+                pr_pts.append({"x": op["tpr"], "y": op["precision"], "color": color,
+                               "label": f"{name}: threshold {thr:.4g} → recall {op['tpr'] * 100:.1f}%, "
+                                        f"precision {op['precision'] * 100:.1f}%"})
+    # user-supplied curves replace/extend the computed ones
+    extra_plots = []
+    if curves:
+        for key, xk, yk, target, short in (("roc", "fpr", "tpr", roc_series, "AUROC"),
+                                           ("pr", "recall", "precision", pr_series, "AP")):
+            given = curves.get(key)
+            if not isinstance(given, Mapping):
+                continue
+            for j, (name, v) in enumerate(given.items()):
+                xy = _as_xy(v, xk, yk)
+                if xy is None:
+                    continue
+                target[:] = [t for t in target if t["name"] != str(name)]
+                color, dash = _color(len(target) + j)
+                target.append({"label": str(name), "x": xy[0], "y": xy[1], "color": color, "dash": dash,
+                               "name": str(name)})
+        for key, spec in curves.items():
+            if key in ("roc", "pr") or not isinstance(spec, Mapping) or not isinstance(spec.get("series"), Mapping):
+                continue
+            series = []
+            for j, (name, v) in enumerate(spec["series"].items()):
+                xy = _as_xy(v, "x", "y")
+                if xy is not None:
+                    color, dash = _color(j)
+                    series.append({"label": str(name), "x": xy[0], "y": xy[1], "color": color, "dash": dash})
+            if series:
+                extra_plots.append(_line_plot(str(spec.get("title", key)), str(spec.get("xlabel", "x")),
+                                              str(spec.get("ylabel", "y")), series))
+    parts = []
+    if roc_series:
+        parts.append(_line_plot("ROC (image level)", "false positive rate", "true positive rate",
+                                roc_series, diagonal=True, points=roc_pts))
+    if pr_series:
+        parts.append(_line_plot("Precision-recall (image level)", "recall", "precision", pr_series, points=pr_pts))
+    parts += extra_plots
+    out = ""
+    if parts:
+        out += "<div class='plots'>" + "".join(f"<div class='plotbox'>{p}</div>" for p in parts) + "</div>"
+    else:
+        out += "<p class='note'>No curves: they need labelled normal and anomalous images.</p>"
+    n_unk = sum(1 for it in items if it.label not in (0, 1))
+    if n_unk:
+        notes.append(f"{n_unk} image(s) with unknown label are excluded from the curves")
+    if notes:
+        out += "<ul class='note'>" + "".join(f"<li>{_E(n)}</li>" for n in notes) + "</ul>"
+    return out
+
+
+def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
+                       image_threshold: Threshold) -> str:
+    cats = sorted({str(it.category) for it in items})
+    if not cats:
+        return "<p class='note'>No images.</p>"
+    plots = []
+    for c in cats:
+        sel = [(it, inf) for it, inf in zip(items, infos) if str(it.category) == c]
+        groups = []
+        for lab, name, color in ((0, "normal", "#1f77b4"), (1, "anomalous", "#d62728"), (-1, "unknown label", "#7f7f7f")):
+            v = np.array([inf["score"] for it, inf in sel if (it.label if it.label in (0, 1) else -1) == lab], float)
+            if v.size:
+                groups.append((name, v, color))
+        title = f"Scores: {c}" if len(cats) > 1 else "Image scores"
+        plots.append(_histogram(title, groups, _thr_for(image_threshold, c)))
+    return "<div class='plots'>" + "".join(f"<div class='plotbox'>{p}</div>" for p in plots) + "</div>"
+
+
+def _summary_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]], has_thr: bool) -> str:
+    cats = sorted({str(it.category) for it in items})
+    head = "<tr><th>category</th><th>images</th><th>normal</th><th>anomalous</th><th>unknown</th>"
+    if has_thr:
+        head += "<th>missed defects</th><th>false alarms</th><th>accuracy (%)</th>"
+    head += "</tr>"
+    rows = []
+    for c in cats + (["all"] if len(cats) > 1 else []):
+        sel = [(it, inf) for it, inf in zip(items, infos) if c == "all" or str(it.category) == c]
+        n0 = sum(1 for it, _ in sel if it.label == 0)
+        n1 = sum(1 for it, _ in sel if it.label == 1)
+        cells = [len(sel), n0, n1, len(sel) - n0 - n1]
+        row = f"<tr><th>{_E(c)}</th>" + "".join(f"<td class='num'>{v}</td>" for v in cells)
+        if has_thr:
+            miss = sum(1 for _, inf in sel if inf["outcome"] == "miss")
+            fa = sum(1 for _, inf in sel if inf["outcome"] == "fa")
+            dec = sum(1 for _, inf in sel if inf["outcome"] in ("miss", "fa", "tp", "tn"))
+            acc = _pct((dec - miss - fa) / dec) if dec else "—"
+            row += f"<td class='num'>{miss}</td><td class='num'>{fa}</td><td class='num'>{acc}</td>"
+        rows.append(row + "</tr>")
+    return f"<table class='summary'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _fmt_thr(thr: Threshold) -> str:
+    if thr is None:
+        return "not set"
+    if isinstance(thr, Mapping):
+        return "<br>".join(f"{_E(str(k))}: {_E(_num(v, 6))}" for k, v in thr.items()) or "not set"
+    return _E(_num(thr, 6))
+
+
+def _threshold_section(image_threshold: Threshold, pixel_threshold: Threshold,
+                       notes: Mapping[str, str] | None, vmin: float, vmax: float, range_src: str) -> str:
+    notes = dict(notes or {})
+    rows = []
+    for key, label, thr in (("image", "image score", image_threshold), ("pixel", "pixel (anomaly map)", pixel_threshold)):
+        note = notes.pop(key, None)
+        rows.append(f"<tr><th>{_E(label)}</th><td class='num'>{_fmt_thr(thr)}</td>"
+                    f"<td>{_E(str(note)) if note else '<span class=note>not documented</span>'}</td></tr>")
+    for k, v in notes.items():
+        rows.append(f"<tr><th>{_E(str(k))}</th><td class='num'>—</td><td>{_E(str(v))}</td></tr>")
+    rule = ("<p>An image is flagged <b>anomalous</b> when its score is ≥ the image threshold; a pixel belongs to "
+            "the predicted defect when its (bilinearly resized) anomaly-map value is ≥ the pixel threshold.</p>")
+    rng = (f"<p>Heatmap colour range (same for every gallery image, so heatmaps are comparable): "
+           f"<b>{_E(_num(vmin, 5))}</b> to <b>{_E(_num(vmax, 5))}</b> ({_E(range_src)}).</p>")
+    return (f"<table class='thr'><thead><tr><th>threshold</th><th>value</th><th>how it was chosen</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>{rule}{rng}")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def _config_section(config: Mapping[str, Any] | None) -> str:
+    if not config:
+        return "<p class='note'>No configuration was given.</p>"
+    rows = []
+    for k, v in _flatten(config):
+        if isinstance(v, str):
+            txt = v
+        else:
+            try:
+                txt = json.dumps(v, default=str, ensure_ascii=False)
+            except Exception:
+                txt = repr(v)
+        rows.append(f"<tr><th>{_E(k)}</th><td><code>{_E(txt)}</code></td></tr>")
+    return f"<table class='config'><tbody>{''.join(rows)}</tbody></table>"
+
+
+_CSS = """
+:root{--fg:#1d1d1f;--mut:#666;--bd:#d7d7db;--bg2:#f6f6f8}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:var(--fg);margin:0;padding:0 24px 40px;line-height:1.4}
+header{border-bottom:1px solid var(--bd);padding:16px 0 8px;margin-bottom:8px}
+h1{margin:0 0 4px;font-size:1.6em}h2{margin-top:28px;border-bottom:1px solid var(--bd);padding-bottom:4px}
+nav a{margin-right:14px;color:#0b5cad;text-decoration:none}
+.meta,.note{color:var(--mut);font-size:.9em}
+table{border-collapse:collapse;margin:8px 0}
+th,td{border:1px solid var(--bd);padding:4px 8px;vertical-align:top;text-align:left}
+thead th{background:var(--bg2)}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.mean{font-weight:bold;background:#eef3fb}
+.ci{color:var(--mut);font-weight:normal;font-size:.85em}
+.plots{display:flex;flex-wrap:wrap;gap:12px}
+.plotbox{border:1px solid var(--bd);border-radius:6px;padding:4px;background:#fff}
+svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:11px;fill:#222}
+svg .ttl{font-size:13px;font-weight:600}svg .lbl{font-size:12px}
+svg .pa{fill:#fff;stroke:none}svg .grid{stroke:#e5e5e5;stroke-width:1}
+svg .ax{stroke:#333;stroke-width:1}svg .chance{stroke:#999;stroke-dasharray:4 4;stroke-width:1}
+svg .thr{stroke:#000;stroke-width:1.6;stroke-dasharray:5 3}
+table.gallery td{padding:4px}
+table.gallery figure{margin:0;width:180px}
+table.gallery img{display:block;width:180px;height:auto;max-height:220px;object-fit:contain;image-rendering:auto;border:1px solid #ccc}
+table.gallery figcaption{font-size:.75em;color:var(--mut)}
+.ph{width:180px;height:120px;display:flex;align-items:center;justify-content:center;text-align:center;
+background:repeating-linear-gradient(45deg,#eee,#eee 8px,#f8f8f8 8px,#f8f8f8 16px);border:1px dashed #bbb;color:#777;font-size:.85em;padding:6px}
+td.det{min-width:240px;font-size:.9em}td.rank{color:var(--mut)}
+.fname{font-weight:600;word-break:break-all}.fpath{color:var(--mut);font-size:.8em;word-break:break-all}
+.err{color:#a00;font-size:.8em;word-break:break-all}
+tr.miss{background:#fde4e1}tr.fa{background:#fff2d9}tr.ok{background:#eaf6ec}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;font-weight:700;margin-top:3px}
+.b-miss{background:#c62828;color:#fff}.b-fa{background:#ef8f00;color:#fff}.b-ok{background:#2e7d32;color:#fff}
+.b-nd,.b-unk{background:#ddd;color:#333}
+code{font-size:.9em;word-break:break-all}
+footer{margin-top:32px;color:var(--mut);font-size:.85em;border-top:1px solid var(--bd);padding-top:8px}
+"""
+
+
+# ---------------------------------------------------------------------------
+# public entry point
+# ---------------------------------------------------------------------------
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any] | None,
+    items: Iterable[ReportItem],
+    image_threshold: Threshold = None,
+    pixel_threshold: Threshold = None,
+    threshold_notes: Mapping[str, str] | None = None,
+    title: str = "minimaxad report",
+    config: Mapping[str, Any] | None = None,
+    max_gallery: int | None = 60,
+    curves: Mapping[str, Any] | None = None,
+    map_range: tuple[float, float] | None = None,
+    thumb_size: int = 256,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    jpeg_quality: int = 85,
+) -> Path:
+    """Write a single self-contained HTML report and return its path.
+
+    ``metrics``: ``{"categories": {name: {"i_auroc": 0.97, ..., "i_auroc_ci": [lo, hi]}}, "mean": {...}}``
+    (fractions; shown in percent). ``image_threshold`` / ``pixel_threshold``: one
+    float, or a ``{category: float}`` dict for per-category thresholds.
+    ``threshold_notes``: ``{"image": "how ...", "pixel": "how ..."}`` (other keys are
+    listed too). ``curves``: optional precomputed curves; ``{"roc": {name: (fpr, tpr)},
+    "pr": {name: (recall, precision)}}`` replace/extend the image-level curves
+    computed from ``items`` (same-named series are replaced); any other key with
+    ``{"title", "xlabel", "ylabel", "series": {name: (x, y)}}`` adds a unit-square
+    line plot (e.g. a pixel-level ROC or a PRO curve). ``map_range=(lo, hi)`` fixes
+    the heatmap colour range; by default it is the 1st-99.9th percentile of all
+    gallery maps. ``max_gallery=None`` shows every item. If ``path`` is an existing
+    directory, ``report.html`` is written inside it.
+    """
+    items = list(items)
+    for it in items:
+        if it.label not in (-1, 0, 1):
+            raise ValueError(f"ReportItem.label must be 1, 0 or -1, got {it.label!r} for {it.path!r}")
+    infos = _classify(items, image_threshold)
+    order = _gallery_order(items, infos)
+    if max_gallery is not None:
+        if max_gallery < 0:
+            raise ValueError(f"max_gallery must be >= 0 or None, got {max_gallery}")
+        shown = order[:max_gallery]
+    else:
+        shown = order
+    omitted = len(order) - len(shown)
+
+    # common heatmap range
+    if map_range is not None:
+        vmin, vmax = float(map_range[0]), float(map_range[1])
+        range_src = "given"
+    else:
+        vals = [np.asarray(items[i].anomaly_map, dtype=np.float32).ravel() for i in shown]
+        vals = [v[np.isfinite(v)] for v in vals]
+        allv = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+        if allv.size:
+            vmin, vmax = (float(x) for x in np.percentile(allv, [1.0, 99.9]))
+        else:
+            vmin, vmax = 0.0, 1.0
+        range_src = "1st to 99.9th percentile of all gallery anomaly maps"
+    if not (math.isfinite(vmin) and math.isfinite(vmax)):
+        vmin, vmax = 0.0, 1.0
+    if vmax <= vmin:
+        vmax = vmin + (abs(vmin) * 1e-6 or 1e-6)
+
+    has_thr = any(inf["thr"] is not None for inf in infos)
+    show_pred = pixel_threshold is not None
+    rows = []
+    for rank, i in enumerate(shown, 1):
+        it = items[i]
+        rows.append(_render_item(rank, it, infos[i], vmin=vmin, vmax=vmax, cmap=cmap, alpha=alpha,
+                                 side=int(thumb_size), pixel_thr=_thr_for(pixel_threshold, str(it.category)),
+                                 show_pred=show_pred, jpeg_quality=jpeg_quality))
+    gal_head = ("<tr><th>#</th><th>photo</th><th>heatmap</th><th>ground truth</th>"
+                + ("<th>predicted mask</th>" if show_pred else "") + "<th>details</th></tr>")
+    order_note = ("Ordered worst first: missed defects (lowest scores first), false alarms (highest scores first), "
+                  "then the other labelled images by how close they are to being wrong, then unlabelled images "
+                  "by descending score." if has_thr else
+                  "No image threshold: ordered by how badly each labelled image ranks against the other class "
+                  "(anomalous images scored below many normal ones first), then unlabelled images by descending score.")
+    omitted_note = (f"<p class='note omitted'>{omitted} more image(s) omitted (gallery limited to {max_gallery}; "
+                    f"the omitted ones are the least problematic).</p>" if omitted else "")
+    gallery = (f"<p class='note'>{_E(order_note)}</p>"
+               f"<div class='cbarbox'>{_colorbar(cmap, vmin, vmax)}<div class='note'>heatmap colour scale "
+               f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(vmin, 5))} – "
+               f"{_E(_num(vmax, 5))}, overlay opacity {alpha:g}</div></div>"
+               + (f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
+                  if rows else "<p class='note'>No images to show.</p>")
+               + omitted_note)
+
+    from minimaxad import __version__
+
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    n_lab = sum(1 for it in items if it.label in (0, 1))
+    cats = sorted({str(it.category) for it in items} | set(map(str, ((metrics or {}).get("categories") or {}).keys())))
+    sections = [
+        ("metrics", "Metrics", _metrics_section(metrics)),
+        ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
+        ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
+        ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
+        ("thresholds", "How thresholds were chosen",
+         _threshold_section(image_threshold, pixel_threshold, threshold_notes, vmin, vmax, range_src)),
+        ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
+        ("config", "Configuration", _config_section(config)),
+    ]
+    nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<meta name=\"generator\" content=\"minimaxad {_E(__version__)}\">"
+        "<link rel=\"icon\" href=\"data:,\">"
+        f"<title>{_E(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{_E(title)}</h1>"
+        f"<div class='meta'>generated {_E(now)} · minimaxad {_E(__version__)} · {len(items)} images "
+        f"({n_lab} labelled) · categories: {_E(', '.join(cats) or '—')}</div>"
+        f"<nav>{nav}</nav></header>{body}"
+        f"<footer>minimaxad {_E(__version__)} · generated {_E(now)} · self-contained file: "
+        "no external resources, no scripts.</footer></body></html>\n"
+    )
+    out = Path(path)
+    if out.is_dir():
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
