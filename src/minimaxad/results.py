@@ -1,0 +1,229 @@
+"""Per-category results: evaluation by category, mean over categories, files and table.
+
+The paper reports, per benchmark, the metrics of every category and their mean over the
+categories; ``summarize`` builds exactly that, ``write_metrics`` stores it as
+``metrics.json`` + ``metrics.csv`` and ``format_table`` prints it in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from minimaxad.metrics import METRIC_KEYS, evaluate
+
+#: confidence-interval keys (``(lo, hi)``) that may accompany the metrics
+CI_KEYS = tuple(f"{k}_ci" for k in METRIC_KEYS)
+
+_HEADERS = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_auroc": "P-AUROC",
+            "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO", "aupro_200": "AUPRO-200"}
+
+
+def _scalar(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _interval(v: Any) -> tuple[float, float] | None:
+    try:
+        lo, hi = v
+        return float(lo), float(hi)
+    except (TypeError, ValueError):
+        return None
+
+
+def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"categories": {name: {metric: value}}, "mean": {metric: mean}}``.
+
+    per_category: ``{name: evaluate(...) result}``. Only the scalar metrics (``METRIC_KEYS``)
+    and their ``*_ci`` intervals are kept (thresholds, curves... are dropped). The mean of a
+    metric is over the categories that have it (e.g. pixel metrics over the categories with
+    masks); a NaN in a category makes its mean NaN. Intervals are not averaged (a mean of
+    bounds is not an interval of the mean). Category order is kept.
+    """
+    categories: dict[str, dict[str, Any]] = {}
+    for name, res in per_category.items():
+        row: dict[str, Any] = {}
+        for k in METRIC_KEYS:
+            if k in res and _scalar(res[k]) is not None:
+                row[k] = _scalar(res[k])
+        for k in CI_KEYS:
+            if k in res and _interval(res[k]) is not None:
+                row[k] = _interval(res[k])
+        categories[str(name)] = row
+    mean: dict[str, float] = {}
+    for k in METRIC_KEYS:
+        vals = [row[k] for row in categories.values() if k in row]
+        if vals:
+            mean[k] = float(np.mean(vals))
+    return {"categories": categories, "mean": mean}
+
+
+def _take(x: Any, sel: slice | np.ndarray) -> Any:
+    """Items ``sel`` of an array or tensor (a view for slices)."""
+    if isinstance(sel, slice) or isinstance(x, np.ndarray):
+        return x[sel]
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x[torch.from_numpy(sel).to(x.device)]
+    return np.asarray(x)[sel]
+
+
+def evaluate_by_category(image_scores: Any, labels: Any, categories: Sequence[str],
+                         anomaly_maps: Any = None, masks: Any = None,
+                         has_mask: Any = None, **kw: Any) -> dict[str, Any]:
+    """Run :func:`minimaxad.metrics.evaluate` per category and :func:`summarize` the results.
+
+    image_scores, labels, categories: (N,) in the same item order; anomaly_maps, masks:
+    (N, H, W) or (N, 1, H, W) (optional). has_mask: optional (N,) bool, True where the item's
+    mask is real ground truth (normal images count as real all-zero masks); a category gets
+    pixel metrics only if all its items have masks, or a ``{category: bool}`` mapping. Extra
+    keyword arguments go to ``evaluate`` (``bootstrap``, ``seed``...). With
+    ``return_curves=True`` the summary also holds ``curves = {category: curves}``.
+    Categories keep their order of first appearance. Items of a category that are contiguous
+    are sliced without copying the maps.
+    """
+    cats = np.asarray([str(c) for c in categories])
+    n = len(cats)
+    if len(image_scores) != n or len(labels) != n:
+        raise ValueError(f"categories has {n} entries, image_scores {len(image_scores)}, labels "
+                         f"{len(labels)}: give one category name per test item")
+    if has_mask is not None and not isinstance(has_mask, Mapping):
+        has_mask = np.asarray(has_mask, dtype=bool).reshape(-1)
+        if len(has_mask) != n:
+            raise ValueError(f"has_mask has {len(has_mask)} entries for {n} items")
+    if not hasattr(image_scores, "shape"):
+        image_scores = np.asarray(image_scores)
+    if not hasattr(labels, "shape"):
+        labels = np.asarray(labels)
+    names = list(dict.fromkeys(cats.tolist()))
+    per_category: dict[str, dict[str, Any]] = {}
+    curves: dict[str, Any] = {}
+    for name in names:
+        idx = np.flatnonzero(cats == name)
+        # contiguous items: a slice is a view (no copy of that category's maps)
+        sel = slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx
+        with_pixels = anomaly_maps is not None and masks is not None
+        if with_pixels and has_mask is not None:
+            with_pixels = (bool(has_mask.get(name, False)) if isinstance(has_mask, Mapping)
+                           else bool(has_mask[idx].all()))
+        res = evaluate(_take(image_scores, sel), _take(labels, sel),
+                       anomaly_maps=_take(anomaly_maps, sel) if with_pixels else None,
+                       masks=_take(masks, sel) if with_pixels else None, **kw)
+        if "curves" in res:
+            curves[name] = res.pop("curves")
+        per_category[name] = res
+    summary = summarize(per_category)
+    if curves:
+        summary["curves"] = curves
+    return summary
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_json_value(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # NaN is not valid JSON
+    return v
+
+
+def _columns(summary: Mapping[str, Any]) -> list[str]:
+    rows = [*summary.get("categories", {}).values(), summary.get("mean", {})]
+    cols: list[str] = []
+    for k in METRIC_KEYS:
+        if any(k in r for r in rows):
+            cols.append(k)
+        if any(f"{k}_ci" in r for r in rows):
+            cols += [f"{k}_ci_lo", f"{k}_ci_hi"]
+    return cols
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old or the new file, never half of one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (created if needed), atomically.
+
+    JSON: ``{"categories": ..., "mean": ...}`` (intervals as [lo, hi], NaN as null). CSV: one
+    row per category then a ``mean`` row; columns ``category`` and the metrics present
+    (intervals as ``<metric>_ci_lo`` / ``_ci_hi``); empty cell where a value is absent.
+    Returns (json_path, csv_path).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cats = summary.get("categories", {})
+    mean = summary.get("mean", {})
+    doc = {"categories": {n: {k: _json_value(v) for k, v in r.items()} for n, r in cats.items()},
+           "mean": {k: _json_value(v) for k, v in mean.items()}}
+    json_path, csv_path = out / "metrics.json", out / "metrics.csv"
+    _atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    cols = _columns(summary)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["category", *cols])
+    for name, row in [*cats.items(), ("mean", mean)]:
+        cells = []
+        for c in cols:
+            if c.endswith("_ci_lo") or c.endswith("_ci_hi"):
+                iv = row.get(c[:-3])
+                v = None if iv is None else iv[0 if c.endswith("_lo") else 1]
+            else:
+                v = row.get(c)
+            cells.append("" if v is None else repr(float(v)))
+        w.writerow([name, *cells])
+    _atomic_write(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """Fixed-width table in percent with one decimal, like the paper; ``-`` where absent.
+
+    One row per category, a rule, then the mean row. Intervals are not shown (see the files).
+    """
+    cats = summary.get("categories", {})
+    mean = summary.get("mean", {})
+    rows = [*cats.values(), mean]
+    cols = [k for k in METRIC_KEYS if any(k in r for r in rows)]
+    names = [*cats.keys(), "mean"]
+    w0 = max([len("category"), *map(len, names)])
+    widths = [max(len(_HEADERS[c]), 6) for c in cols]
+
+    def fmt(row: Mapping[str, Any]) -> list[str]:
+        cells = []
+        for c, w in zip(cols, widths):
+            v = row.get(c)
+            cells.append("-".rjust(w) if v is None else f"{100 * float(v):{w}.1f}")
+        return cells
+
+    lines = ["  ".join(["category".ljust(w0), *(_HEADERS[c].rjust(w) for c, w in zip(cols, widths))])]
+    lines.append("-" * len(lines[0]))
+    for name, row in cats.items():
+        lines.append("  ".join([name.ljust(w0), *fmt(row)]))
+    lines.append("-" * len(lines[0]))
+    lines.append("  ".join(["mean".ljust(w0), *fmt(mean)]))
+    return "\n".join(lines)
+
+
+__all__ = ["summarize", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
