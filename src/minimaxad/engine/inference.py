@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from minimaxad.anomaly_map import anomaly_map, image_score
+from minimaxad.data.loader import collate
 from minimaxad.models import MiniMaxAD
 
 
@@ -72,7 +73,7 @@ def run_dataset(
     device = resolve_device(device)
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=collate)
     n = len(dataset)
     maps_out: torch.Tensor | None = None
     masks_out: torch.Tensor | None = None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from minimaxad.data.loader import collate
 from minimaxad.engine.checkpoint import (
     build_checkpoint, read_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
@@ -141,7 +142,7 @@ def train(
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # data order of this epoch
         loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order,
                             num_workers=config.workers, pin_memory=device.type == "cuda",
-                            drop_last=False, persistent_workers=False)
+                            drop_last=False, persistent_workers=False, collate_fn=collate)
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             if config.channels_last and device.type == "cuda":

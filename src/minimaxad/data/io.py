@@ -1,0 +1,342 @@
+"""Decoding images and masks from disk, and the checks that catch bad files early.
+
+Everything here only *reads*: no file on disk is ever modified.
+
+* :func:`load_image` turns a path, a PIL image or a numpy array of any mode into an upright
+  8-bit RGB PIL image (grayscale, palette, alpha, 16-bit, float, CMYK, EXIF-rotated JPEG).
+* :func:`load_mask` turns a mask file into a (H, W) uint8 array, 0 = normal, 255 = defect,
+  anti-aliased edges kept as grey levels (they are resized, then binarised at 0.5, exactly
+  like the authors' ``Resize`` + ``ToTensor`` + ``> 0.5``). A file that cannot be a mask
+  raises :class:`BadMaskError`.
+* :func:`probe_image` is the quick per-file check of the validation pass: header, size,
+  EXIF orientation and a look at the end of PNG/JPEG files for truncation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "BadImageError",
+    "BadMaskError",
+    "ImageInfo",
+    "is_image_file",
+    "list_images",
+    "load_image",
+    "to_rgb",
+    "load_mask",
+    "mask_to_uint8",
+    "probe_image",
+]
+
+#: File name endings read as images (compared case-insensitively: VisA uses ``.JPG``).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# A mask holds 0 and 255 with anti-aliased edges in between; above this fraction of
+# mid-grey pixels the file is a photo or a soft map, not a mask (MVTec/VisA masks: < 2%).
+_MAX_MID_GREY_FRACTION = 0.2
+# Relative aspect-ratio difference beyond which a mask cannot belong to its image.
+_MAX_ASPECT_MISMATCH = 0.02
+
+
+class DatasetError(ValueError):
+    """A dataset on disk does not have the layout or content that was expected."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset root, category, split folder or split file is missing."""
+
+
+class BadImageError(DatasetError):
+    """An image file cannot be decoded (not an image, truncated, unsupported)."""
+
+
+class BadMaskError(DatasetError):
+    """A mask file cannot be decoded or its values are not those of a mask."""
+
+
+def is_image_file(path: Union[str, os.PathLike]) -> bool:
+    """True for a visible file whose name ends in one of :data:`IMAGE_EXTENSIONS`."""
+    name = os.path.basename(os.fspath(path))
+    # Hidden files include macOS "._000.png" AppleDouble files, which are not images.
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(folder: Union[str, os.PathLike], recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (sorted by path), skipping hidden files and other files
+    (``transforms.json`` in MAD-Sim, ``Thumbs.db``...). ``recursive`` descends into sub-folders."""
+    folder = Path(folder)
+    if recursive:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
+        return sorted(found)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _sixteen_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """uint16-range integers -> uint8 by the full-range scale 65535 -> 255 (rounded)."""
+    return np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """Modes I;16*, I and F -> 8-bit L, scaled (Pillow's own conversion clips 16-bit
+    values at 255, which turns most 16-bit photos white)."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return Image.fromarray(_sixteen_bit_to_uint8(arr), "L")
+    if im.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float32))
+        scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
+    # Mode I (32-bit): 16-bit PNGs open as I in some Pillow versions.
+    arr = arr.astype(np.int64)
+    peak = int(arr.max()) if arr.size else 0
+    if im.format == "PNG" or 255 < peak <= 65535:
+        return Image.fromarray(_sixteen_bit_to_uint8(np.clip(arr, 0, 65535)), "L")
+    if peak <= 255:
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    return Image.fromarray(np.round(np.clip(arr, 0, None) * (255.0 / peak)).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is dropped, as ``Image.convert('RGB')`` does in the
+    authors' pipeline; high bit depths are scaled rather than clipped."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _high_depth_to_l(im)
+    return im.convert("RGB")
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> PIL image. uint8 as is; other
+    integer types scaled from their range (uint16 -> /257); floats and bools read as [0, 1]."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(
+            f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+        )
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = np.clip(np.round(np.nan_to_num(arr.astype(np.float32)) * 255.0), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = _sixteen_bit_to_uint8(arr)
+    elif arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(
+                f"integer image array ({arr.dtype}) has values {arr.min()}..{arr.max()}; "
+                "expected 0..255 (8-bit) or 0..65535 (16-bit)"
+            )
+        arr = arr.astype(np.uint8) if arr.max() <= 255 else _sixteen_bit_to_uint8(arr)
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def load_image(src: ImageSource) -> Image.Image:
+    """Decode ``src`` (path, PIL image or numpy array) into an upright 8-bit RGB PIL image.
+
+    EXIF orientation is applied (a portrait phone photo stays portrait). Raises
+    :class:`BadImageError` naming the path when a file cannot be decoded completely.
+    """
+    if isinstance(src, np.ndarray):
+        return to_rgb(_array_to_pil(src))
+    if isinstance(src, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(src))
+    path = os.fspath(src)
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode fully now: truncated files fail here, not in the network
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(
+            f"cannot decode image {path}: {exc}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
+            "file; replace the file, or pass skip_bad_images=True to leave it out with a warning."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _mask_raw_array(im: Image.Image) -> np.ndarray:
+    """The mask content as one 2-D array: palette/colour masks by their brightest channel
+    (a red-on-black mask is a mask), alpha used only when the colour carries nothing."""
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im, dtype=np.uint8) * 255
+    if mode in ("L", "F") or mode.startswith("I"):
+        return np.asarray(im)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("LA", "RGBA", "RGBa", "La"):
+        arr = np.asarray(im)
+        colour = arr[..., :-1].max(axis=-1)
+        alpha = arr[..., -1]
+        if colour.max() == colour.min() and alpha.max() != alpha.min():
+            return alpha
+        return colour
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im).max(axis=-1)
+
+
+def mask_to_uint8(arr: np.ndarray, where: str = "mask", mode: str = "auto") -> np.ndarray:
+    """Normalise raw mask values to uint8 (0 normal, 255 defect, edges in between).
+
+    ``mode='auto'``: 8-bit 0/255 (anti-aliased allowed), 0/1, 16-bit 0/65535 or float [0, 1];
+    ``mode='nonzero'``: any nonzero value is defect (label masks such as raw VisA).
+    Raises :class:`BadMaskError` naming ``where`` when the values cannot be a mask.
+    """
+    if mode not in ("auto", "nonzero"):
+        raise ValueError(f"mask mode {mode!r}; expected 'auto' or 'nonzero'")
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise BadMaskError(f"{where}: mask array has shape {arr.shape}; expected (H, W)")
+    if arr.size == 0:
+        raise BadMaskError(f"{where}: mask is empty (0 pixels)")
+    if mode == "nonzero":
+        return (arr != 0).astype(np.uint8) * 255
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if np.issubdtype(arr.dtype, np.floating):
+        if np.isnan(arr).any() or lo < 0 or hi > 255:
+            raise BadMaskError(
+                f"{where}: float mask values {lo:g}..{hi:g} are out of range; "
+                "expected values in [0, 1] (or 0..255)"
+            )
+        arr = np.round(arr * (255.0 if hi <= 1.0 else 1.0)).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if lo < 0 or hi > 65535:
+            raise BadMaskError(
+                f"{where}: mask values {lo:g}..{hi:g} are out of range; expected 0..255 "
+                "(8-bit) or 0..65535 (16-bit)"
+            )
+        arr = arr.astype(np.uint8) if hi <= 255 else _sixteen_bit_to_uint8(arr)
+    hi = int(arr.max())
+    if hi == 0:
+        return arr  # an empty mask: the defect left no annotation (happens in real sets)
+    if hi == 1:
+        return arr * np.uint8(255)  # 0/1 masks
+    if hi < 128:
+        raise BadMaskError(
+            f"{where}: mask values are 0..{hi}, so no pixel reaches the defect threshold 128. "
+            "Expected 0 for normal and 255 for defect (or 0/1). If the file stores class "
+            "labels, read it with mask_mode='nonzero'."
+        )
+    mid = float(np.count_nonzero((arr > 25) & (arr < 230))) / arr.size
+    if mid > _MAX_MID_GREY_FRACTION:
+        raise BadMaskError(
+            f"{where}: this is not a binary mask: {mid:.0%} of its pixels are grey levels "
+            "between 26 and 229 (a mask holds 0 and 255, with grey only on anti-aliased "
+            "edges). Is it a photo, or the wrong file?"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def load_mask(path: Union[str, os.PathLike], mode: str = "auto") -> np.ndarray:
+    """Read a mask file as a (H, W) uint8 array (0 normal, 255 defect). See :func:`mask_to_uint8`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            raw = _mask_raw_array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadMaskError(
+            f"cannot decode mask {path}: {exc}. Expected a PNG/BMP/TIFF mask (0 normal, 255 defect)."
+        ) from exc
+    return mask_to_uint8(raw, where=path, mode=mode)
+
+
+# --------------------------------------------------------------------------- quick checks
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`probe_image` learnt from a file header (size is after EXIF rotation)."""
+
+    path: str
+    format: str
+    mode: str
+    size: tuple[int, int]  # (width, height)
+
+
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _looks_complete(path: str, fmt: str) -> bool:
+    """Cheap truncation screen: PNG ends with the IEND chunk, JPEG with the EOI marker
+    (allowing trailing bytes some cameras append). Other formats: unknown -> False."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            n = f.tell()
+            f.seek(max(0, n - 4096))
+            tail = f.read()
+    except OSError:
+        return False
+    if fmt == "PNG":
+        return _PNG_END in tail[-64:]
+    if fmt in ("JPEG", "MPO"):
+        return b"\xff\xd9" in tail
+    return False
+
+
+def probe_image(path: Union[str, os.PathLike], full: bool = False) -> ImageInfo:
+    """Check one image file without (``full=False``) or with a full decode.
+
+    The quick check reads the header and the last bytes; only a file that looks
+    truncated, or a format without an end marker (BMP, TIFF, WebP), is decoded fully.
+    Raises :class:`BadImageError` / :class:`DatasetNotFoundError` naming the path.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            fmt, mode, (w, h) = im.format or "", im.mode, im.size
+            # Only JPEG/TIFF carry EXIF in the header; PNG getexif() would decode the whole file.
+            orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF") else 1
+            if full or not _looks_complete(path, fmt):
+                im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).replace(repr(path), "file").replace(path, "file")  # path said once
+        raise BadImageError(f"{path}: {reason}") from exc
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return ImageInfo(path=path, format=fmt, mode=mode, size=(w, h))
+
+
+def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int], where: str) -> None:
+    """A mask of another size than its image is fine (it is resized with it) as long as the
+    aspect ratios agree; otherwise it belongs to another image. Sizes are (width, height)."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    if (mw, mh) == (iw, ih):
+        return
+    ratio_m, ratio_i = mw / mh, iw / ih
+    if abs(ratio_m - ratio_i) / ratio_i > _MAX_ASPECT_MISMATCH:
+        raise BadMaskError(
+            f"{where}: mask is {mw}x{mh} but its image is {iw}x{ih}; a mask must cover the "
+            "same field of view (same aspect ratio). Is it the mask of another image?"
+        )

@@ -1,0 +1,193 @@
+"""Decoding any image mode to RGB, reading masks, and spotting bad files."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minimaxad.data import BadImageError, BadMaskError, DatasetNotFoundError, load_image, load_mask
+from minimaxad.data.io import check_mask_size, list_images, mask_to_uint8, probe_image
+
+from .helpers import photo, save_image
+
+
+# --------------------------------------------------------------------------- images
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1", "RGB"])
+def test_any_pil_mode_decodes_to_rgb(tmp_path, mode):
+    src = Image.fromarray(photo((30, 20), 1))
+    ext = ".jpg" if mode == "CMYK" else ".png"
+    path = tmp_path / f"img{ext}"
+    src.convert(mode).save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (30, 20)
+    expected = np.asarray(src.convert(mode).convert("RGB"), dtype=np.int16)
+    tol = 8 if mode == "CMYK" else 0  # JPEG is lossy
+    assert np.abs(np.asarray(out, dtype=np.int16) - expected).max() <= tol
+
+
+def test_grayscale_gives_three_equal_channels(tmp_path):
+    save_image(tmp_path / "g.png", (16, 12), 3, mode="L")
+    arr = np.asarray(load_image(tmp_path / "g.png"))
+    assert arr.shape == (12, 16, 3)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+
+
+def test_rgba_drops_alpha_like_pil_convert(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0  # fully transparent: the colour underneath is kept (authors' convert('RGB'))
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert tuple(np.asarray(load_image(tmp_path / "a.png"))[0, 0]) == (200, 0, 0)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    arr = np.array([[0, 257 * 100, 65535, 32896]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    out = np.asarray(load_image(tmp_path / "deep.png"))[0, :, 0]
+    # Pillow's own convert would clip 25700 to 255; the scale 65535 -> 255 keeps the tones.
+    assert out.tolist() == [0, 100, 255, 128]
+
+
+def _png_rgb16(path, arr):
+    """Write a 48-bit RGB PNG by hand (PIL cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png(tmp_path):
+    arr = np.zeros((2, 3, 3), np.uint16)
+    arr[0, 0] = (65535, 257 * 100, 0)
+    arr[1, 2] = (32896, 0, 65535)
+    _png_rgb16(tmp_path / "rgb16.png", arr)
+    out = np.asarray(load_image(tmp_path / "rgb16.png"))
+    assert out.shape == (2, 3, 3) and out[0, 0].tolist() == [255, 100, 0] and out[1, 2].tolist() == [128, 0, 255]
+
+
+def test_float_tiff_in_unit_range(tmp_path):
+    arr = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(arr, "F").save(tmp_path / "f.tif")
+    assert np.asarray(load_image(tmp_path / "f.tif"))[0, :, 1].tolist() == [0, 128, 255]
+
+
+def test_exif_rotated_jpeg_is_upright(tmp_path):
+    # A 30x20 landscape picture stored with orientation 6 (rotate 90 degrees clockwise to show).
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[:, :10] = 255  # white on the left of the stored pixels
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    out = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert out.shape == (30, 20, 3)  # portrait once upright
+    assert out[:8].mean() > 200 and out[-8:].mean() < 50  # stored left = displayed top
+    assert probe_image(tmp_path / "phone.jpg").size == (20, 30)
+
+
+def test_arrays_and_pil_inputs(tmp_path):
+    rgb = photo((10, 6), 2)
+    assert np.array_equal(np.asarray(load_image(rgb)), rgb)
+    assert np.array_equal(np.asarray(load_image(Image.fromarray(rgb))), rgb)
+    gray16 = (rgb[..., 0].astype(np.uint16) * 257)
+    assert np.array_equal(np.asarray(load_image(gray16))[..., 2], rgb[..., 0])
+    unit = rgb.astype(np.float32) / 255
+    assert np.abs(np.asarray(load_image(unit)).astype(int) - rgb).max() <= 1
+    assert np.array_equal(np.asarray(load_image(np.dstack([rgb, np.full((6, 10), 9, np.uint8)]))), rgb)
+    with pytest.raises(ValueError, match=r"shape \(6, 10, 2\)"):
+        load_image(rgb[..., :2])
+
+
+def test_unreadable_and_truncated_files_name_the_path(tmp_path):
+    (tmp_path / "text.png").write_text("this is not an image")
+    with pytest.raises(BadImageError, match="text.png"):
+        load_image(tmp_path / "text.png")
+    save_image(tmp_path / "full.png", (64, 64), 1)
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match=r"cut\.png.*skip_bad_images"):
+        load_image(tmp_path / "cut.png")
+    with pytest.raises(BadImageError, match="cut.png"):
+        probe_image(tmp_path / "cut.png")
+    Image.fromarray(photo((64, 64), 2)).save(tmp_path / "full.jpg", quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        probe_image(tmp_path / "cut.jpg")
+    with pytest.raises(DatasetNotFoundError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+    info = probe_image(tmp_path / "full.jpg")
+    assert (info.format, info.size) == ("JPEG", (64, 64))
+
+
+def test_list_images_skips_hidden_and_other_files(tmp_path):
+    for name in ["b.PNG", "a.jpg", "c.JPEG", "._a.jpg", ".hidden.png", "transforms.json", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.JPEG"]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _save(arr, path, mode=None):
+    Image.fromarray(arr, mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+def test_mask_formats(tmp_path):
+    base = np.zeros((10, 12), np.uint8)
+    base[2:6, 3:9] = 1
+    want = base * 255
+    assert np.array_equal(load_mask(_save(base * 255, tmp_path / "m255.png")), want)
+    assert np.array_equal(load_mask(_save(base, tmp_path / "m01.png")), want)
+    assert np.array_equal(load_mask(_save(base.astype(np.uint16) * 65535, tmp_path / "m16.png")), want)
+    assert np.array_equal(load_mask(_save(base.astype(bool), tmp_path / "m1.png")), want)
+    red = np.zeros((10, 12, 3), np.uint8)
+    red[..., 0] = base * 255  # red on black: still a mask (brightest channel)
+    assert np.array_equal(load_mask(_save(red, tmp_path / "red.png")), want)
+    f = base.astype(np.float32)
+    assert np.array_equal(load_mask(_save(f, tmp_path / "f.tif", "F")), want)
+    labels = base * 3  # class-label masks need mask_mode='nonzero'
+    assert np.array_equal(load_mask(_save(labels, tmp_path / "lab.png"), mode="nonzero"), want)
+    assert load_mask(_save(np.zeros((4, 4), np.uint8), tmp_path / "empty.png")).max() == 0
+
+
+def test_antialiased_edges_are_kept_for_resize(tmp_path):
+    m = np.zeros((20, 20), np.uint8)
+    m[5:15, 5:15] = 255
+    m[4, 5:15] = 100  # anti-aliased edge
+    out = load_mask(_save(m, tmp_path / "aa.png"))
+    assert out[4, 6] == 100 and out[6, 6] == 255
+
+
+def test_not_a_mask_errors(tmp_path):
+    with pytest.raises(BadMaskError, match=r"photo\.png.*not a binary mask"):
+        load_mask(_save(photo((40, 30), 4), tmp_path / "photo.png"))
+    with pytest.raises(BadMaskError, match=r"values are 0\.\.3.*mask_mode='nonzero'"):
+        load_mask(_save(np.array([[0, 3], [2, 1]], np.uint8), tmp_path / "labels.png"))
+    with pytest.raises(BadMaskError, match=r"out of range"):
+        load_mask(_save(np.array([[0.0, 700.0]], np.float32), tmp_path / "big.tif", "F"))
+    with pytest.raises(BadMaskError, match=r"out of range"):
+        load_mask(_save(np.array([[0.0, -1.0]], np.float32), tmp_path / "neg.tif", "F"))
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG junk")
+    with pytest.raises(BadMaskError, match="junk.png"):
+        load_mask(tmp_path / "junk.png")
+    with pytest.raises(BadMaskError, match="shape"):
+        mask_to_uint8(np.zeros((2, 2, 2)), "x")
+
+
+def test_mask_size_check():
+    check_mask_size((100, 50), (200, 100), "m.png")  # same aspect: resized later
+    with pytest.raises(BadMaskError, match=r"m\.png: mask is 100x100 but its image is 200x100"):
+        check_mask_size((100, 100), (200, 100), "m.png")
