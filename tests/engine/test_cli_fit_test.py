@@ -179,3 +179,18 @@ def test_checkpoint_loading_never_runs_code(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable or corrupt"):
         read_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_extra_data_merges_into_unified_training(synthetic_root, tmp_path):
+    """--extra-data (the paper's AeBAD-S + MVTec AD run): extra categories are trained on too,
+    resized to the crop size of the main dataset."""
+    from minimaxad.engine.config import RunConfig
+    from minimaxad.engine.runner import open_dataset
+
+    config = RunConfig(data=str(synthetic_root), format="mvtec", categories=["weave"], unified=True,
+                       image_size=80, crop_size=64,
+                       extra_datasets=[{"format": "mvtec", "root": str(synthetic_root), "categories": ["washer"]}])
+    train = open_dataset(config, "train")
+    assert sorted(train.categories) == ["washer", "weave"]
+    assert len(train) == 24
+    assert train[0]["image"].shape == train[len(train) - 1]["image"].shape == (3, 64, 64)

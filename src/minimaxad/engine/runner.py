@@ -62,7 +62,8 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
         for extra in config.extra_datasets:
             parts.append(build_dataset(extra["format"], extra["root"], split="train",
                                        categories=extra.get("categories"),
-                                       image_size=extra.get("image_size", config.image_size),
+                                       # the paper resizes MVTec AD straight to AeBAD-S's crop size (224)
+                                       image_size=extra.get("image_size", config.crop_size or config.image_size),
                                        crop_size=extra.get("crop_size"),
                                        skip_bad_images=config.skip_bad_images))
         dataset = UnifiedDataset(parts)
