@@ -63,6 +63,7 @@ _METRIC_COLUMNS = (
     ("p_ap", "Pixel AP"),
     ("p_f1max", "Pixel F1-max"),
     ("aupro", "AUPRO"),
+    ("aupro_200", "AUPRO-200 (paper)"),
 )
 _PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
