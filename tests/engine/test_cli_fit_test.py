@@ -194,3 +194,29 @@ def test_extra_data_merges_into_unified_training(synthetic_root, tmp_path):
     assert sorted(train.categories) == ["washer", "weave"]
     assert len(train) == 24
     assert train[0]["image"].shape == train[len(train) - 1]["image"].shape == (3, 64, 64)
+
+
+def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, monkeypatch, capsys):
+    """Without --encoder-weights: the ImageNet file from the local cache; when absent, a clear
+    error before any training, naming the file, where to get it, and the option."""
+    from minimaxad import MiniMaxAD
+    from minimaxad.models.weights import encoder_to_official
+
+    monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as on a machine without the extra
+    args = ["fit", "--data", str(synthetic_root), "--categories", "weave", "--backbone", "unireplknet_f",
+            "--image-size", "64", "--batch-size", "4", "--max-steps", "1", "--no-eval", "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "unireplknet_f_in1k_224_acc78.6.pth" in err and "--encoder-weights PATH" in err
+    assert "huggingface.co/DingXiaoH/UniRepLKNet" in err
+    assert not (tmp_path / "a" / "weave").exists()
+
+    donor = MiniMaxAD("unireplknet_f")
+    (tmp_path / "cache").mkdir()
+    torch.save({"model": encoder_to_official(donor.encoder.state_dict(), donor.spec)},
+               tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.6.pth")
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0
+    ckpt = read_checkpoint(tmp_path / "b" / "weave" / "checkpoint.pt")
+    assert ckpt["encoder_state"] is None  # the encoder comes from its file, not the checkpoint
+    assert ckpt["encoder_weights"]["identity"].startswith("unireplknet_f_in1k_224_acc78.6.pth@sha256:")

@@ -151,6 +151,13 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
 
     output = Path(output)
     setup_logging(output)
+    if config.encoder_weights is not None and str(config.encoder_weights).lower() != "none":
+        # fail before any data is read when the ImageNet weights cannot be had
+        from minimaxad.models import get_backbone_spec
+        from minimaxad.models.weights import resolve_weights_source
+
+        resolved = resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights)
+        config = config.updated(encoder_weights=str(resolved))
     config.save(output / "config.json")
     echo(f"[1/3] reading {config.format} data from {config.data}")
     train_full = open_dataset(config, "train")
