@@ -112,3 +112,18 @@ def test_missing_input_is_reported(trained_checkpoint, tmp_path, capsys):
                  "--output", str(tmp_path / "o"), "--quiet"])
     assert code == 1  # nothing could be predicted
     assert "nope.png: no such file or folder" in capsys.readouterr().out
+
+
+def test_output_names_are_unique_and_readable(tmp_path):
+    from minimaxad.predict import collect_inputs
+
+    for sub in ("a/x", "b/x", "b/y"):
+        (tmp_path / sub).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / sub / "000.png")
+    files, names, missing = collect_inputs([tmp_path / "a" / "x" / "000.png", tmp_path / "b" / "x" / "000.png",
+                                            tmp_path / "b" / "y" / "000.png"])
+    assert names == ["a__x__000", "b__x__000", "b__y__000"] and not missing
+    _, names, _ = collect_inputs([tmp_path / "b"])
+    assert names == ["x__000", "y__000"]
+    _, names, _ = collect_inputs([tmp_path / "a" / "x" / "000.png"])
+    assert names == ["000"]

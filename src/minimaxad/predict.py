@@ -147,15 +147,28 @@ def collect_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str], list[
             names.extend("__".join(p.relative_to(item).with_suffix("").parts) for p in found)
         elif item.is_file():
             files.append(item)
-            names.append(item.stem)
+            names.append("__".join(item.with_suffix("").parts[-4:]))  # shortened below when unique
         else:
             missing.append((str(item), "no such file or folder"))
+    names = _shortest_unique(names)
     counts: dict[str, int] = {}
     unique = []
     for name in names:  # same name twice (a.png and a.jpg, or two inputs): number the later ones
         counts[name] = counts.get(name, 0) + 1
         unique.append(name if counts[name] == 1 else f"{name}_{counts[name] - 1}")
     return files, unique, missing
+
+
+def _shortest_unique(names: list[str]) -> list[str]:
+    """Drop leading ``__`` parts of each name as long as all names stay distinct."""
+    parts = [n.split("__") for n in names]
+    depth = 1
+    while depth < max((len(p) for p in parts), default=1):
+        short = ["__".join(p[-depth:]) for p in parts]
+        if len(set(short)) == len(set(names)):
+            return short
+        depth += 1
+    return names
 
 
 def predict_paths(

@@ -23,8 +23,8 @@ def reference(reference_dir):
     return torch.load(reference_dir / "model_unireplknet_f.pt", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def model(reference):
+def reference_model(reference) -> MiniMaxAD:
+    """Variant F with the authors' weights (stored as float16, cast to float32 as they ran)."""
     m = MiniMaxAD("unireplknet_f")
     m.load_official_state_dict(
         encoder=as_float32(reference["encoder_state"]),
@@ -32,6 +32,11 @@ def model(reference):
         decoder=as_float32(reference["decoder_state"]),
     )
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model(reference):
+    return reference_model(reference)
 
 
 def run(model, images):
@@ -54,12 +59,7 @@ def test_training_form_matches_authors(model, reference):
 
 
 def test_reparameterized_form_matches_authors(reference):
-    m = MiniMaxAD("unireplknet_f")
-    m.load_official_state_dict(
-        encoder=as_float32(reference["encoder_state"]),
-        bottleneck=as_float32(reference["bottleneck_state"]),
-        decoder=as_float32(reference["decoder_state"]),
-    ).eval()
+    m = reference_model(reference)
     before = run(m, reference["input"])
     assert m.reparameterize() is m
     after = run(m, reference["input"])

@@ -152,7 +152,7 @@ def load_encoder_weights(
     (stage 3, ``norm``, ``head``) are logged once at debug level.
     """
     if isinstance(source, Mapping):
-        raw, identity, where = dict(source), "in-memory state dict", "the given state dict"
+        obj, identity, where = dict(source), "in-memory state dict", "the given state dict"
     else:
         path = resolve_weights_source(spec, source)
         try:
@@ -162,9 +162,8 @@ def load_encoder_weights(
                 f"could not read encoder weights from {path}: {exc}. Expected the authors' "
                 f"{spec.imagenet_file} (a torch state dict)."
             ) from exc
-        raw, identity, where = None, file_identity(path), str(path)
-        raw = unwrap_state_dict(obj, where)
-    state, unused = encoder_from_official(unwrap_state_dict(raw, where))
+        identity, where = file_identity(path), str(path)
+    state, unused = encoder_from_official(unwrap_state_dict(obj, where))
     expected = encoder.state_dict()
     missing = [k for k in expected if k not in state and not k.startswith(NOT_IN_IMAGENET_PREFIXES)]
     mismatched = [
