@@ -127,3 +127,30 @@ def test_output_names_are_unique_and_readable(tmp_path):
     assert names == ["x__000", "y__000"]
     _, names, _ = collect_inputs([tmp_path / "a" / "x" / "000.png"])
     assert names == ["000"]
+
+
+def test_unified_model_has_per_category_thresholds(trained_checkpoint, synthetic_root, tmp_path):
+    calibration = read_checkpoint(trained_checkpoint)["thresholds"]
+    per_category = calibration["per_category"]
+    assert sorted(per_category) == ["washer", "weave"]
+    for name, values in per_category.items():
+        assert len(values["normal_scores"]) == 3  # 25% of 12 normal images held out per category
+        assert f"of category {name}" in values["image"]["note"]
+    predictor = Predictor.from_checkpoint(trained_checkpoint, device="cpu")
+    assert predictor.categories == ["washer", "weave"]
+    image = synthetic_root / "weave" / "test" / "good" / "000.png"
+    own = predictor.predict([image], category="weave")
+    assert own.image_threshold == pytest.approx(float(np.quantile(per_category["weave"]["normal_scores"], 0.99)))
+    assert predictor.predict([image]).image_threshold == pytest.approx(calibration["image"]["value"])
+    with pytest.raises(ValueError, match="category 'bolt' has no thresholds"):
+        predictor.predict([image], category="bolt")
+    # the CLI option, and a user threshold still wins over the category's
+    out = tmp_path / "p"
+    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(image), "--category", "weave",
+                 "--output", str(out), "--quiet"]) == 0
+    assert json.loads((out / "scores.json").read_text())["image_threshold"] == pytest.approx(own.image_threshold)
+    assert Predictor.from_checkpoint(trained_checkpoint, image_threshold=0.3).predict(
+        [image], category="weave").image_threshold == 0.3
+    # the evaluation report of the unified run decides per category
+    html = (trained_checkpoint.parent / "report.html").read_text()
+    assert "per category: 99th percentile of the image scores" in html

@@ -122,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device or "auto", encoder_weights=args.encoder_weights,
         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
-        progress=not args.quiet,
+        progress=not args.quiet, category=args.category,
     )
     return 0 if result["predicted"] else 1
 
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--false-positive-rate", type=float,
                       help="choose the image threshold for this rate of false alarms on normal images")
     pred.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
+    pred.add_argument("--category", help="unified model: use this category's calibrated thresholds")
     pred.add_argument("--batch-size", type=int, default=16)
     pred.add_argument("--device")
     pred.add_argument("--encoder-weights")

@@ -47,13 +47,13 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
                                                                                 if "\n" not in line else line))
 
     echo("step 3/4: predicting on a few test photos (heatmaps, masks, scores.csv)")
-    picks = []
+    prediction = {}
     for category in sorted(p.name for p in data_root.iterdir() if p.is_dir()):
         test_dir = data_root / category / "test"
-        for sub in sorted(d for d in test_dir.iterdir() if d.is_dir())[:2]:
-            picks.extend(sorted(sub.iterdir())[:1])
-    prediction = predict_paths(run_dir / "checkpoint.pt", picks, output / "predictions", progress=False,
-                               echo=lambda line: echo("          " + line))
+        picks = [sorted((test_dir / sub).iterdir())[0] for sub in ("good", "scratch", "spot")]
+        prediction[category] = predict_paths(
+            run_dir / "checkpoint.pt", picks, output / "predictions" / category, progress=False,
+            category=category, echo=lambda line: echo(f"          {category}: " + line))
 
     elapsed = time.perf_counter() - started
     echo(f"step 4/4: done in {elapsed:.0f} s")

@@ -67,10 +67,23 @@ class Predictor:
         self.transform = Transform(image_size, crop_size)
         self.top_ratio = top_ratio
         self.calibration = calibration or {}
-        self.thresholds = resolve_thresholds(
-            self.calibration, image_threshold=image_threshold, false_positive_rate=false_positive_rate,
-            pixel_threshold=pixel_threshold, pixel_false_positive_rate=pixel_false_positive_rate,
-        )
+        self.overrides = dict(image_threshold=image_threshold, false_positive_rate=false_positive_rate,
+                              pixel_threshold=pixel_threshold, pixel_false_positive_rate=pixel_false_positive_rate)
+        self.thresholds = resolve_thresholds(self.calibration, **self.overrides)
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories with their own calibrated thresholds (a unified model); else empty."""
+        return sorted(self.calibration.get("per_category") or {})
+
+    def thresholds_for(self, category: str | None = None) -> dict[str, dict[str, Any]]:
+        """The thresholds in force for ``category`` (its own when calibrated, else the model's)."""
+        if category is None:
+            return self.thresholds
+        if self.calibration.get("per_category") and category not in self.calibration["per_category"]:
+            raise ValueError(f"category {category!r} has no thresholds in this model; "
+                             f"choose one of {', '.join(self.categories)}")
+        return resolve_thresholds(self.calibration, category=category, **self.overrides)
 
     @classmethod
     def from_checkpoint(
@@ -104,8 +117,11 @@ class Predictor:
         pil = [load_image(image) for image in images]
         return torch.stack([self.transform(p) for p in pil]), [p.size for p in pil]
 
-    def predict(self, images: Sequence[Any], batch_size: int = 16) -> Prediction:
-        """Scores, decisions and maps for ``images`` (any mix of paths, PIL images, arrays)."""
+    def predict(self, images: Sequence[Any], batch_size: int = 16, category: str | None = None) -> Prediction:
+        """Scores, decisions and maps for ``images`` (any mix of paths, PIL images, arrays).
+
+        ``category``: for a unified model, decide with that category's calibrated thresholds.
+        """
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         scores, maps, sizes = [], [], []
@@ -115,11 +131,14 @@ class Predictor:
             maps.append(batch_maps.float().cpu().numpy())
             scores.append(batch_scores.float().cpu().numpy())
             sizes.extend(batch_sizes)
-        return self.decide(np.concatenate(scores), np.concatenate(maps), sizes)
+        return self.decide(np.concatenate(scores), np.concatenate(maps), sizes, category)
 
-    def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]]) -> Prediction:
-        image_thr, pixel_thr = self.image_threshold, self.pixel_threshold
-        normal = self.calibration.get("normal_scores")
+    def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]],
+               category: str | None = None) -> Prediction:
+        thresholds = self.thresholds_for(category)
+        image_thr, pixel_thr = thresholds["image"]["value"], thresholds["pixel"]["value"]
+        calibration = (self.calibration.get("per_category") or {}).get(category, self.calibration)
+        normal = calibration.get("normal_scores")
         if image_thr is None:
             normalized = np.full(len(scores), np.nan)
             anomalous = np.zeros(len(scores), dtype=bool)
@@ -185,6 +204,7 @@ def predict_paths(
     alpha: float = 0.5,
     write_report: bool = False,
     progress: bool = True,
+    category: str | None = None,
     echo=print,
 ) -> dict[str, Any]:
     """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
@@ -203,9 +223,10 @@ def predict_paths(
     output = Path(output)
     (output / "heatmaps").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
-    calibration = predictor.calibration
+    thresholds = predictor.thresholds_for(category)
+    calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
     map_lo = float(calibration["normal_pixel_quantiles"][10]) if calibration.get("normal_pixel_quantiles") else None
-    pixel_thr = predictor.pixel_threshold
+    pixel_thr = thresholds["pixel"]["value"]
     rows: list[dict[str, Any]] = []
     report_items = []
     bar = None
@@ -223,7 +244,7 @@ def predict_paths(
             except (BadImageError, DatasetError, OSError) as exc:
                 failed.append((str(path), str(exc).split(". ")[0]))
         if images:
-            result = predictor.predict(images, batch_size=len(images))
+            result = predictor.predict(images, batch_size=len(images), category=category)
             for i, path in enumerate(good):
                 name = names[path]
                 photo = images[i]
@@ -253,10 +274,11 @@ def predict_paths(
         bar.close()
     summary = {
         "checkpoint": str(checkpoint),
-        "image_threshold": predictor.image_threshold,
-        "image_threshold_note": predictor.thresholds["image"]["note"],
+        "category": category,
+        "image_threshold": thresholds["image"]["value"],
+        "image_threshold_note": thresholds["image"]["note"],
         "pixel_threshold": pixel_thr,
-        "pixel_threshold_note": predictor.thresholds["pixel"]["note"],
+        "pixel_threshold_note": thresholds["pixel"]["note"],
         "predictions": rows,
         "failed": [{"path": p, "error": e} for p, e in failed],
     }
@@ -269,13 +291,13 @@ def predict_paths(
     if write_report and report_items:
         from minimaxad.report import write_report as render
 
-        render(output / "report.html", metrics=None, items=report_items, image_threshold=predictor.image_threshold,
-               pixel_threshold=pixel_thr, threshold_notes={"image": predictor.thresholds["image"]["note"],
-                                                            "pixel": predictor.thresholds["pixel"]["note"]},
+        render(output / "report.html", metrics=None, items=report_items, image_threshold=thresholds["image"]["value"],
+               pixel_threshold=pixel_thr, threshold_notes={"image": thresholds["image"]["note"],
+                                                            "pixel": thresholds["pixel"]["note"]},
                title="minimaxad predictions")
     anomalous = sum(r["decision"] == "anomalous" for r in rows)
     echo(f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
-         f"(image threshold {predictor.image_threshold}); results in {output}")
+         f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); results in {output}")
     if failed:
         echo(f"{len(failed)} input(s) could not be read and were skipped:")
         for path, error in failed:

@@ -85,16 +85,25 @@ def render_saved_evaluation(
     notes = {}
     image_value = image_threshold
     pixel_value = pixel_threshold
-    if image_value is None:
-        image_value = (thresholds.get("image") or {}).get("value")
-        notes["image"] = (thresholds.get("image") or {}).get("note", "not calibrated")
-    else:
-        notes["image"] = f"set by the user ({image_value:g})"
-    if pixel_value is None:
-        pixel_value = (thresholds.get("pixel") or {}).get("value")
-        notes["pixel"] = (thresholds.get("pixel") or {}).get("note", "not calibrated")
-    else:
-        notes["pixel"] = f"set by the user ({pixel_value:g})"
+    per_category = thresholds.get("per_category") or {}
+    for kind, given in (("image", image_threshold), ("pixel", pixel_threshold)):
+        if given is not None:
+            notes[kind] = f"set by the user ({given:g})"
+        elif per_category:  # a unified model: each category its own calibrated threshold
+            values = {c: t[kind]["value"] for c, t in per_category.items()}
+            if kind == "image":
+                image_value = values
+            else:
+                pixel_value = values
+            first = next(iter(per_category.values()))[kind]["note"]
+            notes[kind] = "per category: " + first.split(" of category ")[0] + " of each category"
+        else:
+            stored = thresholds.get(kind) or {}
+            if kind == "image":
+                image_value = stored.get("value")
+            else:
+                pixel_value = stored.get("value")
+            notes[kind] = stored.get("note", "not calibrated")
     masks = saved.get("masks")
     has_mask = saved.get("has_mask")
     items = [

@@ -14,7 +14,7 @@ import numpy as np
 from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.inference import DatasetOutputs, resolve_device, run_dataset
-from minimaxad.engine.thresholds import resolve_thresholds
+from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
 
 log = logging.getLogger("minimaxad")
@@ -106,7 +106,10 @@ def evaluate_model(model, config: RunConfig, categories: list[str], calibration:
         per_category.update(summary["categories"])
         collected.append(outputs)
     outputs = collected[0] if len(collected) == 1 else _concat_outputs(collected)
-    thresholds = resolve_thresholds(calibration, **threshold_overrides)
+    thresholds: dict[str, Any] = resolve_thresholds(calibration, **threshold_overrides)
+    categories_seen = sorted(set(outputs.categories))
+    if set(categories_seen) & set((calibration or {}).get("per_category") or {}):
+        thresholds["per_category"] = thresholds_by_category(calibration, categories_seen, **threshold_overrides)
     return Evaluation({"categories": per_category}, outputs, thresholds)
 
 

@@ -26,6 +26,31 @@ def quantile_threshold(values: np.ndarray, fpr: float) -> float:
     return float(np.quantile(values, 1 - fpr))
 
 
+def _calibrate_group(scores: np.ndarray, maps: torch.Tensor, image_fpr: float, pixel_fpr: float,
+                     source: str, seed: int) -> dict[str, Any]:
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    pixels = maps.reshape(-1)
+    if pixels.numel() > MAX_PIXEL_SAMPLES:  # a uniform sample keeps the quantile to ~1e-3 precision
+        g = torch.Generator().manual_seed(seed)
+        pixels = pixels[torch.randint(pixels.numel(), (MAX_PIXEL_SAMPLES,), generator=g)]
+    pixels = np.sort(pixels.double().numpy())
+    n = len(scores)
+    return {
+        "image": {
+            "value": quantile_threshold(scores, image_fpr), "method": "fpr", "fpr": image_fpr,
+            "note": f"{100 * (1 - image_fpr):g}th percentile of the image scores of {n} {source}",
+        },
+        "pixel": {
+            "value": quantile_threshold(pixels, pixel_fpr), "method": "fpr", "fpr": pixel_fpr,
+            "note": f"{100 * (1 - pixel_fpr):g}th percentile of the pixel scores of {n} {source}",
+        },
+        "normal_scores": scores.tolist(),
+        # a compact summary of the pixel distribution, for re-calibration without the data
+        "normal_pixel_quantiles": np.quantile(pixels, np.linspace(0, 1, 1001)).tolist(),
+        "source": source,
+    }
+
+
 def calibrate_thresholds(
     normal_scores: np.ndarray,
     normal_maps: torch.Tensor,
@@ -34,55 +59,47 @@ def calibrate_thresholds(
     pixel_fpr: float,
     source: str,
     seed: int = 0,
+    categories: list[str] | None = None,
 ) -> dict[str, Any]:
     """Thresholds from the scores ``(N,)`` and maps ``(N, H, W)`` of normal images.
 
-    ``source`` says where the normal images came from (shown in reports).
+    ``source`` says where the normal images came from (shown in reports). With ``categories``
+    (one per image) and several of them, as in a unified model, each category with at least two
+    images also gets its own thresholds under ``per_category``: score scales differ between
+    categories, so one threshold for all would flag some categories far more than others.
     """
-    scores = np.sort(np.asarray(normal_scores, dtype=np.float64))
-    pixels = normal_maps.reshape(-1)
-    if pixels.numel() > MAX_PIXEL_SAMPLES:  # a uniform sample keeps the quantile to ~1e-3 precision
-        g = torch.Generator().manual_seed(seed)
-        pixels = pixels[torch.randint(pixels.numel(), (MAX_PIXEL_SAMPLES,), generator=g)]
-    pixels = np.sort(pixels.double().numpy())
-    # keep a compact summary of the pixel distribution for later re-calibration
-    pixel_quantiles = np.quantile(pixels, np.linspace(0, 1, 1001))
-    image_value = quantile_threshold(scores, image_fpr)
-    pixel_value = quantile_threshold(pixels, pixel_fpr)
-    n = len(scores)
-    return {
-        "image": {
-            "value": image_value,
-            "method": "fpr",
-            "fpr": image_fpr,
-            "note": f"{100 * (1 - image_fpr):g}th percentile of the image scores of {n} {source}",
-        },
-        "pixel": {
-            "value": pixel_value,
-            "method": "fpr",
-            "fpr": pixel_fpr,
-            "note": f"{100 * (1 - pixel_fpr):g}th percentile of the pixel scores of {n} {source}",
-        },
-        "normal_scores": scores.tolist(),
-        "normal_pixel_quantiles": pixel_quantiles.tolist(),
-        "source": source,
-    }
+    calibration = _calibrate_group(normal_scores, normal_maps, image_fpr, pixel_fpr, source, seed)
+    if categories is not None and len(set(categories)) > 1:
+        names = np.asarray(categories)
+        scores = np.asarray(normal_scores)
+        per_category = {}
+        for name in sorted(set(categories)):
+            index = np.flatnonzero(names == name)
+            if len(index) >= 2:
+                per_category[name] = _calibrate_group(scores[index], normal_maps[torch.from_numpy(index)],
+                                                      image_fpr, pixel_fpr, f"{source} of category {name}", seed)
+        calibration["per_category"] = per_category
+    return calibration
 
 
 def resolve_thresholds(
     calibration: dict[str, Any] | None,
     *,
+    category: str | None = None,
     image_threshold: float | None = None,
     false_positive_rate: float | None = None,
     pixel_threshold: float | None = None,
     pixel_false_positive_rate: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The thresholds in force: user overrides first, then the stored calibration.
+    """The thresholds in force: user overrides first, then the stored calibration (the
+    ``category``'s own when it has one, else the model's).
 
     Returns ``{"image": {"value", "note"}, "pixel": {"value", "note"}}``; a value is None when
     nothing defines it (no calibration and no override).
     """
     calibration = calibration or {}
+    if category is not None and category in (calibration.get("per_category") or {}):
+        calibration = calibration["per_category"][category]
     out: dict[str, dict[str, Any]] = {}
     for kind, value, fpr, stored_key in (
         ("image", image_threshold, false_positive_rate, "normal_scores"),
@@ -108,6 +125,13 @@ def resolve_thresholds(
         else:
             out[kind] = {"value": None, "note": "not calibrated"}
     return out
+
+
+def thresholds_by_category(
+    calibration: dict[str, Any] | None, categories: list[str], **overrides: Any
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`resolve_thresholds` for each category: ``{category: {"image": ..., "pixel": ...}}``."""
+    return {c: resolve_thresholds(calibration, category=c, **overrides) for c in categories}
 
 
 def normalize_scores(scores: np.ndarray, threshold: float, normal_scores: np.ndarray | None) -> np.ndarray:

@@ -207,7 +207,8 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
     outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
                           device=device, workers=config.workers, collect_masks=False)
     return calibrate_thresholds(outputs.scores, outputs.maps, image_fpr=config.image_fpr,
-                                pixel_fpr=config.pixel_fpr, source=source, seed=config.seed)
+                                pixel_fpr=config.pixel_fpr, source=source, seed=config.seed,
+                                categories=outputs.categories)
 
 
 def _save_resumable(path, model, config, categories, optimizer, scheduler, epoch, step) -> None:
