@@ -220,3 +220,20 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
     ckpt = read_checkpoint(tmp_path / "b" / "weave" / "checkpoint.pt")
     assert ckpt["encoder_state"] is None  # the encoder comes from its file, not the checkpoint
     assert ckpt["encoder_weights"]["identity"].startswith("unireplknet_f_in1k_224_acc78.6.pth@sha256:")
+
+
+def test_aebad_preset_reports_each_test_domain(tmp_path):
+    """The AeBAD-S protocol: one model, resize + centre crop, augmentation, and results per
+    test domain (same, background, illumination, view) with their mean."""
+    from tests.data.test_formats import _make_aebad
+
+    root = _make_aebad(tmp_path / "AeBAD")
+    out = tmp_path / "run"
+    assert main(["fit", "--preset", "aebad", "--data", str(root), "--output", str(out), "--backbone",
+                 "unireplknet_micro", "--encoder-weights", "none", "--image-size", "80", "--crop-size", "64",
+                 "--batch-size", "2", "--max-steps", "2", "--val-fraction", "0", "--quiet"]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert sorted(data["categories"]) == ["background", "illumination", "same", "view"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["augment"] and config["loss"] == "global" and config["crop_size"] == 64
+    assert read_checkpoint(out / "checkpoint.pt")["crop_size"] == 64
