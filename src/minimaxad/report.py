@@ -274,7 +274,12 @@ def _line_plot(title: str, xlabel: str, ylabel: str,
     entries = [(s["label"], s["color"], s.get("dash", ""), "line") for s in series]
     if points:
         entries.append(("operating point at the image threshold", "#444", "", "circle"))
-    leg_x = fr.x0 + fr.w + 18
+    return _with_legend(fr, body, entries, title, gap=18)
+
+
+def _with_legend(fr: "_Frame", body: list[str], entries: list, title: str, gap: float) -> str:
+    """Add the legend right of the plot frame and size the SVG to fit both."""
+    leg_x = fr.x0 + fr.w + gap
     body += _legend(leg_x, fr.y0 + 12, entries)
     longest = max((len(e[0]) for e in entries), default=10)
     width = leg_x + 30 + 6.4 * longest
@@ -315,12 +320,7 @@ def _histogram(title: str, groups: Sequence[tuple[str, np.ndarray, str]], thresh
         body.append(f'<line x1="{x:.1f}" y1="{fr.y0}" x2="{x:.1f}" y2="{fr.y0 + fr.h}" class="thr">'
                     f'<title>image threshold {threshold:.6g}</title></line>')
         entries.append((f"threshold {threshold:.4g}", "#000", "5 3", "line"))
-    leg_x = fr.x0 + fr.w + 14
-    body += _legend(leg_x, fr.y0 + 12, entries)
-    longest = max((len(e[0]) for e in entries), default=10)
-    width = leg_x + 30 + 6.4 * longest
-    height = max(fr.y0 + fr.h + 46, fr.y0 + 12 + 18 * len(entries))
-    return _svg(width, height, body, title)
+    return _with_legend(fr, body, entries, title, gap=14)
 
 
 def _colorbar(cmap: Any, vmin: float, vmax: float) -> str:
