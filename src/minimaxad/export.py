@@ -7,7 +7,9 @@ The thresholds and preprocessing are written beside it as ``<file>.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +34,17 @@ class AnomalyScorer(nn.Module):
         return maps, image_score(maps, self.top_ratio)
 
 
+@contextlib.contextmanager
+def _quiet_tracing():
+    """The image size is fixed at export: shape-dependent Python values are meant as constants,
+    so the tracer's warnings about them (and the TorchScript deprecation notice) are noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        yield
+
+
 def export(checkpoint: Path, output: Path, format: str | None = None, encoder_weights: str | None = None,
            batch_size: int = 1) -> Path:
     state = read_checkpoint(checkpoint)
@@ -42,12 +55,7 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
     format = format or ("onnx" if output.suffix == ".onnx" else "torchscript")
     output.parent.mkdir(parents=True, exist_ok=True)
     if format == "torchscript":
-        import warnings
-
-        with torch.no_grad(), warnings.catch_warnings():
-            # the image size is fixed at export: shape-dependent Python values are meant as constants
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", category=DeprecationWarning)
+        with torch.no_grad(), _quiet_tracing():
             traced = torch.jit.trace(scorer, example, check_trace=False)
         traced.save(str(output))
     elif format == "onnx":
@@ -55,10 +63,12 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
             import onnx  # noqa: F401
         except ImportError as exc:
             raise RuntimeError("ONNX export needs the onnx package: pip install 'minimaxad[onnx]'") from exc
-        torch.onnx.export(scorer, (example,), str(output), input_names=["images"],
-                          output_names=["anomaly_map", "image_score"],
-                          dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "image_score": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        with torch.no_grad(), _quiet_tracing():
+            torch.onnx.export(scorer, (example,), str(output), input_names=["images"],
+                              output_names=["anomaly_map", "image_score"],
+                              dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"},
+                                            "image_score": {0: "batch"}},
+                              opset_version=17, dynamo=False)
     else:
         raise ValueError(f"unknown export format {format!r}; use torchscript or onnx")
     meta = {"input_size": size, "image_size": state["image_size"], "crop_size": state.get("crop_size"),
