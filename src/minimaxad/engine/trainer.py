@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from minimaxad.data.loader import collate
 from minimaxad.engine.checkpoint import (
-    build_checkpoint, read_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    build_checkpoint, load_model_state, read_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.inference import resolve_device, run_dataset
@@ -103,8 +103,6 @@ def train(
     if resume and last_path.is_file():
         state = read_checkpoint(last_path)
         _check_resume_compatible(state, config)
-        from minimaxad.engine.checkpoint import load_model_state
-
         load_model_state(model, state)
         training = state["training_state"]
         optimizer.load_state_dict(training["optimizer"])
