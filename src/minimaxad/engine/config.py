@@ -48,6 +48,9 @@ class RunConfig:
     channels_last: bool = False
     device: str = "auto"
     max_nonfinite_steps: int = 5
+    # several processes (torchrun; see docs/distributed.md). batch_size above is the GLOBAL batch.
+    sync_batchnorm: bool = True  # decoder BatchNorms use the global batch's statistics (as 1 process)
+    adc_sync: str = "global"  # ADC thresholds from the gathered global batch (exact) | per-rank
     # evaluation and thresholds
     top_ratio: float = 0.01  # image score: mean of the top 1% pixels; 0 = max pixel
     val_fraction: float = 0.1  # normal training images held out to calibrate thresholds
