@@ -56,6 +56,14 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-ratio", type=float, help="image score: mean of this fraction of top pixels (0: max)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs of image metrics")
     p.add_argument("--checkpoint-every", type=int, help="epochs between resumable checkpoints")
+    p.add_argument("--sync-batchnorm", action="store_true", default=None,
+                   help="torchrun: decoder BatchNorms use the statistics of the whole global batch, as in "
+                        "one process (the default)")
+    p.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
+                   help="torchrun: each process normalises with its own slice of the batch (fewer messages)")
+    p.add_argument("--adc-sync", choices=["global", "per-rank"],
+                   help="torchrun: ADC loss thresholds from the gathered global batch (exact, the default) "
+                        "or from each process's own images")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
                    help="train only; do not evaluate at the end")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -67,7 +75,7 @@ FIT_KEYS = ("data", "format", "categories", "unified", "backbone", "encoder_weig
             "image_size", "crop_size", "test_domains", "epochs", "max_steps", "batch_size", "lr",
             "weight_decay", "seed", "device", "precision", "channels_last", "workers", "cache",
             "skip_bad_images", "val_fraction", "image_fpr", "pixel_fpr", "top_ratio", "bootstrap",
-            "checkpoint_every", "evaluate")
+            "checkpoint_every", "evaluate", "sync_batchnorm", "adc_sync")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -13,12 +13,20 @@ import numpy as np
 
 from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.config import RunConfig
+from minimaxad.engine.distributed import DistributedContext, distributed_session
 from minimaxad.engine.inference import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
 
 log = logging.getLogger("minimaxad")
 Echo = Callable[[str], None]
+
+
+def silence_logging() -> None:
+    """For ranks other than 0 of a distributed run: no log file, no console messages."""
+    logger = logging.getLogger("minimaxad")
+    logger.handlers = [logging.NullHandler()]
+    logger.propagate = False
 
 
 def setup_logging(output_dir: Path, name: str = "train.log") -> Path:
@@ -149,27 +157,49 @@ def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path,
 def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool = True,
         echo: Echo = print) -> dict[str, Any] | None:
     """Train (one model for all categories, or one per category), then evaluate unless
-    ``config.evaluate`` is False. Returns the metrics summary (None without evaluation)."""
+    ``config.evaluate`` is False. Returns the metrics summary (None without evaluation, and on
+    the ranks other than 0 of a distributed run).
+
+    Launched by torchrun (``WORLD_SIZE > 1``) every process trains its share of each batch; rank 0
+    alone logs, writes files, calibrates and evaluates (after all training jobs, so that the other
+    ranks are never kept waiting on it): the others return as soon as the last model is trained.
+    """
+    with distributed_session(resolve_device(config.device)) as context:
+        return _fit(config, Path(output), context, resume=resume, progress=progress, echo=echo)
+
+
+def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume: bool, progress: bool,
+         echo: Echo) -> dict[str, Any] | None:
     from minimaxad.data import split_holdout
 
-    output = Path(output)
-    setup_logging(output)
+    if context.is_main:
+        setup_logging(output)
+    else:
+        silence_logging()
+        echo, progress = (lambda message: None), False
     if config.encoder_weights is not None and str(config.encoder_weights).lower() != "none":
         # fail before any data is read when the ImageNet weights cannot be had
         from minimaxad.models import get_backbone_spec
         from minimaxad.models.weights import resolve_weights_source
 
-        resolved = resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights)
+        # one download per machine: local rank 0 fills the cache, the other ranks then find it there
+        resolved = context.first_local_rank_then_others(
+            lambda: resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights))
         config = config.updated(encoder_weights=str(resolved))
-    config.save(output / "config.json")
+    if context.is_main:
+        config.save(output / "config.json")
     echo(f"[1/3] reading {config.format} data from {config.data}")
     train_full = open_dataset(config, "train")
     categories = list(train_full.categories)
     echo(f"      {len(train_full)} training images, categories: {', '.join(categories)}")
     if config.encoder_weights is None or str(config.encoder_weights).lower() == "none":
         echo("      WARNING: random encoder (--encoder-weights none): results are NOT comparable to the paper")
+    if context.enabled:
+        echo(f"      distributed: {context.world_size} processes ({context.backend}), global batch "
+             f"{config.batch_size}")
     jobs = [("all", categories)] if config.unified else [(c, [c]) for c in categories]
     per_category: dict[str, dict] = {}
+    trained = []  # distributed runs evaluate once every model is trained
     for name, job_categories in jobs:
         job_dir = output if config.unified else output / name
         if config.unified:
@@ -185,25 +215,33 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
              f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds")
         job_config = config.updated(categories=job_categories)
         result = train(job_config, train_set, holdout, job_dir, categories=job_categories, resume=resume,
-                       progress=progress)
+                       progress=progress, context=context)
         echo(f"      checkpoint: {result.checkpoint_path} ({result.steps} steps, "
              f"{result.images_per_second:.1f} images/s, final loss {result.final_loss:.4f})")
-        if config.evaluate:
-            echo(f"[3/3] evaluating {name}")
-            evaluation = evaluate_model(result.model, job_config, job_categories, result.thresholds,
-                                        echo=echo, progress=progress)
-            per_category.update(evaluation.summary["categories"])
-            job_summary = {"categories": evaluation.summary["categories"]}
-            write_evaluation_report(evaluation, job_summary, job_dir, job_config.to_dict(),
-                                    title=f"minimaxad - {name}")
-    if not config.evaluate:
+        if config.evaluate and context.is_main:
+            trained.append((name, job_dir, job_config, job_categories, result))
+            if not context.enabled:
+                _evaluate_job(*trained.pop(), per_category, echo, progress)
+    if not (config.evaluate and context.is_main):
         return None
+    for job in trained:
+        _evaluate_job(*job, per_category, echo, progress)
     summary = finish_results(per_category, output, echo)
     if not config.unified:
         echo(f"reports: {output}/<category>/report.html")
     else:
         echo(f"report: {output / 'report.html'}")
     return summary
+
+
+def _evaluate_job(name: str, job_dir: Path, job_config: RunConfig, job_categories: list[str], result,
+                  per_category: dict[str, dict], echo: Echo, progress: bool) -> None:
+    echo(f"[3/3] evaluating {name}")
+    evaluation = evaluate_model(result.model, job_config, job_categories, result.thresholds,
+                                echo=echo, progress=progress)
+    per_category.update(evaluation.summary["categories"])
+    job_summary = {"categories": evaluation.summary["categories"]}
+    write_evaluation_report(evaluation, job_summary, job_dir, job_config.to_dict(), title=f"minimaxad - {name}")
 
 
 # -- test ---------------------------------------------------------------------------------------
