@@ -1,41 +1,316 @@
-"""Model size and speed measurements (used by ``minimaxad benchmark`` and ``benchmarks/``)."""
+"""Inference speed of every backend, against this machine's own limit (``minimaxad benchmark``).
+
+For each backend, image size and batch size: images/second, latency per call (median, p95),
+the first call's time (export or compilation), peak memory, the relative error of its maps
+against the training-form model on the same images, and its share of the machine's limit:
+images/second over (float32 matrix-multiply FLOP/s, measured in the same run, / the model's
+FLOPs per image). Each backend runs in a fresh child process, so peak memory is its own and no
+backend's warm caches help another.
+"""
 
 from __future__ import annotations
 
-import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from minimaxad.engine.inference import infer_batch, resolve_device
+from minimaxad.engine.inference import resolve_device
 from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
+REFERENCE_BATCH = 2  # images every backend scores for the accuracy column
 
-def _timed(fn, device: torch.device, min_seconds: float, warmup: int = 2) -> tuple[int, float]:
+
+# -- machine and model -------------------------------------------------------------------------
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32,
+                            sizes: Sequence[int] = (1024, 2048, 4096), seconds: float = 1.0) -> float:
+    """Best multiply-add FLOP/s of square matrix products (``2 n^3`` per product) over ``sizes``."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        runs, elapsed = _repeat(lambda: a @ b, device, seconds, warmup=2)
+        best = max(best, 2 * n**3 * runs / elapsed)
+    return best
+
+
+def model_flops(model: MiniMaxAD, image_size: int) -> float:
+    """FLOPs of one image through the network as given (convolutions and matrix products,
+    multiply-add = 2), counted by PyTorch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _repeat(fn, device: torch.device, min_seconds: float, warmup: int = 2, min_runs: int = 3) -> tuple[int, float]:
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     runs, start = 0, time.perf_counter()
     while True:
         fn()
         runs += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and runs >= 3:
+        if elapsed >= min_seconds and runs >= min_runs:
             return runs, elapsed
 
 
-def inference_images_per_second(model: MiniMaxAD, batch: int, size: int, device: torch.device,
-                                 min_seconds: float = 3.0) -> float:
-    """Full inference (encoder, bottleneck, decoder, smoothed map, image score) images/second."""
-    model = model.eval().to(device)
-    x = torch.randn(batch, 3, size, size, device=device)
-    runs, elapsed = _timed(lambda: infer_batch(model, x, size), device, min_seconds)
-    return runs * batch / elapsed
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- one backend (runs in a child process) -------------------------------------------------------
+def peak_rss_reset() -> None:
+    """Reset the process's peak resident memory (Linux); ignored elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def build_model(backbone: str, checkpoint: str | None, seed: int = 0) -> tuple[MiniMaxAD, int | None, float]:
+    """The training-form network: a trained checkpoint, or random weights (seeded)."""
+    if checkpoint:
+        from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
+
+        state = read_checkpoint(checkpoint)
+        size = state.get("crop_size") or state["image_size"]
+        return model_from_checkpoint(state), size, state.get("top_ratio", 0.01)
+    torch.manual_seed(seed)
+    model = MiniMaxAD(backbone).eval()
+    _randomize_batchnorm(model)
+    return model, None, 0.01
+
+
+def _randomize_batchnorm(model: MiniMaxAD) -> None:
+    """Fresh BatchNorms are identities (mean 0, var 1): give them random statistics so that the
+    fused form really differs from the training form and the comparison means something."""
+    g = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            module.running_var.copy_(1 + 0.2 * torch.rand(n, generator=g))
+            module.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=g))
+            module.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+
+
+def measure_backend(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one backend at every (image size, batch) of ``spec``; save its maps on the reference
+    images to ``spec['reference_dir']``. Returns the rows."""
+    from minimaxad.backends import create_backend
+
+    device = resolve_device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    model, _, top_ratio = build_model(spec["backbone"], spec.get("checkpoint"))
+    rows = []
+    for size in spec["image_sizes"]:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peak_rss_reset()
+        started = time.perf_counter()
+        backend = create_backend(spec["backend"], model, image_size=size, top_ratio=top_ratio, device=device,
+                                 threads=spec.get("threads"))
+        g = torch.Generator().manual_seed(1234 + size)
+        reference = torch.randn(REFERENCE_BATCH, 3, size, size, generator=g)
+        maps, scores = backend(reference)  # the first call: compilation happens here
+        backend.synchronize()
+        first_call = time.perf_counter() - started
+        np.savez(Path(spec["reference_dir"]) / f"{spec['backend']}_{size}.npz",
+                 maps=maps.float().cpu().numpy(), scores=scores.float().cpu().numpy())
+        for batch in spec["batch_sizes"]:
+            images = torch.randn(batch, 3, size, size, generator=g)
+            if device.type == "cuda" and spec["backend"] not in ("onnxruntime", "openvino", "openvino-bf16"):
+                images = images.to(device)
+            latencies: list[float] = []
+
+            def call() -> None:
+                t = time.perf_counter()
+                backend(images)
+                backend.synchronize()
+                latencies.append(time.perf_counter() - t)
+
+            runs, elapsed = _repeat(call, device, spec["seconds"], warmup=2)
+            timed = latencies[-runs:]
+            rows.append({
+                "backend": spec["backend"], "image_size": size, "batch": batch,
+                "images_per_second": batch * runs / elapsed,
+                "latency_median_ms": 1e3 * statistics.median(timed),
+                "latency_p95_ms": 1e3 * float(np.percentile(timed, 95)),
+                "runs": runs, "first_call_s": first_call,
+            })
+        memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb())
+        for row in rows:
+            if row["image_size"] == size:
+                row["peak_memory_mb"] = memory
+        del backend
+    return {"rows": rows}
+
+
+# -- the whole benchmark -----------------------------------------------------------------------
+def run_benchmark(
+    backends: Sequence[str] | None = None,
+    *,
+    backbone: str = "unireplknet_n",
+    checkpoint: str | None = None,
+    image_sizes: Sequence[int] = (224, 256),
+    batch_sizes: Sequence[int] = (1, 16),
+    device: str = "auto",
+    seconds: float = 3.0,
+    threads: int | None = None,
+    output: Path | None = Path("benchmark.json"),
+    echo=print,
+) -> dict[str, Any]:
+    """Measure ``backends`` (default: every one that can run here), print the table, write JSON."""
+    from minimaxad.backends import BACKENDS, available_backends
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    backends = list(backends) if backends else available_backends(dev)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    model, checkpoint_size, _ = build_model(backbone, checkpoint)
+    if checkpoint_size is not None:
+        image_sizes = [checkpoint_size]
+    fused = model.reparameterize()  # for FLOP counting only; children rebuild their own
+    flops = {size: model_flops(fused, size) for size in image_sizes}
+    del model, fused
+    machine = {
+        "torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "matmul_fp32_flops": matmul_flops_per_second(dev, torch.float32),
+    }
+    try:
+        machine["matmul_bf16_flops"] = matmul_flops_per_second(dev, torch.bfloat16)
+    except RuntimeError:
+        machine["matmul_bf16_flops"] = None
+    name = checkpoint or f"{backbone} (random weights)"
+    where = machine["gpu"] or f"{machine['threads']} threads, {machine['cpu']}"
+    echo(f"minimaxad benchmark: {name}; torch {machine['torch']}, {dev} ({where})")
+    echo(f"float32 matrix products: {machine['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s"
+         + (f"; bfloat16: {machine['matmul_bf16_flops'] / 1e9:.1f} GFLOP/s" if machine["matmul_bf16_flops"] else ""))
+    for size in image_sizes:
+        limit = machine["matmul_fp32_flops"] / flops[size]
+        echo(f"model at {size} px: {flops[size] / 1e9:.2f} GFLOP/image -> float32 limit {limit:.2f} images/s")
+
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="minimaxad-bench-") as tmp:
+        for backend in backends:
+            spec = {"backend": backend, "backbone": backbone, "checkpoint": checkpoint,
+                    "image_sizes": list(image_sizes), "batch_sizes": list(batch_sizes), "device": str(dev),
+                    "seconds": seconds, "threads": threads, "reference_dir": tmp}
+            result = _run_child(spec, Path(tmp))
+            if "error" in result:
+                failures[backend] = result["error"]
+                echo(f"  {backend}: not measured: {result['error']}")
+                continue
+            rows.extend(result["rows"])
+        _add_comparisons(rows, Path(tmp), flops, machine["matmul_fp32_flops"])
+    echo(format_table(rows))
+    report = {"machine": machine, "model": name, "backbone": backbone,
+              "flops_per_image": {str(k): v for k, v in flops.items()}, "rows": rows, "not_measured": failures}
+    if output is not None:
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        echo(f"results: {output}")
+    return report
+
+
+def _run_child(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    spec_path = folder / f"{spec['backend']}.spec.json"
+    out_path = folder / f"{spec['backend']}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    done = subprocess.run([sys.executable, "-m", "minimaxad.benchmark", str(spec_path), str(out_path)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not out_path.is_file():
+        lines = [l for l in (done.stderr or "").strip().splitlines() if l.strip()]
+        return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+    return json.loads(out_path.read_text())
+
+
+def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, float], peak: float) -> None:
+    """Speed-up over the training form (same size and batch), share of the machine limit, and
+    the maps' relative error against the training form (or the fused form without it)."""
+    by_key = {(r["backend"], r["image_size"], r["batch"]): r for r in rows}
+    for row in rows:
+        size = row["image_size"]
+        base = by_key.get(("eager", size, row["batch"]))
+        row["speedup_vs_eager"] = row["images_per_second"] / base["images_per_second"] if base else None
+        row["fraction_of_fp32_limit"] = row["images_per_second"] * flops[size] / peak
+        reference = next((folder / f"{b}_{size}.npz" for b in ("eager", "fused")
+                          if (folder / f"{b}_{size}.npz").is_file()), None)
+        mine = folder / f"{row['backend']}_{size}.npz"
+        if reference is not None and mine.is_file():
+            from minimaxad.export import relative_error
+
+            ref, out = np.load(reference), np.load(mine)
+            row["map_relative_error"] = relative_error(out["maps"], ref["maps"])
+            row["score_relative_error"] = relative_error(out["scores"], ref["scores"])
+            row["compared_with"] = reference.name.split("_")[0]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = (f"{'backend':<15}{'size':>5}{'batch':>6}{'img/s':>9}{'vs eager':>9}{'% limit':>8}"
+              f"{'median ms':>11}{'p95 ms':>9}{'peak MB':>9}{'1st call s':>11}{'map err':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        speedup = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else "-"
+        error = f"{r['map_relative_error']:.1e}" if r.get("map_relative_error") is not None else "-"
+        memory = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else "-"
+        lines.append(f"{r['backend']:<15}{r['image_size']:>5}{r['batch']:>6}{r['images_per_second']:>9.2f}"
+                     f"{speedup:>9}{100 * r['fraction_of_fp32_limit']:>7.0f}%{r['latency_median_ms']:>11.1f}"
+                     f"{r['latency_p95_ms']:>9.1f}{memory:>9}{r['first_call_s']:>11.1f}{error:>9}")
+    return "\n".join(lines)
+
+
+# -- sizes and training speed (kept from the first benchmark) --------------------------------------
+def model_sizes(model: MiniMaxAD) -> dict[str, float]:
+    return {
+        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+        "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+        "trainable_mb": sum(t.numel() * t.element_size() for t in model.trainable_state_dict().values()) / 1e6,
+    }
 
 
 def training_images_per_second(backbone: str, batch: int, size: int, device: torch.device,
@@ -52,46 +327,34 @@ def training_images_per_second(backbone: str, batch: int, size: int, device: tor
         loss.backward()
         optimizer.step()
 
-    runs, elapsed = _timed(step, device, min_seconds, warmup=1)
+    runs, elapsed = _repeat(step, device, min_seconds, warmup=1)
     return runs * batch / elapsed
 
 
-def model_sizes(model: MiniMaxAD) -> dict[str, float]:
-    return {
-        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-        "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
-        "trainable_mb": sum(t.numel() * t.element_size() for t in model.trainable_state_dict().values()) / 1e6,
-    }
-
-
-def print_speed_table(backbones: Sequence[str], size: int, batches: Sequence[int], device: str = "auto",
-                      min_seconds: float = 3.0, train: bool = False) -> list[dict]:
-    """Print sizes and images/second of the training form and the fused form (ratio to the
-    training form measured in the same run); returns the rows."""
+def print_training_table(backbones: Sequence[str], size: int, batches: Sequence[int], device: str = "auto",
+                         min_seconds: float = 3.0, echo=print) -> list[dict[str, Any]]:
+    """Sizes and training images/second of each backbone."""
     dev = resolve_device(device)
-    torch.manual_seed(0)
-    threads = f"{torch.get_num_threads()} CPU threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
-    print(f"minimaxad benchmark: torch {torch.__version__}, {dev} ({threads}), {size} px, float32")
-    header = (f"{'backbone':<18}{'encoder':>9}{'trainable':>11}{'MB':>7}{'batch':>7}"
-              f"{'train-form img/s':>18}{'fused img/s':>13}{'ratio':>8}")
-    if train:
-        header += f"{'training img/s':>16}"
-    print(header)
-    print("-" * len(header))
+    echo(f"training speed, {size} px, {dev}:")
+    echo(f"{'backbone':<18}{'encoder':>9}{'trainable':>11}{'MB':>7}{'batch':>7}{'training img/s':>16}")
     rows = []
     for name in backbones:
-        model = MiniMaxAD(name).eval()
-        sizes = model_sizes(model)
-        fused = copy.deepcopy(model).reparameterize()
+        sizes = model_sizes(MiniMaxAD(name))
         for batch in batches:
-            base = inference_images_per_second(model, batch, size, dev, min_seconds)
-            fast = inference_images_per_second(fused, batch, size, dev, min_seconds)
-            row = dict(backbone=name, batch=batch, train_form=base, fused=fast, ratio=fast / base, **sizes)
-            line = (f"{name:<18}{sizes['encoder_params'] / 1e6:>8.2f}M{sizes['trainable_params'] / 1e6:>10.2f}M"
-                    f"{sizes['trainable_mb']:>7.1f}{batch:>7}{base:>18.2f}{fast:>13.2f}{fast / base:>7.2f}x")
-            if train:
-                row["training"] = training_images_per_second(name, batch, size, dev, min_seconds)
-                line += f"{row['training']:>16.2f}"
-            print(line, flush=True)
-            rows.append(row)
+            rate = training_images_per_second(name, batch, size, dev, min_seconds)
+            echo(f"{name:<18}{sizes['encoder_params'] / 1e6:>8.2f}M{sizes['trainable_params'] / 1e6:>10.2f}M"
+                 f"{sizes['trainable_mb']:>7.1f}{batch:>7}{rate:>16.2f}")
+            rows.append(dict(backbone=name, batch=batch, training=rate, **sizes))
     return rows
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    spec_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    result = measure_backend(spec)
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

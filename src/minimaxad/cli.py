@@ -130,7 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device or "auto", encoder_weights=args.encoder_weights,
         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
-        progress=not args.quiet, category=args.category,
+        progress=not args.quiet, category=args.category, backend=args.backend,
     )
     return 0 if result["predicted"] else 1
 
@@ -149,10 +149,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- benchmark --------------------------------------------------------------------------------
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from minimaxad.benchmark import print_speed_table
+    from minimaxad.benchmark import print_training_table, run_benchmark
 
-    print_speed_table(args.backbones, args.image_size, args.batch_sizes, device=args.device or "auto",
-                      min_seconds=args.seconds, train=args.train)
+    sizes = args.image_sizes or ([args.image_size] if args.image_size else [224, 256])
+    for backbone in args.backbones:
+        output = Path(args.output)
+        if len(args.backbones) > 1:
+            output = output.with_name(f"{output.stem}-{backbone}{output.suffix}")
+        run_benchmark(args.backends, backbone=backbone, checkpoint=args.checkpoint, image_sizes=sizes,
+                      batch_sizes=args.batch_sizes, device=args.device or "auto", seconds=args.seconds,
+                      threads=args.threads, output=output)
+        if args.checkpoint:
+            break
+    if args.train:
+        print_training_table(args.backbones, sizes[-1], args.batch_sizes, device=args.device or "auto",
+                             min_seconds=args.seconds)
     return 0
 
 
@@ -161,8 +172,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from minimaxad.export import export
 
     path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
-                  batch_size=args.batch_size)
-    print(f"exported: {path}")
+                  batch_size=args.batch_size, check=not args.no_check)
+    meta = json.loads(Path(str(path) + ".json").read_text())
+    parity = meta.get("parity_relative_error")
+    checked = (f"; matches PyTorch (relative error: map {parity['map']:.1e}, score {parity['score']:.1e})"
+               if parity else "; not checked (--no-check)")
+    print(f"exported: {path} (outputs {', '.join(meta['outputs'])}){checked}; metadata: {path}.json")
     return 0
 
 
@@ -214,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(func=cmd_test)
 
     pred = sub.add_parser("predict", help="score new photos: heatmaps, masks, scores.csv/json")
-    pred.add_argument("--checkpoint", required=True)
+    pred.add_argument("--checkpoint", required=True,
+                      help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--output", required=True)
     pred.add_argument("--threshold", type=float, help="image score threshold (overrides the calibrated one)")
@@ -223,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
     pred.add_argument("--category", help="unified model: use this category's calibrated thresholds")
     pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--backend", default="fused",
+                      help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | openvino | "
+                           "openvino-bf16 | torchscript (see 'minimaxad benchmark')")
     pred.add_argument("--device")
     pred.add_argument("--encoder-weights")
     pred.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
@@ -239,21 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default="minimaxad report")
     rep.set_defaults(func=cmd_report)
 
-    bench = sub.add_parser("benchmark", help="model size and images/second, training vs fused form")
-    bench.add_argument("--backbones", nargs="+", default=["unireplknet_f", "unireplknet_n"])
-    bench.add_argument("--image-size", type=int, default=256)
+    bench = sub.add_parser("benchmark", help="images/second and latency of every inference backend",
+                           description="Time every inference backend (PyTorch training form, fused, compiled, "
+                                       "bf16, ONNX Runtime, OpenVINO, TorchScript) at each image and batch size, "
+                                       "against this machine's float32 matrix-multiply limit; prints a table "
+                                       "and writes JSON.")
+    bench.add_argument("--backends", nargs="+", help="default: every backend that can run here")
+    bench.add_argument("--backbones", nargs="+", default=["unireplknet_n"], help="random-weight variants to time")
+    bench.add_argument("--checkpoint", help="time a trained checkpoint instead (at its own image size)")
+    bench.add_argument("--image-sizes", nargs="+", type=int, help="default: 224 256")
+    bench.add_argument("--image-size", type=int, help="a single image size (same as --image-sizes N)")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    bench.add_argument("--device")
+    bench.add_argument("--device", help="auto | cpu | cuda")
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, i.e. the cores)")
+    bench.add_argument("--output", default="benchmark.json", help="JSON file with every measurement")
     bench.add_argument("--train", action="store_true", help="also time training steps")
     bench.set_defaults(func=cmd_benchmark)
 
-    exp = sub.add_parser("export", help="export a fused model (TorchScript or ONNX) for deployment")
+    exp = sub.add_parser("export", help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
     exp.add_argument("--checkpoint", required=True)
-    exp.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
-    exp.add_argument("--format", choices=["torchscript", "onnx"], help="default: from the file suffix")
+    exp.add_argument("--output", required=True,
+                     help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript")
+    exp.add_argument("--format", choices=["torchscript", "onnx", "openvino"], help="default: from the file suffix")
+    exp.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     exp.add_argument("--encoder-weights")
-    exp.add_argument("--batch-size", type=int, default=1)
+    exp.add_argument("--batch-size", type=int, default=1, help="ignored: the batch axis is dynamic")
     exp.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")

@@ -19,7 +19,7 @@ import torch
 from minimaxad.data.io import load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.engine.inference import infer_batch, resolve_device
+from minimaxad.backends import Backend, create_backend
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
 from minimaxad.models import MiniMaxAD
 
@@ -50,7 +50,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: MiniMaxAD,
+        model: MiniMaxAD | None,
         *,
         image_size: int,
         crop_size: int | None = None,
@@ -61,10 +61,18 @@ class Predictor:
         false_positive_rate: float | None = None,
         pixel_threshold: float | None = None,
         pixel_false_positive_rate: float | None = None,
+        backend: str | Backend = "fused",
     ) -> None:
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
         self.transform = Transform(image_size, crop_size)
+        size = self.transform.output_size[0]
+        if isinstance(backend, Backend):
+            self.backend = backend
+        else:
+            if model is None:
+                raise ValueError("a Predictor needs a model, or a ready Backend as backend=")
+            self.backend = create_backend(backend, model, image_size=size, top_ratio=top_ratio, device=device)
+        self.model = model
+        self.device = self.backend.device
         self.top_ratio = top_ratio
         self.calibration = calibration or {}
         self.overrides = dict(image_threshold=image_threshold, false_positive_rate=false_positive_rate,
@@ -93,15 +101,41 @@ class Predictor:
         device: str | torch.device = "auto",
         encoder_weights: str | Path | None = None,
         reparameterize: bool = True,
+        backend: str = "fused",
         **threshold_overrides: Any,
     ) -> "Predictor":
-        """Load once: the model (re-parameterized for speed by default), transform, thresholds."""
+        """Load once: the model, transform and thresholds, on ``backend`` (see
+        :data:`minimaxad.backends.BACKENDS`; ``fused`` = re-parameterized PyTorch by default).
+
+        ``checkpoint`` may also be an exported file (``.onnx``, OpenVINO ``.xml``, TorchScript) with
+        its ``.json`` beside it: see :meth:`from_exported`.
+        """
+        if is_exported_model(checkpoint):
+            return cls.from_exported(checkpoint, device=device,
+                                     backend=None if backend in ("fused", None) else backend, **threshold_overrides)
         state = read_checkpoint(checkpoint)
         model = model_from_checkpoint(state, encoder_weights=encoder_weights)
-        if reparameterize:
+        if backend == "fused" and not reparameterize:
+            backend = "eager"
+        if backend != "eager":
             model.reparameterize()
         return cls(model, image_size=state["image_size"], crop_size=state.get("crop_size"),
                    top_ratio=state.get("top_ratio", 0.01), calibration=state.get("thresholds"), device=device,
+                   backend=backend, **threshold_overrides)
+
+    @classmethod
+    def from_exported(cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str | None = None,
+                      **threshold_overrides: Any) -> "Predictor":
+        """A Predictor over a file written by ``minimaxad export``: ``.onnx`` runs in ONNX Runtime
+        (or ``backend="openvino"``/``"openvino-bf16"``), ``.xml`` in OpenVINO, a TorchScript file
+        in PyTorch. Preprocessing and thresholds come from ``<file>.json``."""
+        from minimaxad.backends import load_backend
+        from minimaxad.export import read_metadata
+
+        meta = read_metadata(Path(path))
+        runner = load_backend(path, backend, device="cpu" if str(device) == "auto" else device)
+        return cls(None, image_size=meta["image_size"], crop_size=meta.get("crop_size"),
+                   top_ratio=meta.get("top_ratio", 0.01), calibration=meta.get("thresholds"), backend=runner,
                    **threshold_overrides)
 
     @property
@@ -127,7 +161,7 @@ class Predictor:
         scores, maps, sizes = [], [], []
         for start in range(0, len(images), batch_size):
             batch, batch_sizes = self.preprocess(images[start:start + batch_size])
-            batch_maps, batch_scores = infer_batch(self.model, batch.to(self.device), batch.shape[-1], self.top_ratio)
+            batch_maps, batch_scores = self.backend(batch)
             maps.append(batch_maps.float().cpu().numpy())
             scores.append(batch_scores.float().cpu().numpy())
             sizes.extend(batch_sizes)
@@ -147,6 +181,12 @@ class Predictor:
             anomalous = scores >= image_thr
         masks = None if pixel_thr is None else maps >= pixel_thr
         return Prediction(scores, normalized, anomalous, maps, masks, image_thr, pixel_thr, sizes)
+
+
+def is_exported_model(path: str | Path) -> bool:
+    """A file written by ``minimaxad export`` (it has its ``<file>.json`` beside it)."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() in (".onnx", ".xml") or Path(str(path) + ".json").is_file())
 
 
 # -- folders of photos -> files -------------------------------------------------------------------
@@ -205,6 +245,7 @@ def predict_paths(
     write_report: bool = False,
     progress: bool = True,
     category: str | None = None,
+    backend: str = "fused",
     echo=print,
 ) -> dict[str, Any]:
     """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
@@ -217,7 +258,7 @@ def predict_paths(
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
                                           image_threshold=image_threshold, false_positive_rate=false_positive_rate,
-                                          pixel_threshold=pixel_threshold)
+                                          pixel_threshold=pixel_threshold, backend=backend)
     files, file_names, failed = collect_inputs(inputs)
     names = dict(zip(files, file_names))
     output = Path(output)
@@ -274,6 +315,7 @@ def predict_paths(
         bar.close()
     summary = {
         "checkpoint": str(checkpoint),
+        "backend": predictor.backend.name,
         "category": category,
         "image_threshold": thresholds["image"]["value"],
         "image_threshold_note": thresholds["image"]["note"],

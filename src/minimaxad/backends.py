@@ -1,0 +1,312 @@
+"""Inference backends: one interface over PyTorch eager, torch.compile, reduced precision,
+ONNX Runtime, OpenVINO and TorchScript.
+
+Every backend runs the whole :class:`~minimaxad.pipeline.InferencePipeline` (network, maps,
+smoothing, score) and is called the same way::
+
+    backend = create_backend("onnxruntime", model, image_size=256)
+    maps, scores = backend(images)   # (B, S, S) float32, (B,) float32
+
+``images`` is a normalised ``(B, 3, S, S)`` float32 batch. Torch backends return tensors on their
+device; ONNX Runtime and OpenVINO return CPU tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minimaxad.models import MiniMaxAD
+from minimaxad.pipeline import InferencePipeline
+
+# name -> what it is (``minimaxad benchmark --backends``, ``predict --backend``)
+BACKENDS: dict[str, str] = {
+    "eager": "training-form network (branches and BatchNorms not fused), float32: the baseline",
+    "fused": "re-parameterized network, float32, PyTorch eager",
+    "compiled": "re-parameterized network through torch.compile (inductor, frozen weights), float32",
+    "bf16": "re-parameterized network in bfloat16 (CPUs with AVX-512 BF16/AMX, or CUDA); maps in float32",
+    "fp16": "re-parameterized network in float16 (CUDA only); maps in float32",
+    "onnxruntime": "the exported ONNX pipeline in ONNX Runtime, float32 (extra: minimaxad[onnx])",
+    "openvino": "the exported ONNX pipeline compiled by OpenVINO, float32 (extra: minimaxad[openvino])",
+    "openvino-bf16": "the exported ONNX pipeline compiled by OpenVINO at bfloat16 inference precision",
+    "torchscript": "the traced TorchScript pipeline, float32",
+}
+TORCH_BACKENDS = ("eager", "fused", "compiled", "bf16", "fp16")
+FILE_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16", "torchscript")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (missing package, no CUDA, no bf16 support)."""
+
+
+class Backend(ABC):
+    """``backend(images (B, 3, S, S)) -> (maps (B, S, S), scores (B,))``, both float32."""
+
+    name: str
+    device: torch.device
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA) so that timings are honest."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device})"
+
+
+class TorchBackend(Backend):
+    """An :class:`InferencePipeline` run by PyTorch, eager or through ``torch.compile``."""
+
+    def __init__(self, name: str, pipeline: InferencePipeline, device: torch.device,
+                 channels_last: bool = False, compile: bool = False) -> None:
+        self.name = name
+        self.device = device
+        self.channels_last = channels_last
+        self.pipeline = pipeline.eval().to(device)
+        if channels_last:
+            self.pipeline = self.pipeline.to(memory_format=torch.channels_last)
+        self.runner = self.pipeline
+        self.compiled = compile
+        if compile:
+            # frozen weights: inductor folds them as constants and pre-packs them for oneDNN;
+            # on CUDA, CUDA graphs remove the per-kernel launch cost that dominates batch 1
+            options = {"freezing": True}
+            if device.type == "cuda":
+                options["triton.cudagraphs"] = True
+            self.runner = torch.compile(self.pipeline, dynamic=False, options=options)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # inductor's weight freezing needs no_grad (inference tensors cannot be frozen)
+        with torch.no_grad() if self.compiled else torch.inference_mode():
+            outputs = self.runner(images)
+        maps, scores = outputs[0], outputs[1]
+        if self.compiled and self.device.type == "cuda":
+            maps, scores = maps.clone(), scores.clone()  # CUDA-graph outputs are overwritten by the next call
+        return maps[:, 0], scores
+
+
+class OnnxRuntimeBackend(Backend):
+    """An exported ONNX pipeline run by ONNX Runtime (CUDA provider when asked for and present)."""
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+                 name: str = "onnxruntime") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'minimaxad[onnx]'") from exc
+        self.name = name
+        self.device = torch.device(device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu, "
+                                         "or run the onnxruntime backend with --device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()][:2]
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        maps, scores = self.session.run(self.output_names, {self.input_name: array})
+        return torch.from_numpy(maps[:, 0]), torch.from_numpy(scores)
+
+    def synchronize(self) -> None:  # session.run returns when the outputs are on the host
+        pass
+
+
+class OpenVinoBackend(Backend):
+    """An exported pipeline (ONNX or OpenVINO IR) compiled by OpenVINO for the CPU.
+
+    ``precision="bf16"`` sets OpenVINO's inference precision to bfloat16 (matrix products and
+    convolutions in bf16 with float32 accumulation); it needs a CPU with AVX-512 BF16 or AMX.
+    """
+
+    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None,
+                 name: str | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailable("the openvino backend needs OpenVINO: pip install 'minimaxad[openvino]'") from exc
+        if precision not in ("f32", "bf16"):
+            raise ValueError(f"OpenVINO precision must be f32 or bf16, got {precision!r}")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendUnavailable("this CPU has no bfloat16 support (AVX-512 BF16 or AMX): "
+                                     "use the openvino (float32) backend")
+        self.name = name or ("openvino" if precision == "f32" else "openvino-bf16")
+        self.device = torch.device("cpu")
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        results = self.request.infer({0: array})
+        maps = results[self.compiled.output(0)]
+        scores = results[self.compiled.output(1)]
+        return torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)), torch.from_numpy(np.array(scores, dtype=np.float32))
+
+    def synchronize(self) -> None:
+        pass
+
+
+class TorchScriptBackend(Backend):
+    """A traced TorchScript pipeline (``minimaxad export --format torchscript``)."""
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
+        import warnings
+
+        self.name = "torchscript"
+        self.device = torch.device(device)
+        with warnings.catch_warnings():  # torch.jit's deprecation notice: TorchScript still runs
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            outputs = self.module(images.to(self.device))
+        return outputs[0][:, 0], outputs[1]
+
+
+def _resolve(device: str | torch.device | None) -> torch.device:
+    from minimaxad.engine.inference import resolve_device
+
+    return resolve_device(device)
+
+
+def fused_copy(model: MiniMaxAD) -> MiniMaxAD:
+    """A re-parameterized copy (the model itself when it is fused already)."""
+    if model.reparameterized:
+        return model
+    return copy.deepcopy(model).reparameterize()
+
+
+def create_backend(
+    name: str,
+    model: MiniMaxAD,
+    *,
+    image_size: int,
+    top_ratio: float = 0.01,
+    image_threshold: float | None = None,
+    device: str | torch.device = "auto",
+    channels_last: bool | None = None,
+    workdir: str | Path | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """Build backend ``name`` (see :data:`BACKENDS`) for ``model`` at ``image_size``.
+
+    ``model`` may be in training form (needed for ``eager``) or fused; the others work on a
+    re-parameterized copy. File backends export the pipeline into ``workdir`` (a temporary
+    folder by default) and check it against PyTorch there. ``channels_last`` defaults to True on
+    CUDA and False on the CPU (measured: oneDNN's large depthwise kernels are not faster in it).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    dev = _resolve(device)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    if name == "eager":
+        if model.reparameterized:
+            raise ValueError("the eager backend is the training-form model, but this model is re-parameterized; "
+                             "pass the model before reparameterize()")
+        return TorchBackend(name, InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold), dev,
+                            channels_last=channels_last)
+    fused = fused_copy(model)
+    if name in ("fused", "compiled"):
+        return TorchBackend(name, InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold), dev,
+                            channels_last=channels_last, compile=name == "compiled")
+    if name in ("bf16", "fp16"):
+        if name == "fp16" and dev.type != "cuda":
+            raise BackendUnavailable("fp16 is a CUDA backend (CPU float16 kernels are slow); on the CPU use bf16")
+        if name == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+            raise BackendUnavailable("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
+                                     "than float32 here; use fused, compiled or onnxruntime")
+        dtype = torch.bfloat16 if name == "bf16" else torch.float16
+        network = copy.deepcopy(fused).to(dtype)
+        return TorchBackend(name, InferencePipeline(network, top_ratio, image_threshold, compute_dtype=dtype), dev,
+                            channels_last=channels_last)
+    # file backends: export once, then load like a deployed file
+    from minimaxad.export import export_pipeline
+
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="minimaxad-export-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold).eval()
+    if name == "torchscript":
+        path = export_pipeline(pipeline, folder / "pipeline.pt", "torchscript", image_size)
+        return TorchScriptBackend(path, dev)
+    path = export_pipeline(pipeline, folder / "pipeline.onnx", "onnx", image_size)
+    return load_backend(path, name, device=dev, threads=threads)
+
+
+def load_backend(path: str | Path, name: str | None = None, *, device: str | torch.device = "cpu",
+                 threads: int | None = None) -> Backend:
+    """A backend for an exported file: ``.onnx`` (onnxruntime by default, or openvino /
+    openvino-bf16), ``.xml`` (OpenVINO IR) or a TorchScript file (``.pt``/``.ts``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}; create one with 'minimaxad export'")
+    suffix = path.suffix.lower()
+    if name is None:
+        name = {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torchscript")
+    dev = _resolve(device)
+    if name == "onnxruntime":
+        if suffix != ".onnx":
+            raise ValueError(f"the onnxruntime backend runs .onnx files, got {path}")
+        return OnnxRuntimeBackend(path, dev, threads=threads)
+    if name in ("openvino", "openvino-bf16"):
+        if suffix not in (".onnx", ".xml"):
+            raise ValueError(f"the {name} backend runs .onnx or .xml files, got {path}")
+        return OpenVinoBackend(path, "bf16" if name == "openvino-bf16" else "f32", threads=threads)
+    if name == "torchscript":
+        return TorchScriptBackend(path, dev)
+    raise ValueError(f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16 "
+                     f"or torchscript")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def available_backends(device: str | torch.device = "auto") -> list[str]:
+    """Backends that can run here (packages installed, hardware present)."""
+    import importlib.util
+
+    dev = _resolve(device)
+    names = ["eager", "fused", "compiled"]
+    if dev.type == "cuda" or cpu_has_bf16():
+        names.append("bf16")
+    if dev.type == "cuda":
+        names.append("fp16")
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        names.append("onnxruntime")
+        if dev.type == "cpu" and importlib.util.find_spec("openvino"):
+            names.append("openvino")
+            if cpu_has_bf16():
+                names.append("openvino-bf16")
+    names.append("torchscript")
+    return names
