@@ -98,33 +98,84 @@ class TorchBackend(Backend):
 
 
 class OnnxRuntimeBackend(Backend):
-    """An exported ONNX pipeline run by ONNX Runtime (CUDA provider when asked for and present)."""
+    """An exported ONNX pipeline run by ONNX Runtime (CUDA provider when asked for and present).
+
+    On the CPU a batch of at least ``streams`` images is cut into chunks of ``chunk`` images that
+    ``streams`` single-threaded sessions score side by side (one per core), which keeps each
+    core's activations in its own cache instead of splitting every operator across cores:
+    measured 1.1-1.2x the images/second of one session with all threads on 2 cores at batch 16.
+    Smaller batches (latency) go to one session with every thread. ``streams=1`` turns it off.
+    """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 name: str = "onnxruntime") -> None:
+                 name: str = "onnxruntime", streams: int | None = None, chunk: int = 2) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'minimaxad[onnx]'") from exc
+        self.ort = ort
         self.name = name
+        self.path = str(path)
         self.device = torch.device(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
+        self.threads = threads or torch.get_num_threads()
+        self.providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu, "
                                          "or run the onnxruntime backend with --device cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()][:2]
+            self.providers.insert(0, "CUDAExecutionProvider")
+        self.streams = 1 if self.device.type == "cuda" else (streams or self.threads)
+        self.chunk = max(1, chunk)
+        self._latency_session = None
+        self._stream_sessions: list = []
+        self._pool = None
+        first = self._session(self.threads if self.streams == 1 else 1)
+        if self.streams == 1:
+            self._latency_session = first
+        else:
+            self._stream_sessions.append(first)
+        self.input_name = first.get_inputs()[0].name
+        self.output_names = [o.name for o in first.get_outputs()][:2]
+
+    def _session(self, threads: int):
+        options = self.ort.SessionOptions()
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        return self.ort.InferenceSession(self.path, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        maps, scores = self.session.run(self.output_names, {self.input_name: array})
+        if self.streams == 1 or len(array) < self.streams:
+            if self._latency_session is None:
+                self._latency_session = self._session(self.threads)
+            maps, scores = self._latency_session.run(self.output_names, {self.input_name: array})
+            return torch.from_numpy(maps[:, 0]), torch.from_numpy(scores)
+        return self._run_streams(array)
+
+    def _run_streams(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        while len(self._stream_sessions) < self.streams:
+            self._stream_sessions.append(self._session(1))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="minimaxad-ort")
+            self._free = queue.Queue()
+            for session in self._stream_sessions:
+                self._free.put(session)
+
+        def score(part: np.ndarray):
+            session = self._free.get()  # ONNX Runtime releases the GIL while it runs
+            try:
+                return session.run(self.output_names, {self.input_name: part})
+            finally:
+                self._free.put(session)
+
+        chunk = min(self.chunk, max(1, len(array) // self.streams))
+        parts = [array[i:i + chunk] for i in range(0, len(array), chunk)]
+        results = list(self._pool.map(score, parts))
+        maps = np.concatenate([r[0] for r in results])
+        scores = np.concatenate([r[1] for r in results])
         return torch.from_numpy(maps[:, 0]), torch.from_numpy(scores)
 
     def synchronize(self) -> None:  # session.run returns when the outputs are on the host
@@ -136,34 +187,82 @@ class OpenVinoBackend(Backend):
 
     ``precision="bf16"`` sets OpenVINO's inference precision to bfloat16 (matrix products and
     convolutions in bf16 with float32 accumulation); it needs a CPU with AVX-512 BF16 or AMX.
+    ``f32`` is asked for explicitly: on such CPUs OpenVINO would pick bf16 by itself.
+    Batches of at least ``streams`` images run as chunks on OpenVINO's throughput streams (one
+    per core), smaller ones on a latency-compiled model (see :class:`OnnxRuntimeBackend`).
     """
 
     def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, streams: int | None = None, chunk: int = 2) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
             raise BackendUnavailable("the openvino backend needs OpenVINO: pip install 'minimaxad[openvino]'") from exc
         if precision not in ("f32", "bf16"):
             raise ValueError(f"OpenVINO precision must be f32 or bf16, got {precision!r}")
-        core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        self.ov = ov
+        self.core = ov.Core()
+        if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailable("this CPU has no bfloat16 support (AVX-512 BF16 or AMX): "
                                      "use the openvino (float32) backend")
         self.name = name or ("openvino" if precision == "f32" else "openvino-bf16")
         self.device = torch.device("cpu")
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.model = self.core.read_model(str(path))
+        self.precision = precision
+        self.threads = threads or torch.get_num_threads()
+        self.streams = streams or self.threads
+        self.chunk = max(1, chunk)
+        self._latency = None
+        self._queue = None
+        self._throughput = None
+        if self.streams == 1:
+            self._latency_model()
+        else:
+            self._throughput_queue()
+
+    def _compile(self, hint: str, streams: int | None = None):
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": hint,
+                  "INFERENCE_NUM_THREADS": self.threads}
+        if streams:
+            config["NUM_STREAMS"] = streams
+        return self.core.compile_model(self.model, "CPU", config)
+
+    def _latency_model(self):
+        if self._latency is None:
+            compiled = self._compile("LATENCY")
+            self._latency = (compiled, compiled.create_infer_request())
+        return self._latency
+
+    def _throughput_queue(self):
+        if self._queue is None:
+            self._throughput = self._compile("THROUGHPUT", self.streams)
+            self._queue = self.ov.AsyncInferQueue(self._throughput, self.streams)
+        return self._throughput, self._queue
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        results = self.request.infer({0: array})
-        maps = results[self.compiled.output(0)]
-        scores = results[self.compiled.output(1)]
-        return torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)), torch.from_numpy(np.array(scores, dtype=np.float32))
+        if self.streams == 1 or len(array) < self.streams:
+            compiled, request = self._latency_model()
+            results = request.infer({0: array})
+            maps, scores = results[compiled.output(0)], results[compiled.output(1)]
+        else:
+            compiled, jobs = self._throughput_queue()
+            chunk = min(self.chunk, max(1, len(array) // self.streams))
+            starts = list(range(0, len(array), chunk))
+            outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+            def done(request, start):
+                outputs[start] = (np.array(request.get_output_tensor(0).data),
+                                  np.array(request.get_output_tensor(1).data))
+
+            jobs.set_callback(done)
+            for start in starts:
+                jobs.start_async({0: array[start:start + chunk]}, start)
+            jobs.wait_all()
+            maps = np.concatenate([outputs[s][0] for s in starts])
+            scores = np.concatenate([outputs[s][1] for s in starts])
+        return (torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)),
+                torch.from_numpy(np.array(scores, dtype=np.float32)))
 
     def synchronize(self) -> None:
         pass
