@@ -212,3 +212,24 @@ def test_benchmark_reduced_runs_every_backend_and_writes_json(tmp_path, capsys):
         assert f"{backend:<15}   64{batch:>6}" in printed
     assert rows[("eager", 1)]["speedup_vs_eager"] == 1.0
     assert "float32 limit" in printed and "% limit" in printed
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_streamed_batches_equal_one_session(name, random_model, tmp_path):
+    """Chunks on per-core streams give the same maps and scores, in order, for any batch size."""
+    needs(name)
+    from minimaxad.backends import load_backend
+
+    path = create_backend("onnxruntime" if name == "onnxruntime" else "openvino", random_model, image_size=SIZE,
+                          device="cpu", workdir=tmp_path)
+    onnx_file = tmp_path / "pipeline.onnx"
+    assert onnx_file.is_file() and path is not None
+    single = load_backend(onnx_file, name, device="cpu")
+    single.streams = 1  # every batch through the one all-thread model
+    streamed = load_backend(onnx_file, name, device="cpu")
+    streamed.streams, streamed.chunk = 2, 2
+    images = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
+    expected_maps, expected_scores = single(images)
+    maps, scores = streamed(images)  # chunks of 2, 2, 1
+    assert relative_error(maps, expected_maps) < 1e-5 and relative_error(scores, expected_scores) < 1e-5
+    assert maps.shape == (5, SIZE, SIZE)

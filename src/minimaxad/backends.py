@@ -218,7 +218,7 @@ class OpenVinoBackend(Backend):
         if self.streams == 1:
             self._latency_model()
         else:
-            self._throughput_queue()
+            self._throughput_requests()
 
     def _compile(self, hint: str, streams: int | None = None):
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": hint,
@@ -233,10 +233,10 @@ class OpenVinoBackend(Backend):
             self._latency = (compiled, compiled.create_infer_request())
         return self._latency
 
-    def _throughput_queue(self):
+    def _throughput_requests(self):
         if self._queue is None:
             self._throughput = self._compile("THROUGHPUT", self.streams)
-            self._queue = self.ov.AsyncInferQueue(self._throughput, self.streams)
+            self._queue = [self._throughput.create_infer_request() for _ in range(self.streams)]
         return self._throughput, self._queue
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,21 +246,21 @@ class OpenVinoBackend(Backend):
             results = request.infer({0: array})
             maps, scores = results[compiled.output(0)], results[compiled.output(1)]
         else:
-            compiled, jobs = self._throughput_queue()
+            # one request per stream, started together and waited for in waves: no Python
+            # callbacks run on OpenVINO's threads (they would need the GIL, which can deadlock)
+            compiled, requests = self._throughput_requests()
             chunk = min(self.chunk, max(1, len(array) // self.streams))
-            starts = list(range(0, len(array), chunk))
-            outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-            def done(request, start):
-                outputs[start] = (np.array(request.get_output_tensor(0).data),
-                                  np.array(request.get_output_tensor(1).data))
-
-            jobs.set_callback(done)
-            for start in starts:
-                jobs.start_async({0: array[start:start + chunk]}, start)
-            jobs.wait_all()
-            maps = np.concatenate([outputs[s][0] for s in starts])
-            scores = np.concatenate([outputs[s][1] for s in starts])
+            parts = [array[i:i + chunk] for i in range(0, len(array), chunk)]
+            map_parts, score_parts = [], []
+            for wave in range(0, len(parts), len(requests)):
+                running = list(zip(requests, parts[wave:wave + len(requests)]))
+                for request, part in running:
+                    request.start_async({0: part})
+                for request, _ in running:
+                    request.wait()
+                    map_parts.append(np.array(request.get_output_tensor(0).data))
+                    score_parts.append(np.array(request.get_output_tensor(1).data))
+            maps, scores = np.concatenate(map_parts), np.concatenate(score_parts)
         return (torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)),
                 torch.from_numpy(np.array(scores, dtype=np.float32)))
 
