@@ -233,54 +233,77 @@ def test_roc_pr_helper_matches_brute_force() -> None:
 # --------------------------------------------------------------------------- browser
 
 
+BROWSER_SCRIPT = """
+import json, sys, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+page, profile, shot = sys.argv[1:4]
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run", "--user-data-dir=" + profile, "--window-size=1400,1000"):
+    opts.add_argument(arg)
+opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+try:
+    driver.set_page_load_timeout(60)
+    driver.get(page)
+    deadline = time.time() + 20
+    while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
+        time.sleep(0.1)
+    out = {}
+    out["imgs"] = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
+    out["boxes"] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('svg')).map(s => {"
+        "const r = s.getBoundingClientRect(); return [r.width, r.height, s.getAttribute('aria-label')]; });")
+    out["curves_drawn"] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#curves polyline'))"
+        ".every(p => p.getBBox().width > 0 || p.getBBox().height > 0);")
+    out["errors"] = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(int(height) + 150, 8000))
+    out["screenshot"] = driver.save_screenshot(shot)
+    print(json.dumps(out))
+finally:
+    driver.quit()
+"""
+
+
 @pytest.mark.browser
 def test_renders_in_headless_chromium(report, tmp_path: Path) -> None:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
+    """The report as Chromium draws it. The browser is driven from a child process: the test
+    process has native libraries (ONNX Runtime, OpenVINO) loaded by earlier tests, and one
+    SIGSEGV was seen there when selenium terminated chromedriver."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("selenium") is None:
         pytest.skip("selenium is not installed (pip install selenium)")
     for binary, pkg in (("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver")):
         if not os.access(binary, os.X_OK):
             pytest.skip(f"{binary} not found (apt-get install {pkg})")
     out, _, _ = report
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    try:
-        driver.set_page_load_timeout(60)
-        driver.get(out.resolve().as_uri())
-        deadline = time.time() + 20
-        while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
-            time.sleep(0.1)
-        imgs = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
-        assert len(imgs) == 39
-        bad = [alt for complete, width, alt in imgs if not (complete and width > 0)]
-        assert not bad, f"images not decoded: {bad}"
-        boxes = driver.execute_script(
-            "return Array.from(document.querySelectorAll('svg')).map(s => {"
-            "const r = s.getBoundingClientRect(); return [r.width, r.height, s.getAttribute('aria-label')]; });")
-        assert len(boxes) == 5  # ROC, PR, 2 histograms, colour bar
-        assert all(w > 0 and h > 0 for w, h, _ in boxes), boxes
-        # the curves really drew something
-        assert driver.execute_script(
-            "return Array.from(document.querySelectorAll('#curves polyline'))"
-            ".every(p => p.getBBox().width > 0 || p.getBBox().height > 0);")
-        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-        assert not errors, errors
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1400, min(int(height) + 150, 8000))
-        shot = tmp_path / "report.png"
-        assert driver.save_screenshot(str(shot))
-        with Image.open(shot) as im:
-            assert im.size[0] >= 1000 and np.asarray(im.convert("L")).std() > 10
-        if os.environ.get("MINIMAXAD_REPORT_SCREENSHOT"):  # keep a copy to look at
-            shutil.copy(shot, os.environ["MINIMAXAD_REPORT_SCREENSHOT"])
-    finally:
-        driver.quit()
+    shot = tmp_path / "report.png"
+    done = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, out.resolve().as_uri(),
+                           str(tmp_path / "chromium-profile"), str(shot)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    imgs = result["imgs"]
+    assert len(imgs) == 39
+    bad = [alt for complete, width, alt in imgs if not (complete and width > 0)]
+    assert not bad, f"images not decoded: {bad}"
+    boxes = result["boxes"]
+    assert len(boxes) == 5  # ROC, PR, 2 histograms, colour bar
+    assert all(w > 0 and h > 0 for w, h, _ in boxes), boxes
+    assert result["curves_drawn"]  # the curves really drew something
+    assert not result["errors"], result["errors"]
+    assert result["screenshot"]
+    with Image.open(shot) as im:
+        assert im.size[0] >= 1000 and np.asarray(im.convert("L")).std() > 10
+    if os.environ.get("MINIMAXAD_REPORT_SCREENSHOT"):  # keep a copy to look at
+        shutil.copy(shot, os.environ["MINIMAXAD_REPORT_SCREENSHOT"])

@@ -267,6 +267,17 @@ class OpenVinoBackend(Backend):
     def synchronize(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Free OpenVINO's objects in dependency order: requests, compiled models, model, core.
+        (Left to the garbage collector, in whatever order it picks, the core could go first and
+        crash the process when a compiled model goes later.)"""
+        for name in ("_queue", "_latency", "_throughput", "model", "core"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+
+    def __del__(self) -> None:
+        self.close()
+
 
 class TorchScriptBackend(Backend):
     """A traced TorchScript pipeline (``minimaxad export --format torchscript``)."""

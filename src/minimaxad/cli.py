@@ -131,6 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
         progress=not args.quiet, category=args.category, backend=args.backend,
+        recheck_margin=args.recheck_margin,
     )
     return 0 if result["predicted"] else 1
 
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--backend", default="fused",
                       help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | openvino | "
                            "openvino-bf16 | torchscript (see 'minimaxad benchmark')")
+    pred.add_argument("--recheck-margin", type=float,
+                      help="reduced-precision backends: re-score in float32 the images whose score is within "
+                           "this fraction of the threshold (default 0.01; 0 turns it off)")
     pred.add_argument("--device")
     pred.add_argument("--encoder-weights")
     pred.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")

@@ -36,6 +36,7 @@ class Prediction:
     image_threshold: float | None
     pixel_threshold: float | None
     sizes: list[tuple[int, int]]  # (width, height) of each original image
+    rechecked: np.ndarray | None = None  # (N,) bool: re-scored in float32 (near the threshold)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -62,6 +63,8 @@ class Predictor:
         pixel_threshold: float | None = None,
         pixel_false_positive_rate: float | None = None,
         backend: str | Backend = "fused",
+        recheck_margin: float | None = None,
+        float32_backend: Backend | None = None,
     ) -> None:
         self.transform = Transform(image_size, crop_size)
         size = self.transform.output_size[0]
@@ -73,6 +76,11 @@ class Predictor:
             self.backend = create_backend(backend, model, image_size=size, top_ratio=top_ratio, device=device)
         self.model = model
         self.device = self.backend.device
+        # Reduced precision moves scores by ~0.1%: images that close to the threshold are
+        # scored again in float32, so decisions stay those of the float32 model.
+        reduced = self.backend.name in REDUCED_PRECISION_BACKENDS
+        self.recheck_margin = (RECHECK_MARGIN if reduced else 0.0) if recheck_margin is None else recheck_margin
+        self._float32_backend = float32_backend
         self.top_ratio = top_ratio
         self.calibration = calibration or {}
         self.overrides = dict(image_threshold=image_threshold, false_positive_rate=false_positive_rate,
@@ -133,10 +141,14 @@ class Predictor:
         from minimaxad.export import read_metadata
 
         meta = read_metadata(Path(path))
-        runner = load_backend(path, backend, device="cpu" if str(device) == "auto" else device)
+        device = "cpu" if str(device) == "auto" else device
+        runner = load_backend(path, backend, device=device)
+        float32 = None
+        if runner.name in REDUCED_PRECISION_BACKENDS:  # the same file in float32, for re-checks
+            float32 = load_backend(path, "openvino" if runner.name == "openvino-bf16" else None, device=device)
         return cls(None, image_size=meta["image_size"], crop_size=meta.get("crop_size"),
                    top_ratio=meta.get("top_ratio", 0.01), calibration=meta.get("thresholds"), backend=runner,
-                   **threshold_overrides)
+                   float32_backend=float32, **threshold_overrides)
 
     @property
     def image_threshold(self) -> float | None:
@@ -158,14 +170,37 @@ class Predictor:
         """
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
-        scores, maps, sizes = [], [], []
+        threshold = self.thresholds_for(category)["image"]["value"]
+        scores, maps, sizes, rechecked = [], [], [], []
         for start in range(0, len(images), batch_size):
             batch, batch_sizes = self.preprocess(images[start:start + batch_size])
             batch_maps, batch_scores = self.backend(batch)
-            maps.append(batch_maps.float().cpu().numpy())
-            scores.append(batch_scores.float().cpu().numpy())
+            batch_maps = batch_maps.float().cpu().numpy()
+            batch_scores = batch_scores.float().cpu().numpy()
+            near = np.zeros(len(batch_scores), dtype=bool)
+            if self.recheck_margin > 0 and threshold is not None:
+                near = np.abs(batch_scores - threshold) <= self.recheck_margin * abs(threshold)
+                if near.any():
+                    exact_maps, exact_scores = self.float32_backend()(batch[torch.from_numpy(near)])
+                    batch_maps[near] = exact_maps.float().cpu().numpy()
+                    batch_scores[near] = exact_scores.float().cpu().numpy()
+            maps.append(batch_maps)
+            scores.append(batch_scores)
+            rechecked.append(near)
             sizes.extend(batch_sizes)
-        return self.decide(np.concatenate(scores), np.concatenate(maps), sizes, category)
+        prediction = self.decide(np.concatenate(scores), np.concatenate(maps), sizes, category)
+        prediction.rechecked = np.concatenate(rechecked)
+        return prediction
+
+    def float32_backend(self) -> Backend:
+        """The float32 form of this predictor's model (made on first use), for re-checks."""
+        if self._float32_backend is None:
+            if self.model is None:
+                raise ValueError("no float32 model to re-check reduced-precision scores with; "
+                                 "pass float32_backend= or recheck_margin=0")
+            self._float32_backend = create_backend("fused", self.model, image_size=self.transform.output_size[0],
+                                                   top_ratio=self.top_ratio, device=self.device)
+        return self._float32_backend
 
     def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]],
                category: str | None = None) -> Prediction:
@@ -181,6 +216,10 @@ class Predictor:
             anomalous = scores >= image_thr
         masks = None if pixel_thr is None else maps >= pixel_thr
         return Prediction(scores, normalized, anomalous, maps, masks, image_thr, pixel_thr, sizes)
+
+
+REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16")
+RECHECK_MARGIN = 0.01  # relative distance to the image threshold re-scored in float32
 
 
 def is_exported_model(path: str | Path) -> bool:
@@ -246,6 +285,7 @@ def predict_paths(
     progress: bool = True,
     category: str | None = None,
     backend: str = "fused",
+    recheck_margin: float | None = None,
     echo=print,
 ) -> dict[str, Any]:
     """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
@@ -258,7 +298,8 @@ def predict_paths(
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
                                           image_threshold=image_threshold, false_positive_rate=false_positive_rate,
-                                          pixel_threshold=pixel_threshold, backend=backend)
+                                          pixel_threshold=pixel_threshold, backend=backend,
+                                          recheck_margin=recheck_margin)
     files, file_names, failed = collect_inputs(inputs)
     names = dict(zip(files, file_names))
     output = Path(output)
@@ -269,6 +310,7 @@ def predict_paths(
     map_lo = float(calibration["normal_pixel_quantiles"][10]) if calibration.get("normal_pixel_quantiles") else None
     pixel_thr = thresholds["pixel"]["value"]
     rows: list[dict[str, Any]] = []
+    rechecked: list[str] = []
     report_items = []
     bar = None
     if progress:
@@ -288,6 +330,8 @@ def predict_paths(
             result = predictor.predict(images, batch_size=len(images), category=category)
             for i, path in enumerate(good):
                 name = names[path]
+                if result.rechecked is not None and result.rechecked[i]:
+                    rechecked.append(name)
                 photo = images[i]
                 amap = result.maps[i]
                 hi = pixel_thr * 1.5 if pixel_thr is not None else float(amap.max())
@@ -322,6 +366,7 @@ def predict_paths(
         "pixel_threshold": pixel_thr,
         "pixel_threshold_note": thresholds["pixel"]["note"],
         "predictions": rows,
+        "rechecked_in_float32": rechecked,
         "failed": [{"path": p, "error": e} for p, e in failed],
     }
     fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
