@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from minimaxad.backends import BACKENDS, BackendUnavailable, available_backends, create_backend, cpu_has_bf16
-from minimaxad.benchmark import _randomize_batchnorm
+from minimaxad.benchmark import randomize_batchnorm
 from minimaxad.cli import main
 from minimaxad.export import ExportError, check_parity, export, export_pipeline, relative_error
 from minimaxad.models import MiniMaxAD
@@ -46,7 +46,7 @@ def random_model() -> MiniMaxAD:
     """Training form with random weights and random BatchNorm statistics (so fusing matters)."""
     torch.manual_seed(0)
     model = MiniMaxAD("unireplknet_micro").eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     return model
 
 
@@ -107,7 +107,8 @@ def test_pipeline_outputs_the_decision_when_a_threshold_is_stored(random_model, 
 def test_parity_check_refuses_a_file_that_does_not_match(random_model, tmp_path):
     needs("onnxruntime")
     pipeline = InferencePipeline(random_model.__class__("unireplknet_micro").reparameterize()).eval()
-    path = export_pipeline(pipeline, tmp_path / "p.onnx", "onnx", SIZE)
+    path = tmp_path / "p.onnx"
+    export_pipeline(pipeline, path, "onnx", SIZE)
     errors = check_parity(pipeline, path, "onnx", SIZE)
     assert max(errors.values()) < 1e-5
     with torch.no_grad():  # the file no longer matches the module

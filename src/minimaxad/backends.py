@@ -305,10 +305,9 @@ def _resolve(device: str | torch.device | None) -> torch.device:
 
 
 def fused_copy(model: MiniMaxAD) -> MiniMaxAD:
-    """A re-parameterized copy (the model itself when it is fused already)."""
-    if model.reparameterized:
-        return model
-    return copy.deepcopy(model).reparameterize()
+    """A re-parameterized copy of a training-form model; a fused model is used as it is (it is
+    only moved to the backend's device, as a Predictor always did)."""
+    return model if model.reparameterized else copy.deepcopy(model).reparameterize()
 
 
 def create_backend(
@@ -343,7 +342,7 @@ def create_backend(
                             channels_last=channels_last)
     fused = fused_copy(model)
     if name in ("fused", "compiled"):
-        return TorchBackend(name, InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold), dev,
+        return TorchBackend(name, InferencePipeline(fused, top_ratio, image_threshold), dev,
                             channels_last=channels_last, compile=name == "compiled")
     if name in ("bf16", "fp16"):
         if name == "fp16" and dev.type != "cuda":
@@ -352,7 +351,7 @@ def create_backend(
             raise BackendUnavailable("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
                                      "than float32 here; use fused, compiled or onnxruntime")
         dtype = torch.bfloat16 if name == "bf16" else torch.float16
-        network = copy.deepcopy(fused).to(dtype)
+        network = copy.deepcopy(fused).to(dtype)  # cast a copy: the float32 model serves re-checks
         return TorchBackend(name, InferencePipeline(network, top_ratio, image_threshold, compute_dtype=dtype), dev,
                             channels_last=channels_last)
     # file backends: export once, then load like a deployed file
@@ -360,11 +359,13 @@ def create_backend(
 
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="minimaxad-export-"))
     folder.mkdir(parents=True, exist_ok=True)
-    pipeline = InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold).eval()
+    pipeline = InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold).eval()  # export moves it to the CPU
     if name == "torchscript":
-        path = export_pipeline(pipeline, folder / "pipeline.pt", "torchscript", image_size)
+        path = folder / "pipeline.pt"
+        export_pipeline(pipeline, path, "torchscript", image_size)
         return TorchScriptBackend(path, dev)
-    path = export_pipeline(pipeline, folder / "pipeline.onnx", "onnx", image_size)
+    path = folder / "pipeline.onnx"
+    export_pipeline(pipeline, path, "onnx", image_size)
     return load_backend(path, name, device=dev, threads=threads)
 
 

@@ -114,11 +114,11 @@ def build_model(backbone: str, checkpoint: str | None, seed: int = 0) -> tuple[M
         return model_from_checkpoint(state), size, state.get("top_ratio", 0.01)
     torch.manual_seed(seed)
     model = MiniMaxAD(backbone).eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     return model, None, 0.01
 
 
-def _randomize_batchnorm(model: MiniMaxAD) -> None:
+def randomize_batchnorm(model: MiniMaxAD) -> None:
     """Fresh BatchNorms are identities (mean 0, var 1): give them random statistics so that the
     fused form really differs from the training form and the comparison means something."""
     g = torch.Generator().manual_seed(1)

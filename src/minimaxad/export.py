@@ -57,8 +57,9 @@ def relative_error(actual: np.ndarray | torch.Tensor, expected: np.ndarray | tor
 
 
 def export_pipeline(pipeline: InferencePipeline, output: Path, format: str, image_size: int,
-                    check: bool = True) -> Path:
-    """Write ``pipeline`` (fused, eval) to ``output`` in ``format``; check it against PyTorch."""
+                    check: bool = True) -> dict[str, float] | None:
+    """Write ``pipeline`` (fused, eval) to ``output`` in ``format``; with ``check``, compare it
+    with PyTorch (:func:`check_parity`), delete it if it fails, and return the relative errors."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     output = Path(output)
@@ -82,13 +83,13 @@ def export_pipeline(pipeline: InferencePipeline, output: Path, format: str, imag
         _export_onnx(pipeline, example, onnx_path)
         ov.save_model(ov.Core().read_model(str(onnx_path)), str(output), compress_to_fp16=False)
         onnx_path.unlink()
-    if check:
-        try:
-            check_parity(pipeline, output, format, image_size)
-        except Exception:
-            _remove(output)
-            raise
-    return output
+    if not check:
+        return None
+    try:
+        return check_parity(pipeline, output, format, image_size)
+    except Exception:
+        _remove(output)
+        raise
 
 
 def _remove(output: Path) -> None:
@@ -174,14 +175,7 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
     pipeline = InferencePipeline(model, state.get("top_ratio", 0.01), threshold).eval()
     size = state.get("crop_size") or state["image_size"]
     format = format or {".onnx": "onnx", ".xml": "openvino"}.get(output.suffix.lower(), "torchscript")
-    export_pipeline(pipeline, output, format, size, check=False)
-    parity = None
-    if check:
-        try:
-            parity = check_parity(pipeline, output, format, size)
-        except Exception:
-            _remove(output)
-            raise
+    parity = export_pipeline(pipeline, output, format, size, check=check)
     meta = export_metadata(state, format, parity, pipeline.output_names)
     output.with_suffix(output.suffix + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     return output
