@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from minimaxad.backends import create_backend
-from minimaxad.benchmark import _randomize_batchnorm
+from minimaxad.benchmark import randomize_batchnorm
 from minimaxad.data import build_dataset, generate_synthetic_dataset
 from minimaxad.export import relative_error
 from minimaxad.models import MiniMaxAD
@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = MiniMaxAD(args.backbone).eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_synthetic_dataset(Path(tmp) / "data", categories=("weave", "washer", "grain"),
                                           n_train=args.train, n_test_good=args.test, n_test_defect=args.test,

@@ -32,7 +32,7 @@ import torch
 
 from minimaxad.backends import create_backend
 from minimaxad.baselines import MemoryBankDetector, greedy_coreset, patch_features
-from minimaxad.benchmark import _randomize_batchnorm, cpu_name
+from minimaxad.benchmark import randomize_batchnorm, cpu_name
 from minimaxad.data.synthetic import generate_synthetic_dataset
 from minimaxad.data.transforms import Transform
 from minimaxad.models import MiniMaxAD
@@ -140,7 +140,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = MiniMaxAD(args.backbone).eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     images = synthetic_images(args.distinct, args.image_size, Path(args.work), seed=0)
     ours = create_backend("fused", model, image_size=args.image_size, device="cpu")
     print(f"{args.backbone}, {args.image_size} px, torch {torch.__version__}, {torch.get_num_threads()} threads, "
