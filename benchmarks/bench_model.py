@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from minimaxad.benchmark import print_training_table
+from minimaxad.inference.benchmark import print_training_table
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minimaxad.backends import create_backend
-from minimaxad.benchmark import randomize_batchnorm
+from minimaxad.inference.backends import create_backend
+from minimaxad.inference.benchmark import randomize_batchnorm
 from minimaxad.data import build_dataset, generate_synthetic_dataset
-from minimaxad.export import relative_error
+from minimaxad.inference.export import relative_error
 from minimaxad.models import MiniMaxAD
 
 

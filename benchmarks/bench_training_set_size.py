@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minimaxad.backends import create_backend
-from minimaxad.baselines import MemoryBankDetector, greedy_coreset, patch_features
-from minimaxad.benchmark import randomize_batchnorm, cpu_name
+from minimaxad.inference.backends import create_backend
+from patchcore_baseline import MemoryBankDetector, greedy_coreset, patch_features
+from minimaxad.inference.benchmark import randomize_batchnorm, cpu_name
 from minimaxad.data.synthetic import generate_synthetic_dataset
 from minimaxad.data.transforms import Transform
 from minimaxad.models import MiniMaxAD

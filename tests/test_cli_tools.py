@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from minimaxad.cli import main
-from minimaxad.predict import Predictor
+from minimaxad.inference.predict import Predictor
 from minimaxad.presets import PRESETS, get_preset
 
 

@@ -123,7 +123,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 # -- predict ----------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from minimaxad.predict import predict_paths
+    from minimaxad.inference.predict import predict_paths
 
     result = predict_paths(
         Path(args.checkpoint), [Path(p) for p in args.inputs], Path(args.output),
@@ -138,7 +138,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # -- report -----------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from minimaxad.reporting import render_saved_evaluation
+    from minimaxad.reporting.saved import render_saved_evaluation
 
     run = Path(args.run)
     out = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "report.html"
@@ -150,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- benchmark --------------------------------------------------------------------------------
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from minimaxad.benchmark import print_training_table, run_benchmark
+    from minimaxad.inference.benchmark import print_training_table, run_benchmark
 
     sizes = args.image_sizes or ([args.image_size] if args.image_size else [224, 256])
     for backbone in args.backbones:
@@ -170,7 +170,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # -- export -----------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    from minimaxad.export import export
+    from minimaxad.inference.export import export
 
     path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
                   batch_size=args.batch_size, check=not args.no_check)

@@ -19,7 +19,7 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
     from minimaxad.engine.runner import fit
     from minimaxad.models import get_backbone_spec
     from minimaxad.models.weights import find_cached_weights
-    from minimaxad.predict import predict_paths
+    from minimaxad.inference.predict import predict_paths
 
     started = time.perf_counter()
     output = Path(output).resolve()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from minimaxad.baselines import MemoryBankDetector, greedy_coreset, nearest_distances, patch_features
+from patchcore_baseline import MemoryBankDetector, greedy_coreset, nearest_distances, patch_features
 from minimaxad.models import MiniMaxAD
 
 

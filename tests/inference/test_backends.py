@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from minimaxad.backends import BACKENDS, BackendUnavailable, available_backends, create_backend, cpu_has_bf16
-from minimaxad.benchmark import randomize_batchnorm
+from minimaxad.inference.backends import BACKENDS, BackendUnavailable, available_backends, create_backend, cpu_has_bf16
+from minimaxad.inference.benchmark import randomize_batchnorm
 from minimaxad.cli import main
-from minimaxad.export import ExportError, check_parity, export, export_pipeline, relative_error
+from minimaxad.inference.export import ExportError, check_parity, export, export_pipeline, relative_error
 from minimaxad.models import MiniMaxAD
-from minimaxad.pipeline import InferencePipeline
-from minimaxad.predict import Predictor
+from minimaxad.inference.pipeline import InferencePipeline
+from minimaxad.inference.predict import Predictor
 
 SIZE = 64
 # OpenVINO's cases run in their own pytest process (scripts/test.sh): with OpenVINO loaded, the
@@ -227,7 +227,7 @@ def test_benchmark_reduced_runs_every_backend_and_writes_json(tmp_path, capsys):
 def test_streamed_batches_equal_one_session(name, random_model, tmp_path):
     """Chunks on per-core streams give the same maps and scores, in order, for any batch size."""
     needs(name)
-    from minimaxad.backends import load_backend
+    from minimaxad.inference.backends import load_backend
 
     path = create_backend("onnxruntime" if name == "onnxruntime" else "openvino", random_model, image_size=SIZE,
                           device="cpu", workdir=tmp_path)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from minimaxad.cli import main
 from minimaxad.engine.checkpoint import read_checkpoint
-from minimaxad.predict import Predictor
+from minimaxad.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_missing_input_is_reported(trained_checkpoint, tmp_path, capsys):
 
 
 def test_output_names_are_unique_and_readable(tmp_path):
-    from minimaxad.predict import collect_inputs
+    from minimaxad.inference.predict import collect_inputs
 
     for sub in ("a/x", "b/x", "b/y"):
         (tmp_path / sub).mkdir(parents=True)

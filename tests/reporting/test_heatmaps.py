@@ -1,4 +1,4 @@
-"""Tests for minimaxad.visualize (numpy + Pillow only)."""
+"""Tests for minimaxad.reporting.heatmaps (numpy + Pillow only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minimaxad.visualize import (
+from minimaxad.reporting.heatmaps import (
     COLORMAPS,
     colorize,
     contour_overlay,

@@ -1,4 +1,4 @@
-"""Tests for minimaxad.report.write_report (self-contained HTML)."""
+"""Tests for minimaxad.reporting.html.write_report (self-contained HTML)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from minimaxad import __version__
-from minimaxad.report import ReportItem, _roc_pr, write_report
+from minimaxad.reporting.html import ReportItem, _roc_pr, write_report
 
 WEIRD = "we<ir&d>.png"  # a real file name with HTML special characters
 THR = 0.5

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minimaxad.metrics import evaluate
-from minimaxad.results import evaluate_by_category, format_table, summarize, write_metrics
+from minimaxad.reporting.results import evaluate_by_category, format_table, summarize, write_metrics
 
 
 def _category_data(seed: int, n: int, anomalous_pixels: bool = True):

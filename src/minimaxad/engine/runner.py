@@ -14,7 +14,7 @@ import numpy as np
 from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
-from minimaxad.engine.inference import DatasetOutputs, resolve_device, run_dataset
+from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
 
@@ -96,7 +96,7 @@ class Evaluation:
 def evaluate_model(model, config: RunConfig, categories: list[str], calibration: dict | None,
                    echo: Echo = print, progress: bool = True, **threshold_overrides) -> Evaluation:
     """Maps and scores of every test item, metrics per category (and per AeBAD-S domain)."""
-    from minimaxad.results import evaluate_by_category
+    from minimaxad.reporting.results import evaluate_by_category
 
     device = resolve_device(config.device)
     per_category: dict[str, dict[str, Any]] = {}
@@ -135,7 +135,7 @@ def _concat_outputs(parts: list[DatasetOutputs]) -> DatasetOutputs:
 
 def finish_results(per_category: dict[str, dict], output: Path, echo: Echo) -> dict[str, Any]:
     """Mean over categories, ``metrics.json`` + ``metrics.csv``, and the printed table."""
-    from minimaxad.results import format_table, summarize, write_metrics
+    from minimaxad.reporting.results import format_table, summarize, write_metrics
 
     summary = summarize(per_category)
     json_path, csv_path = write_metrics(summary, output)
@@ -147,7 +147,7 @@ def finish_results(per_category: dict[str, dict], output: Path, echo: Echo) -> d
 def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path, config: dict,
                             title: str) -> Path:
     """``report.html`` plus ``evaluation.npz`` (what ``minimaxad report`` re-renders from)."""
-    from minimaxad.reporting import save_evaluation, render_saved_evaluation
+    from minimaxad.reporting.saved import save_evaluation, render_saved_evaluation
 
     npz = save_evaluation(output / "evaluation.npz", evaluation, summary, config)
     return render_saved_evaluation(npz, output / "report.html", title=title)

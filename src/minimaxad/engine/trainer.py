@@ -36,7 +36,7 @@ from minimaxad.engine.distributed import (
     DistributedContext, EpochBatchSampler, broadcast_object, convert_sync_batchnorm, current_context,
     distributed_loss, epoch_seed, global_loss_value, revert_sync_batchnorm, training_device,
 )
-from minimaxad.engine.inference import resolve_device, run_dataset
+from minimaxad.engine.scoring import resolve_device, run_dataset
 from minimaxad.engine.thresholds import calibrate_thresholds
 from minimaxad.losses import compute_loss
 from minimaxad.models import MiniMaxAD

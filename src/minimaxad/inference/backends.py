@@ -1,7 +1,7 @@
 """Inference backends: one interface over PyTorch eager, torch.compile, reduced precision,
 ONNX Runtime, OpenVINO and TorchScript.
 
-Every backend runs the whole :class:`~minimaxad.pipeline.InferencePipeline` (network, maps,
+Every backend runs the whole :class:`~minimaxad.inference.pipeline.InferencePipeline` (network, maps,
 smoothing, score) and is called the same way::
 
     backend = create_backend("onnxruntime", model, image_size=256)
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from minimaxad.models import MiniMaxAD
-from minimaxad.pipeline import InferencePipeline
+from minimaxad.inference.pipeline import InferencePipeline
 
 # name -> what it is (``minimaxad benchmark --backends``, ``predict --backend``)
 BACKENDS: dict[str, str] = {
@@ -299,7 +299,7 @@ class TorchScriptBackend(Backend):
 
 
 def _resolve(device: str | torch.device | None) -> torch.device:
-    from minimaxad.engine.inference import resolve_device
+    from minimaxad.engine.scoring import resolve_device
 
     return resolve_device(device)
 
@@ -355,7 +355,7 @@ def create_backend(
         return TorchBackend(name, InferencePipeline(network, top_ratio, image_threshold, compute_dtype=dtype), dev,
                             channels_last=channels_last)
     # file backends: export once, then load like a deployed file
-    from minimaxad.export import export_pipeline
+    from minimaxad.inference.export import export_pipeline
 
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="minimaxad-export-"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from minimaxad.engine.inference import resolve_device
+from minimaxad.engine.scoring import resolve_device
 from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
@@ -134,7 +134,7 @@ def randomize_batchnorm(model: MiniMaxAD) -> None:
 def measure_backend(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one backend at every (image size, batch) of ``spec``; save its maps on the reference
     images to ``spec['reference_dir']``. Returns the rows."""
-    from minimaxad.backends import create_backend
+    from minimaxad.inference.backends import create_backend
 
     device = resolve_device(spec["device"])
     if spec.get("threads"):
@@ -199,7 +199,7 @@ def run_benchmark(
     echo=print,
 ) -> dict[str, Any]:
     """Measure ``backends`` (default: every one that can run here), print the table, write JSON."""
-    from minimaxad.backends import BACKENDS, available_backends
+    from minimaxad.inference.backends import BACKENDS, available_backends
 
     dev = resolve_device(device)
     if threads:
@@ -261,7 +261,7 @@ def _run_child(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
-    done = subprocess.run([sys.executable, "-m", "minimaxad.benchmark", str(spec_path), str(out_path)],
+    done = subprocess.run([sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0 or not out_path.is_file():
         lines = [l for l in (done.stderr or "").strip().splitlines() if l.strip()]
@@ -282,7 +282,7 @@ def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, 
                           if (folder / f"{b}_{size}.npz").is_file()), None)
         mine = folder / f"{row['backend']}_{size}.npz"
         if reference is not None and mine.is_file():
-            from minimaxad.export import relative_error
+            from minimaxad.inference.export import relative_error
 
             ref, out = np.load(reference), np.load(mine)
             row["map_relative_error"] = relative_error(out["maps"], ref["maps"])

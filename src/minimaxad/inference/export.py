@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.pipeline import InferencePipeline
+from minimaxad.inference.pipeline import InferencePipeline
 
 FORMATS = ("onnx", "torchscript", "openvino")
 PARITY_TOLERANCE = 1e-4  # relative: max |exported - torch| / max |torch|
@@ -115,7 +115,7 @@ def check_parity(pipeline: InferencePipeline, path: Path, format: str, image_siz
     """Run the exported file on random images at batch 1 and 2 (the batch axis is dynamic) and
     compare maps and scores with the PyTorch pipeline; raises :class:`ExportError` past
     ``tolerance`` (relative). Returns the relative errors."""
-    from minimaxad.backends import BackendUnavailable, load_backend
+    from minimaxad.inference.backends import BackendUnavailable, load_backend
 
     name = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torchscript"}[format]
     try:

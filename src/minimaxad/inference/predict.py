@@ -1,6 +1,6 @@
 """Python API for inspection programs: load a checkpoint once, predict on batches of images.
 
-    from minimaxad.predict import Predictor
+    from minimaxad.inference.predict import Predictor
     predictor = Predictor.from_checkpoint("runs/bottle/checkpoint.pt")
     result = predictor.predict([pil_image, "photo.png", numpy_array])
     result.scores, result.normalized_scores, result.is_anomalous, result.maps
@@ -19,7 +19,7 @@ import torch
 from minimaxad.data.io import load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.backends import Backend, create_backend
+from minimaxad.inference.backends import Backend, create_backend
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
 from minimaxad.models import MiniMaxAD
 
@@ -113,7 +113,7 @@ class Predictor:
         **threshold_overrides: Any,
     ) -> "Predictor":
         """Load once: the model, transform and thresholds, on ``backend`` (see
-        :data:`minimaxad.backends.BACKENDS`; ``fused`` = re-parameterized PyTorch by default).
+        :data:`minimaxad.inference.backends.BACKENDS`; ``fused`` = re-parameterized PyTorch by default).
 
         ``checkpoint`` may also be an exported file (``.onnx``, OpenVINO ``.xml``, TorchScript) with
         its ``.json`` beside it: see :meth:`from_exported`.
@@ -137,8 +137,8 @@ class Predictor:
         """A Predictor over a file written by ``minimaxad export``: ``.onnx`` runs in ONNX Runtime
         (or ``backend="openvino"``/``"openvino-bf16"``), ``.xml`` in OpenVINO, a TorchScript file
         in PyTorch. Preprocessing and thresholds come from ``<file>.json``."""
-        from minimaxad.backends import load_backend
-        from minimaxad.export import read_metadata
+        from minimaxad.inference.backends import load_backend
+        from minimaxad.inference.export import read_metadata
 
         meta = read_metadata(Path(path))
         device = "cpu" if str(device) == "auto" else device
@@ -294,7 +294,7 @@ def predict_paths(
     import csv
 
     from minimaxad.data.io import BadImageError, DatasetError
-    from minimaxad.visualize import defect_mask, heatmap_overlay
+    from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
                                           image_threshold=image_threshold, false_positive_rate=false_positive_rate,
@@ -349,7 +349,7 @@ def predict_paths(
                     "heatmap": f"heatmaps/{name}.png", "mask": f"masks/{name}.png",
                 })
                 if write_report:
-                    from minimaxad.report import ReportItem
+                    from minimaxad.reporting.html import ReportItem
 
                     report_items.append(ReportItem(path=str(path), category="predict", label=-1,
                                                    score=float(result.scores[i]), anomaly_map=amap, image=photo))
@@ -376,7 +376,7 @@ def predict_paths(
         writer.writerows(rows)
     (output / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
     if write_report and report_items:
-        from minimaxad.report import write_report as render
+        from minimaxad.reporting.html import write_report as render
 
         render(output / "report.html", metrics=None, items=report_items, image_threshold=thresholds["image"]["value"],
                pixel_threshold=pixel_thr, threshold_notes={"image": thresholds["image"]["note"],

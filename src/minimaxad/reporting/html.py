@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from minimaxad.visualize import _as_2d, colorize, defect_mask, get_colormap, heatmap_overlay, to_data_uri
+from minimaxad.reporting.heatmaps import _as_2d, colorize, defect_mask, get_colormap, heatmap_overlay, to_data_uri
 
 __all__ = ["ReportItem", "write_report"]
 

@@ -77,7 +77,7 @@ def render_saved_evaluation(
     max_gallery: int | None = 60,
 ) -> Path:
     """The HTML report from an ``evaluation.npz``; thresholds default to the stored ones."""
-    from minimaxad.report import ReportItem, write_report
+    from minimaxad.reporting.html import ReportItem, write_report
 
     saved = load_evaluation(path)
     meta = saved["meta"]
@@ -118,7 +118,7 @@ def render_saved_evaluation(
         )
         for i in range(len(saved["scores"]))
     ]
-    from minimaxad.results import summarize
+    from minimaxad.reporting.results import summarize
 
     summary = meta.get("summary") or {}
     if "mean" not in summary and summary.get("categories"):
