@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up everything and run the demo: synthetic data -> train -> evaluate -> predict -> report.
+# Set up everything (scripts/setup.sh: a virtual environment, ./.venv unless one is active) and run
+# the demo: synthetic data -> train -> evaluate -> predict -> report. Arguments go to `minimaxad demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m minimaxad.cli demo "$@"
+source scripts/venv.sh
+activate_venv
+exec "$VENV_PYTHON" -m minimaxad.cli demo "$@"
