@@ -1,0 +1,201 @@
+"""Micro-batching for the HTTP service: images from concurrent requests run as one batch.
+
+A network is much faster per image on a batch than one image at a time, but a camera posts one
+photo per request. :class:`MicroBatcher` collects the images of whatever requests arrive within
+``max_wait_ms`` of the first one (at most ``max_batch``), runs them in one call on the predictor's
+backend in a single worker thread, and hands each request its own result.
+
+* Backpressure: at most ``max_queue`` images wait; a request that does not fit raises
+  :class:`QueueFull` at once (the service answers 503), so memory stays bounded.
+* A failing batch fails only the futures of that batch; the worker goes on.
+* :meth:`MicroBatcher.close` stops taking images and answers everything already queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from minimaxad.inference.predict import Predictor
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue cannot take these images now (retry later)."""
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down and takes no new images."""
+
+
+@dataclass
+class ScoredImage:
+    """The backend's output for one image, as :meth:`Predictor.predict` would compute it."""
+
+    score: float
+    anomaly_map: np.ndarray  # (S, S) float32 at the network's input size
+    rechecked: bool  # re-scored in float32 (reduced-precision backend, score near the threshold)
+    batch_size: int  # how many images ran together
+    queue_ms: float  # waiting for the batch to fill
+    inference_ms: float  # the batch's backend call
+
+
+@dataclass
+class _Pending:
+    image: torch.Tensor  # (3, S, S) normalised
+    threshold: float | None  # image threshold of its request (for the float32 re-check)
+    future: Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Run ``predictor.backend`` on batches gathered from concurrent :meth:`submit` calls.
+
+    ``on_batch(size)`` and ``on_queue_depth(depth)`` are called from the worker thread (metrics).
+    """
+
+    def __init__(self, predictor: Predictor, *, max_batch: int = 16, max_wait_ms: float = 10.0,
+                 max_queue: int = 256, on_batch: Callable[[int], None] | None = None,
+                 on_queue_depth: Callable[[int], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if max_queue < max_batch:
+            raise ValueError(f"max_queue ({max_queue}) must hold at least one full batch (max_batch {max_batch})")
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._on_batch = on_batch or (lambda size: None)
+        self._on_queue_depth = on_queue_depth or (lambda depth: None)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="minimaxad-batcher", daemon=True)
+        self.warmup_error: BaseException | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> "MicroBatcher":
+        """Start the worker; it warms the backend up (first calls compile/allocate) before serving."""
+        self._thread.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up and taking images."""
+        return self._ready.is_set() and not self._closing
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new images, answer the queued ones, stop the worker."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for a batch."""
+        return len(self._queue)
+
+    # -- requests ----------------------------------------------------------------------------
+    def submit(self, images: torch.Tensor, thresholds: Sequence[float | None]) -> list[Future]:
+        """Queue a request's images ``(N, 3, S, S)``, all or none; one future per image, resolving
+        to a :class:`ScoredImage`. Raises :class:`QueueFull` or :class:`BatcherClosed`."""
+        if len(images) != len(thresholds):
+            raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
+        with self._lock:
+            if self._closing:
+                raise BatcherClosed("the service is shutting down")
+            if len(self._queue) + len(images) > self.max_queue:
+                raise QueueFull(f"{len(self._queue)} images are waiting (limit {self.max_queue}); retry shortly")
+            pending = [_Pending(image, threshold, Future()) for image, threshold in zip(images, thresholds)]
+            self._queue.extend(pending)
+            self._on_queue_depth(len(self._queue))
+            self._lock.notify_all()
+        return [p.future for p in pending]
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as exc:  # reported by /v1/ready; the batches will fail with it too
+            self.warmup_error = exc
+        self._ready.set()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._score(batch)
+
+    def _warm_up(self) -> None:
+        size = self.predictor.transform.output_size[0]
+        for n in sorted({1, self.max_batch}):  # compiled backends specialise on the batch size
+            self.predictor.backend(torch.zeros(n, 3, size, size))
+        self.predictor.backend.synchronize()
+
+    def _next_batch(self) -> list[_Pending] | None:
+        """Block for the first image, then gather more until the batch is full, ``max_wait`` has
+        passed since the first image was queued, or the batcher is closing (then no waiting)."""
+        with self._lock:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._lock.wait()
+            deadline = self._queue[0].queued_at + self.max_wait
+            while len(self._queue) < self.max_batch and not self._closing:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            self._on_queue_depth(len(self._queue))
+        return batch
+
+    def _score(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            if self.warmup_error is not None:
+                raise RuntimeError(f"the model failed to warm up: {self.warmup_error}")
+            maps, scores, rechecked = self._run_backend(torch.stack([p.image for p in batch]),
+                                                        [p.threshold for p in batch])
+        except BaseException as exc:
+            for p in batch:
+                p.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        self._on_batch(len(batch))
+        for i, p in enumerate(batch):
+            p.future.set_result(ScoredImage(
+                score=float(scores[i]), anomaly_map=maps[i], rechecked=bool(rechecked[i]), batch_size=len(batch),
+                queue_ms=1e3 * (started - p.queued_at), inference_ms=1e3 * (finished - started)))
+
+    def _run_backend(self, images: torch.Tensor, thresholds: list[float | None]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`Predictor.predict` does with a batch, with each image's own threshold:
+        reduced-precision scores that close to it are re-scored in float32."""
+        predictor = self.predictor
+        maps, scores = predictor.backend(images)
+        maps = maps.float().cpu().numpy()
+        scores = scores.float().cpu().numpy()
+        near = np.zeros(len(scores), dtype=bool)
+        if predictor.recheck_margin > 0:
+            for i, threshold in enumerate(thresholds):
+                if threshold is not None:
+                    near[i] = abs(scores[i] - threshold) <= predictor.recheck_margin * abs(threshold)
+            if near.any():
+                exact_maps, exact_scores = predictor.float32_backend()(images[torch.from_numpy(near)])
+                maps[near] = exact_maps.float().cpu().numpy()
+                scores[near] = exact_scores.float().cpu().numpy()
+        return maps, scores, near
