@@ -22,7 +22,7 @@ class MiniMaxAD(nn.Module):
     Args:
         backbone: ``unireplknet_a|f|p|n|t`` (paper default ``n``) or ``unireplknet_micro`` (tests).
         encoder_weights: None (random encoder), a path to the authors' ImageNet checkpoint, or
-            ``"hub"`` to download it (needs ``huggingface_hub``). See :mod:`minimaxad.models.weights`.
+            ``"hub"`` (the cache, else a download from Hugging Face). See :mod:`minimaxad.models.weights`.
 
     ``forward(images (N, 3, H, W))`` returns ``(encoder_features, decoder_features)``: two lists
     of three maps at 1/4, 1/8 and 1/16 of the input. The encoder is frozen and always in eval

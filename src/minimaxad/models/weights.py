@@ -22,7 +22,14 @@ from minimaxad.models.registry import BackboneSpec
 log = logging.getLogger(__name__)
 
 HUB_REPOSITORY = "DingXiaoH/UniRepLKNet"
-HUB_URL = f"https://huggingface.co/{HUB_REPOSITORY}"
+HUB_BASE_URL = "https://huggingface.co"
+HUB_URL = f"{HUB_BASE_URL}/{HUB_REPOSITORY}"
+HUB_URL_ENV = "MINIMAXAD_HUB_URL"
+# (size in bytes, sha256) of the hub's ImageNet files, checked after a download. Not known to this
+# project yet (it was written without access to the hub): until they are filled in, a download is
+# checked against the Content-Length only, and its computed SHA-256 is logged and stored in every
+# checkpoint trained on it (``file_identity``), so that runs tell which file they used.
+IMAGENET_FILE_CHECKS: dict[str, tuple[int | None, str | None]] = {}
 # Checkpoint entries the anomaly-detection encoder does not use.
 UNUSED_ENCODER_PREFIXES = ("downsample_layers.3.", "norm3.", "stages.3.", "norm.", "head.")
 # The per-stage output LayerNorms are not part of the ImageNet checkpoint: they stay at 1 / 0.
@@ -81,7 +88,7 @@ def _missing_weights_message(spec: BackboneSpec, detail: str) -> str:
     file = spec.imagenet_file
     return (
         f"ImageNet weights for backbone {spec.name} are not available: {detail}. "
-        f"Download {file} from {HUB_URL} (file {HUB_URL}/resolve/main/{file}) and pass its path "
+        f"Download {file} from {HUB_URL} (file {hub_file_url(file)}) and pass its path "
         f"with --encoder-weights PATH (Python: MiniMaxAD(encoder_weights=PATH)), or place it in "
         f"{weights_cache_dir()} (set MINIMAXAD_WEIGHTS_DIR to change that folder). "
         f"'--encoder-weights none' trains with a random encoder (results not comparable to the paper)."
@@ -103,30 +110,45 @@ def find_cached_weights(spec: BackboneSpec) -> Path | None:
     return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
 
 
-def download_weights(spec: BackboneSpec) -> Path:
-    """Fetch the authors' ImageNet checkpoint from the Hugging Face hub (needs ``huggingface_hub``)."""
+def hub_base_url() -> str:
+    """Where ``hub`` downloads from: ``$MINIMAXAD_HUB_URL`` (a mirror, or a local server in the
+    tests), else Hugging Face. Files are fetched from ``<base>/<repository>/resolve/main/<file>``."""
+    return os.environ.get(HUB_URL_ENV, HUB_BASE_URL).rstrip("/")
+
+
+def hub_file_url(file: str) -> str:
+    return f"{hub_base_url()}/{HUB_REPOSITORY}/resolve/main/{file}"
+
+
+def download_weights(spec: BackboneSpec, *, progress: bool = True, echo=None) -> Path:
+    """The authors' ImageNet checkpoint of ``spec``: from the caches, else downloaded (plain HTTP,
+    resumable, checked, atomic; see :mod:`minimaxad.fetch`) into :func:`weights_cache_dir`."""
+    from minimaxad.fetch import DownloadError, download_file
+
     if spec.imagenet_file is None:
         raise EncoderWeightsError(f"backbone {spec.name} has no ImageNet checkpoint; use encoder weights 'none'")
     cached = find_cached_weights(spec)
     if cached is not None:
         return cached
+    url = hub_file_url(spec.imagenet_file)
+    size, sha256 = IMAGENET_FILE_CHECKS.get(spec.imagenet_file, (None, None))
+    log.info("downloading the ImageNet encoder weights %s", url)
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise EncoderWeightsError(
-            _missing_weights_message(spec, "huggingface_hub is not installed (pip install 'minimaxad[hub]')")
-        ) from exc
-    try:
-        path = hf_hub_download(HUB_REPOSITORY, spec.imagenet_file, local_dir=weights_cache_dir())
-    except Exception as exc:  # offline, proxy, missing file: all end the same way for the user
-        raise EncoderWeightsError(_missing_weights_message(spec, f"download failed ({type(exc).__name__}: {exc})")) from exc
-    return Path(path)
+        result = download_file(url, weights_cache_dir() / spec.imagenet_file, size=size, sha256=sha256,
+                               progress=progress, timeout=30, echo=echo,
+                               description=f"ImageNet weights {spec.imagenet_file}")
+    except (DownloadError, OSError) as exc:  # offline, proxy, missing file, full disk: all end alike for the user
+        raise EncoderWeightsError(_missing_weights_message(spec, f"download failed ({exc})")) from exc
+    if sha256 is None:
+        log.info("downloaded %s (%d bytes, sha256 %s; no published hash to compare with)",
+                 result.path, result.size, result.sha256)
+    return result.path
 
 
-def resolve_weights_source(spec: BackboneSpec, source: str | Path) -> Path:
+def resolve_weights_source(spec: BackboneSpec, source: str | Path, *, progress: bool = True) -> Path:
     """Turn ``"hub"``/``"imagenet"`` (cache, then download) or a path into an existing file."""
     if str(source).lower() in ("hub", "imagenet", "auto"):
-        return download_weights(spec)
+        return download_weights(spec, progress=progress)
     path = Path(source).expanduser()
     if not path.is_file():
         raise EncoderWeightsError(_missing_weights_message(spec, f"no file at {path}"))

@@ -1,0 +1,164 @@
+"""HTTP downloads that can be trusted: resumable, checked, atomic; plain ``urllib``.
+
+Used for the ImageNet encoder weights (``models/weights.py``) and the benchmark datasets
+(``data/download.py``). A download goes to ``<destination>.part``; an interrupted one (lost
+connection, Ctrl-C, killed process) is continued from where it stopped with an HTTP ``Range``
+request, by the same call (a few retries) or a later one. Only a complete file whose size and
+SHA-256 match what is known about it is renamed to ``destination``; a wrong file is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+CHUNK = 1 << 20
+USER_AGENT = "minimaxad-downloader"
+
+
+class DownloadError(RuntimeError):
+    """A download failed, or its file was not the expected one."""
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path
+    sha256: str
+    size: int
+    fetched: bool  # False: the file was already there
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check(path: Path, size: int | None, sha256: str | None, url: str) -> str:
+    """The file's SHA-256 after checking its size and hash against the known ones."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise DownloadError(f"{url}: got {actual_size} bytes, expected {size}")
+    digest = sha256_of(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise DownloadError(f"{url}: SHA-256 of the downloaded file is {digest}, expected {sha256}: the file "
+                            f"is damaged or the server sent another one")
+    return digest
+
+
+def download_file(url: str, destination: Path, *, size: int | None = None, sha256: str | None = None,
+                  progress: bool = True, timeout: float = 30.0, retries: int = 3,
+                  description: str | None = None, echo: Callable[[str], None] | None = None) -> Downloaded:
+    """Download ``url`` to ``destination`` (kept if it is already there and matches).
+
+    ``size`` / ``sha256``: what the file must be, where known (checked after the download; a
+    mismatch deletes the file and raises :class:`DownloadError`). With neither, the computed
+    SHA-256 is returned (and worth recording). ``retries``: resumed attempts after a broken
+    connection; when they run out the partial file is kept and the next call continues it.
+    """
+    destination = Path(destination)
+    if destination.is_file():
+        try:
+            digest = _check(destination, size, sha256, str(destination))
+            return Downloaded(destination, digest, destination.stat().st_size, fetched=False)
+        except DownloadError as exc:  # a damaged or outdated copy: fetched again
+            if echo:
+                echo(f"{exc}; downloading it again")
+            destination.unlink()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    bar = None
+    last_error: Exception | None = None
+    try:
+        for attempt in range(retries + 1):
+            try:
+                bar = _fetch_into(part, url, size=size, timeout=timeout, progress=progress, bar=bar,
+                                  description=description or destination.name)
+                break
+            except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as exc:
+                if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
+                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+                if isinstance(exc, urllib.error.URLError) and not part.exists():
+                    # nothing arrived at all (offline, unknown host, refused): retrying will not help
+                    raise DownloadError(f"{url}: {exc.reason if hasattr(exc, 'reason') else exc}") from exc
+                last_error = exc
+                if attempt < retries:
+                    if echo:
+                        echo(f"connection lost ({type(exc).__name__}: {exc}); resuming "
+                             f"({attempt + 1}/{retries})")
+                    time.sleep(min(2.0 ** attempt, 8.0) * 0.25)
+        else:
+            have = part.stat().st_size if part.exists() else 0
+            raise DownloadError(f"{url}: connection lost {retries + 1} times ({type(last_error).__name__}: "
+                                f"{last_error}); {have} bytes kept in {part}: run again to resume")
+    finally:
+        if bar is not None:
+            bar.close()
+    try:
+        digest = _check(part, size, sha256, url)
+    except DownloadError:
+        part.unlink(missing_ok=True)
+        raise
+    with open(part, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(part, destination)
+    return Downloaded(destination, digest, destination.stat().st_size, fetched=True)
+
+
+def _fetch_into(part: Path, url: str, *, size: int | None, timeout: float, progress: bool, bar, description: str):
+    """Append the rest of ``url`` to ``part`` (Range from its current size); returns the progress bar."""
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have == size:
+        return bar
+    if size is not None and have > size:
+        part.unlink()
+        have = 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # asked past the end: what we have is all there is
+            return bar
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the Range: start again
+            have = 0
+        length = response.headers.get("Content-Length")
+        announced = have + int(length) if length is not None else None
+        if size is not None and announced is not None and announced != size:
+            raise DownloadError(f"{url}: the server announces {announced} bytes, expected {size}: not the "
+                                f"expected file (or the listed size is outdated)")
+        total = size if size is not None else announced
+        if progress:
+            from tqdm import tqdm
+
+            if bar is None:
+                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                           desc=description, dynamic_ncols=True)
+            else:
+                bar.reset(total=total)
+                bar.update(have)
+        with open(part, "ab" if have else "wb") as handle:
+            while True:
+                chunk = response.read(CHUNK)
+                if not chunk:
+                    break
+                handle.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        got = part.stat().st_size
+        if length is not None and got < have + int(length):
+            raise http.client.IncompleteRead(b"", have + int(length) - got)
+    return bar
