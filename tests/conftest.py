@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 REFERENCE_DIR = SHARED_DIR / "reference"
+# The authors' code (WangFengJiee/MiniMaxAD) to compare against, when present on this machine.
+AUTHORS_CODE_ENV = "MINIMAXAD_AUTHORS_CODE"
+DEFAULT_AUTHORS_CODE = Path("/tmp/authors_code")
+
+
+def authors_code_dir() -> Path | None:
+    """``$MINIMAXAD_AUTHORS_CODE`` or /tmp/authors_code, if it holds the authors' model files."""
+    path = Path(os.environ.get(AUTHORS_CODE_ENV, DEFAULT_AUTHORS_CODE))
+    return path if (path / "models" / "unireplknet.py").is_file() else None
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +30,26 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"reference fixtures not found at {REFERENCE_DIR} (the ../shared folder beside the repo)")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def authors_models():
+    """The authors' model files (``unireplknet``: encoder + bottleneck, ``de_unireplknet``: decoder),
+    imported without timm through ../shared/tools/authors_shim.py; skipped when either is absent."""
+    code, shim = authors_code_dir(), SHARED_DIR / "tools" / "authors_shim.py"
+    if code is None or not shim.is_file():
+        pytest.skip(f"the authors' code is not here (set {AUTHORS_CODE_ENV} to a checkout of "
+                    f"WangFengJiee/MiniMaxAD, default {DEFAULT_AUTHORS_CODE}) or {shim} is missing")
+    for folder in (str(shim.parent), str(code)):
+        if folder not in sys.path:
+            sys.path.append(folder)  # last: nothing of ours or installed is shadowed
+    import authors_shim
+
+    authors_shim.install()
+    with contextlib.redirect_stdout(io.StringIO()):  # their constructors print their settings
+        import models.de_unireplknet as de_unireplknet
+        import models.unireplknet as unireplknet
+    return SimpleNamespace(unireplknet=unireplknet, de_unireplknet=de_unireplknet, path=code)
 
 
 @pytest.fixture(scope="session")

@@ -33,15 +33,17 @@ class Bottleneck(nn.Module, Reparameterizable):
     def __init__(self, dims: tuple[int, int, int, int], num_blocks: int = 2, kernel_size: int = 3) -> None:
         super().__init__()
         d0, d1, d2, d3 = dims
+        # Built and initialised in the authors' order (their blocks come first), so that under
+        # one seed the random draws, and hence the initial weights, are theirs exactly.
+        blocks = nn.Sequential(*(UniRepLKNetBlock(d3, kernel_size) for _ in range(num_blocks)))
         self.conv1, self.bn1 = conv3x3(d0, d1), nn.BatchNorm2d(d1)
         self.conv2, self.bn2 = conv3x3(d1, d2), nn.BatchNorm2d(d2)
         self.conv3, self.bn3 = conv3x3(d1, d2), nn.BatchNorm2d(d2)
         self.conv4 = conv3x3(3 * d2, d3)
         self.relu = nn.ReLU(inplace=True)
-        self.stages = nn.ModuleList(
-            [nn.Sequential(*(UniRepLKNetBlock(d3, kernel_size) for _ in range(num_blocks)))]
-        )
-        self.apply(init_reconstruction_weights)
+        self.stages = nn.ModuleList([blocks])
+        for module in (*blocks.modules(), *self.children()):
+            init_reconstruction_weights(module)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         f0, f1, f2 = features
