@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +56,17 @@ def smooth_map(maps: torch.Tensor, kernel_size: int = 5, sigma: float = 4.0) -> 
     return F.conv2d(maps, kernel, padding=kernel_size // 2)
 
 
+def smooth_map_reflect(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter(map, sigma)`` of each ``(H, W)`` map of ``(B, 1, H, W)``
+    (its defaults: truncate 4, i.e. 33 taps for sigma 4, mode 'reflect'), computed in float64 on
+    the CPU as the AeBAD-S script does; returns float64 on the CPU."""
+    from scipy.ndimage import gaussian_filter
+
+    array = maps.detach().to("cpu", torch.float64).numpy()
+    out = [gaussian_filter(item[0], sigma=sigma) for item in array]  # per image: no blur across the batch
+    return torch.from_numpy(np.stack(out)[:, None]) if out else torch.zeros_like(maps, dtype=torch.float64)
+
+
 def anomaly_map(
     encoder_features: Sequence[torch.Tensor],
     decoder_features: Sequence[torch.Tensor],
@@ -62,14 +74,26 @@ def anomaly_map(
     smooth: bool = True,
     kernel_size: int = 5,
     sigma: float = 4.0,
+    merge: str = "mean",
+    smoothing: str = "gaussian-5x5-zero-pad",
 ) -> torch.Tensor:
-    """The evaluation map ``(B, 1, H, W)``: bilinear (align_corners) upsampling, mean of the
-    levels, then (``smooth=True``) the 5x5 sigma-4 Gaussian."""
+    """The evaluation map ``(B, 1, H, W)``: bilinear (align_corners) upsampling, ``merge`` of
+    the levels ('mean', or 'sum' as the AeBAD-S script), then (``smooth=True``) ``smoothing``:
+    the 5x5 sigma-4 Gaussian with zero padding (the common path), or
+    'scipy-gaussian-sigma4-reflect' (:func:`smooth_map_reflect`, float64 on the CPU)."""
+    if merge not in ("mean", "sum"):
+        raise ValueError(f"merge={merge!r}; expected 'mean' or 'sum'")
     size = _size(image_size)
     maps = cosine_distance_maps(encoder_features, decoder_features)
     total = sum(F.interpolate(m, size=size, mode="bilinear", align_corners=True) for m in maps)
-    mean = total / len(maps)
-    return smooth_map(mean, kernel_size, sigma) if smooth else mean
+    merged = total / len(maps) if merge == "mean" else total
+    if not smooth:
+        return merged
+    if smoothing == "gaussian-5x5-zero-pad":
+        return smooth_map(merged, kernel_size, sigma)
+    if smoothing == "scipy-gaussian-sigma4-reflect":
+        return smooth_map_reflect(merged, sigma)
+    raise ValueError(f"smoothing={smoothing!r}; expected 'gaussian-5x5-zero-pad' or 'scipy-gaussian-sigma4-reflect'")
 
 
 def image_score(maps: torch.Tensor, top_ratio: float = 0.01) -> torch.Tensor:

@@ -13,6 +13,7 @@ from minimaxad.data.base import (
     DataWarning,
     Record,
     UnifiedDataset,
+    calibration_subset,
     split_holdout,
     validate_records,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "list_formats",
     "list_categories",
     "split_holdout",
+    "calibration_subset",
     "collate",
     "make_loader",
     "validate_records",

@@ -38,7 +38,7 @@ from minimaxad.data.io import (
     load_mask,
     probe_image,
 )
-from minimaxad.data.transforms import RandomResizedCropFlip, Size, Transform
+from minimaxad.data.transforms import MASK_RULES, RandomResizedCropFlip, Size, Transform, relabel_cropped_mask
 
 __all__ = [
     "Record",
@@ -46,6 +46,7 @@ __all__ = [
     "AnomalyDataset",
     "UnifiedDataset",
     "split_holdout",
+    "calibration_subset",
     "validate_records",
 ]
 
@@ -225,6 +226,10 @@ class AnomalyDataset(_RecordViews, Dataset):
         validate: True (quick check of every file), 'full' (decode all) or False.
         num_threads: threads for validation and cache filling (default: CPU count, max 8).
         name: used in messages, e.g. "mvtec test".
+        mask_rule: how test masks become ground truth: 'binarise' (resized mask > 0.5, the
+            common path) or the AeBAD-S dataset's rule, 'relabel-max' / 'relabel-half' (an
+            anomalous item whose cropped mask is empty is relabelled normal; see
+            :func:`~minimaxad.data.transforms.relabel_cropped_mask`).
     """
 
     def __init__(
@@ -239,9 +244,13 @@ class AnomalyDataset(_RecordViews, Dataset):
         validate: Union[bool, str] = True,
         num_threads: Optional[int] = None,
         name: str = "dataset",
+        mask_rule: str = "binarise",
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r}; expected 'train' or 'test'")
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule={mask_rule!r}; expected one of {', '.join(MASK_RULES)}")
+        self.mask_rule = mask_rule
         self.split = split
         self.name = name
         self.transform = Transform(image_size, crop_size)
@@ -322,14 +331,21 @@ class AnomalyDataset(_RecordViews, Dataset):
 
     def _item(self, index: int) -> dict:
         rec = self.records[index]
+        label = int(rec.label)
         if self.augment is not None:
             image, mask = self._augmented(index)
+        elif self.mask_rule != "binarise" and rec.mask_path is not None:
+            image_arr, mask_arr = self._resized(index)
+            image, _ = self.transform.finish(image_arr, None)
+            mask, relabelled = relabel_cropped_mask(self.transform.center_crop(mask_arr), self.mask_rule)
+            if relabelled:
+                label = 0  # the crop removed the whole defect: the authors count the image as normal
         else:
             image, mask = self.transform.finish(*self._resized(index))
         return {
             "image": image,
             "mask": mask,
-            "label": int(rec.label),
+            "label": label,
             "category": rec.category,
             "path": rec.path,
             "defect_type": rec.defect_type,
@@ -606,6 +622,25 @@ def split_holdout(
     held_set = set(held)
     train_idx = [i for i in range(len(records)) if i not in held_set]
     return dataset.subset(train_idx), dataset.subset(sorted(held))
+
+
+def calibration_subset(
+    dataset: Union[AnomalyDataset, UnifiedDataset], max_per_category: int, seed: int = 0
+) -> Union[AnomalyDataset, UnifiedDataset]:
+    """At most ``max_per_category`` normal images of *each* category (a seeded random choice,
+    kept in dataset order), so that calibrated thresholds represent every category of a
+    unified model, not the first ones in category order. Deterministic for ``seed``."""
+    if max_per_category < 1:
+        raise ValueError(f"max_per_category={max_per_category}; expected at least 1")
+    rng = np.random.default_rng(seed)
+    records = dataset.records
+    chosen: list[int] = []
+    for cat in dataset.categories:
+        normal = np.asarray([i for i, r in enumerate(records) if r.category == cat and r.label == 0], dtype=np.int64)
+        if len(normal) > max_per_category:
+            normal = normal[rng.permutation(len(normal))[:max_per_category]]
+        chosen.extend(normal.tolist())
+    return dataset.subset(sorted(chosen))
 
 
 def relabel_categories(records: Sequence[Record], prefix: str) -> list[Record]:

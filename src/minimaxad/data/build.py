@@ -79,6 +79,7 @@ def build_dataset(
     skip_bad_images: bool = False,
     validate: Union[bool, str] = True,
     num_threads: Optional[int] = None,
+    mask_rule: str = "binarise",
     **options: Any,
 ) -> AnomalyDataset:
     """Open a dataset in one of :func:`list_formats` and check its files.
@@ -95,6 +96,8 @@ def build_dataset(
         cache: decode and resize everything now into memory (uint8).
         skip_bad_images: leave unreadable files out with a warning instead of raising.
         validate: True quick check of every file now, 'full' decode all, False none.
+        mask_rule: 'binarise' (masks > 0.5), or AeBAD-S's 'relabel-max' / 'relabel-half'
+            (see :class:`AnomalyDataset`).
         options: reader options: allow_missing_masks (mvtec, visa, goodsad, aebad, mad,
             realiad, folder), split_file (visa), subset (mad), resolution and json_dir
             (realiad), category (folder: name of a single-category root).
@@ -131,6 +134,7 @@ def build_dataset(
         validate=validate,
         num_threads=num_threads,
         name=label,
+        mask_rule=mask_rule,
     )
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "RandomResizedCropFlip",
     "center_crop_box",
     "denormalize",
+    "relabel_cropped_mask",
+    "MASK_RULES",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,6 +128,13 @@ class Transform:
             return mask
         return np.asarray(Image.fromarray(mask, "L").resize((w, h), Image.BILINEAR))
 
+    def center_crop(self, array: np.ndarray) -> np.ndarray:
+        """The center crop of a resized (H, W[, C]) array (itself without a crop size)."""
+        if self.crop_size is None:
+            return array
+        top, left = center_crop_box(array.shape[0], array.shape[1], self.crop_size)
+        return array[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+
     # -- the per-item half: crop + tensor
     def finish(
         self, image: np.ndarray, mask: Optional[np.ndarray] = None, crop: bool = True
@@ -154,6 +163,31 @@ class Transform:
         resized = self.resize_mask(np.asarray(mask, dtype=np.uint8))
         dummy = np.zeros(resized.shape + (3,), dtype=np.uint8)
         return self.finish(dummy, resized)[1]
+
+
+#: how test masks become the ground truth (see :func:`relabel_cropped_mask`)
+MASK_RULES = ("binarise", "relabel-max", "relabel-half")
+
+
+def relabel_cropped_mask(mask: np.ndarray, rule: str) -> tuple[torch.Tensor, bool]:
+    """The AeBAD-S dataset's mask rule (the authors' ``AeBADDataset``), on a mask already
+    resized and centre-cropped, (h, w) uint8 0..255.
+
+    An empty mask (the crop removed the whole defect) means the item is relabelled normal:
+    returns (zeros, True). Otherwise the mask is divided by its max (``mask / torch.max(mask)``)
+    and binarised: ``'relabel-max'`` keeps only the pixels equal to the max (``astype(int)`` in
+    their ``evaluate()``), ``'relabel-half'`` those above half of it (``gt > 0.5`` in their
+    ``evaluation_batch``). Exact in integers: ``v / max == 1`` iff ``v == max``, ``> 0.5`` iff
+    ``2 v > max``. Returns ((1, h, w) float32 in {0, 1}, relabelled).
+    """
+    if rule not in ("relabel-max", "relabel-half"):
+        raise ValueError(f"mask rule {rule!r}; expected 'relabel-max' or 'relabel-half'")
+    values = np.asarray(mask, dtype=np.int32)
+    peak = int(values.max()) if values.size else 0
+    if peak == 0:
+        return torch.from_numpy(np.zeros((1, *values.shape), np.float32)), True
+    keep = values == peak if rule == "relabel-max" else 2 * values > peak
+    return torch.from_numpy(keep.astype(np.float32))[None], False
 
 
 class RandomResizedCropFlip:

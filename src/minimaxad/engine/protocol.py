@@ -19,7 +19,7 @@ from typing import Any, Mapping
 TRAIN_BATCHES = ("drop-last", "keep-last")
 ADC_LIMIT_BATCH = ("nominal", "actual")
 AUGMENTATIONS = ("none", "random-resized-crop-flip")
-MASK_RULES = ("resize-binarise", "resize-crop-relabel-max")
+MASK_RULES = ("resize-binarise", "resize-crop-relabel-max", "resize-crop-relabel-binarise")
 LEVEL_MERGES = ("mean", "sum")
 SMOOTHINGS = ("gaussian-5x5-zero-pad", "scipy-gaussian-sigma4-reflect")
 IMAGE_SCORES = ("top1pct-mean", "max-pixel")
@@ -43,7 +43,8 @@ class Protocol:
     smoothing: str = "gaussian-5x5-zero-pad"
     image_score: str = "top1pct-mean"
     aupro: str = "pooled"
-    reported: tuple[str, ...] = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro")
+    # metrics.json keys; on the common path the paper's AUPRO is aupro_200 (aupro: the exact one)
+    reported: tuple[str, ...] = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro", "aupro_200")
     averaged_over: str = "categories"
 
     def __post_init__(self) -> None:
@@ -91,7 +92,7 @@ class Protocol:
         return (f"{self.name}: batches {self.train_batches}, ADC limit {self.adc_limit_batch} batch, "
                 f"augmentation {self.augmentation}, masks {self.mask_rule}, map {self.level_merge} of levels + "
                 f"{self.smoothing}, image score {self.image_score}, AUPRO {self.aupro}, "
-                f"reported {'/'.join(self.reported)} per {self.averaged_over.rstrip('s')} + mean")
+                f"reported {'/'.join(self.reported)}, averaged over the {self.averaged_over}")
 
 
 #: what each rule's value means (``minimaxad presets -v`` prints it)
@@ -105,19 +106,20 @@ RULES: dict[str, str] = {
     "resize-binarise": "masks resized like the image (bilinear), > 0.5",
     "resize-crop-relabel-max": "masks Resize(image) + CenterCrop(crop) + ToTensor; an anomalous image whose "
                                "cropped mask is empty is relabelled normal; only max-valued pixels count",
+    "resize-crop-relabel-binarise": "AeBAD-S masks as above (crop-emptied anomalies relabelled normal), "
+                                    "divided by their max, > 0.5 (evaluation_batch); MVTec AD masks > 0.5",
     "mean": "mean over the 3 levels of 1 - cos, bilinear (align_corners=True)",
     "sum": "sum over the 3 levels of 1 - cos, bilinear (align_corners=True)",
     "gaussian-5x5-zero-pad": "normalised 5x5 Gaussian, sigma 4, zero padding (evaluation_batch)",
     "scipy-gaussian-sigma4-reflect": "scipy.ndimage.gaussian_filter(sigma=4) per image (33 taps, reflect)",
     "top1pct-mean": "image score = mean of the top 1% pixels",
     "max-pixel": "image score = max pixel",
-    "pooled": "AUPRO over the regions of all test images at once (200-threshold form under aupro_200)",
+    "pooled": "AUPRO over the regions of all test images at once: aupro_200 the authors' 200-threshold form "
+              "(the paper's), aupro the exact one",
     "per-image-mean": "AUPRO = mean over anomalous images of each image's own 200-threshold AUPRO",
     "common": "the authors' evaluation_batch (per category)",
     "aebad-evaluate": "the authors' evaluate() of train_single_AeBAD.py (per domain)",
 }
-
-_COMMON_METRICS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro")
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("unified", "train_multi_MVTecAD.py / train_multi_ViSA.py", train_batches="drop-last"),
@@ -128,7 +130,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              smoothing="scipy-gaussian-sigma4-reflect", image_score="max-pixel", aupro="per-image-mean",
              reported=("i_auroc", "p_auroc", "aupro"), averaged_over="domains"),
     Protocol("aebad-mvtec", "train_multi_AeBADMVTecAD.py", train_batches="drop-last",
-             augmentation="random-resized-crop-flip", averaged_over="test sets (15 MVTec AD classes + 4 AeBAD-S domains)"),
+             augmentation="random-resized-crop-flip", mask_rule="resize-crop-relabel-binarise", averaged_over="test sets (15 MVTec AD classes + 4 AeBAD-S domains)"),
     Protocol("realiad", "train_single_RealIAD.py"),
     Protocol("realiad-uni", "train_multi_RealIAD.py", train_batches="drop-last"),
     Protocol("mad-sim", "(the paper's MAD-Sim setting; no script in the authors' repository)"),

@@ -14,6 +14,7 @@ import numpy as np
 from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
+from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
@@ -50,15 +51,35 @@ def setup_logging(output_dir: Path, name: str = "train.log") -> Path:
 
 
 # -- datasets ---------------------------------------------------------------------------------
+#: the dataset's mask rule (data.transforms.relabel_cropped_mask) for each protocol mask rule
+_DATASET_MASK_RULES = {"resize-binarise": "binarise", "resize-crop-relabel-max": "relabel-max",
+                       "resize-crop-relabel-binarise": "relabel-half"}
+
+
+def run_protocol(config: RunConfig) -> Protocol:
+    """The protocol the run follows (stored in its configuration; ``single`` when none is)."""
+    return get_protocol(config.protocol)
+
+
 def open_dataset(config: RunConfig, split: str, categories: list[str] | None = None, domain: str | None = None):
-    """``build_dataset`` with the run's settings; merges ``extra_datasets`` for unified training."""
+    """``build_dataset`` with the run's settings; merges ``extra_datasets`` for unified training.
+
+    Test sets get the protocol's mask rule; training images are augmented only with
+    ``config.augment``, and then never cached: the augmentation crops the original photo, as the
+    authors' script does, not a resized copy.
+    """
     from minimaxad.data import build_dataset
 
     if config.data is None:
         raise ValueError("no data root given: pass --data ROOT")
+    augment = config.augment and split == "train"
     common = dict(image_size=config.image_size, crop_size=config.crop_size,
                   skip_bad_images=config.skip_bad_images)
-    kwargs = dict(common, augment=config.augment and split == "train", cache=config.cache and split == "train")
+    kwargs = dict(common, augment=augment, cache=config.cache and split == "train" and not augment)
+    if split == "test":
+        kwargs["mask_rule"] = _DATASET_MASK_RULES[run_protocol(config).mask_rule]
+    if config.cache and augment:
+        log.info("training images not cached: the augmentation crops each original photo")
     if domain is not None:
         kwargs["domain"] = domain
     dataset = build_dataset(config.format, config.data, split=split,
@@ -68,21 +89,60 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
 
         parts = [dataset]
         for extra in config.extra_datasets:
-            parts.append(build_dataset(extra["format"], extra["root"], split="train",
-                                       categories=extra.get("categories"),
-                                       # the paper resizes MVTec AD straight to AeBAD-S's crop size (224)
-                                       image_size=extra.get("image_size", config.crop_size or config.image_size),
-                                       crop_size=extra.get("crop_size"),
-                                       skip_bad_images=config.skip_bad_images))
+            parts.append(_open_extra(config, extra, "train", extra.get("categories")))
         dataset = UnifiedDataset(parts)
     return dataset
 
 
-def test_sets(config: RunConfig, categories: list[str]) -> list[tuple[str | None, Any]]:
-    """``[(domain or None, dataset)]``: AeBAD-S is tested once per domain."""
-    if config.test_domains:
-        return [(d, open_dataset(config, "test", categories, domain=d)) for d in config.test_domains]
-    return [(None, open_dataset(config, "test", categories))]
+def _open_extra(config: RunConfig, extra: dict[str, Any], split: str, categories: list[str] | None):
+    from minimaxad.data import build_dataset
+
+    return build_dataset(extra["format"], extra["root"], split=split, categories=categories,
+                         # the paper resizes MVTec AD straight to AeBAD-S's crop size (224)
+                         image_size=extra.get("image_size", config.crop_size or config.image_size),
+                         crop_size=extra.get("crop_size"), skip_bad_images=config.skip_bad_images)
+
+
+@dataclass
+class TestSet:
+    """One test set of a run: its dataset, the name prefix of its results (AeBAD-S domain) and
+    whether the protocol's own evaluation (rather than the common one) applies to it."""
+
+    dataset: Any
+    domain: str | None
+    protocol_evaluation: bool
+
+
+def test_sets(config: RunConfig, categories: list[str]) -> list[TestSet]:
+    """Every test set of the run: the main dataset (AeBAD-S once per test domain) and, for a
+    merged run (``aebad-mvtec``), each extra dataset's test split for the categories it holds.
+    The protocol's own evaluation applies to the main dataset; extra datasets use the common path."""
+    from minimaxad.data import list_categories
+
+    protocol = run_protocol(config)
+    own = protocol.evaluation != "common"
+    sets: list[TestSet] = []
+    main_categories = categories
+    extra_categories: list[tuple[dict, list[str]]] = []
+    if config.extra_datasets:
+        main_found = set(list_categories(config.format, config.data))
+        main_categories = [c for c in categories if c in main_found]
+        for extra in config.extra_datasets:
+            found = set(list_categories(extra["format"], extra["root"]))
+            wanted = [c for c in categories if c in found and c not in main_found]
+            if wanted:
+                extra_categories.append((extra, wanted))
+    if main_categories:
+        if config.test_domains:
+            sets += [TestSet(open_dataset(config, "test", main_categories, domain=d), d, own)
+                     for d in config.test_domains]
+        else:
+            sets.append(TestSet(open_dataset(config, "test", main_categories), None, own))
+    for extra, wanted in extra_categories:
+        sets.append(TestSet(_open_extra(config, extra, "test", wanted), None, False))
+    if not sets:
+        raise ValueError(f"none of the categories {categories} is in the test data at {config.data}")
+    return sets
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -95,23 +155,38 @@ class Evaluation:
 
 def evaluate_model(model, config: RunConfig, categories: list[str], calibration: dict | None,
                    echo: Echo = print, progress: bool = True, **threshold_overrides) -> Evaluation:
-    """Maps and scores of every test item, metrics per category (and per AeBAD-S domain)."""
+    """Maps and scores of every test item, metrics per category (and per AeBAD-S domain), by
+    the run's protocol: the common path (``evaluation_batch``) or the AeBAD-S script's
+    ``evaluate()`` (:func:`minimaxad.metrics.aebad.evaluate_aebad`)."""
+    from minimaxad.metrics.aebad import evaluate_aebad
     from minimaxad.reporting.results import evaluate_by_category
 
     device = resolve_device(config.device)
+    protocol = run_protocol(config)
     per_category: dict[str, dict[str, Any]] = {}
     collected: list[DatasetOutputs] = []
-    for domain, dataset in test_sets(config, categories):
+    sets = test_sets(config, categories)
+    several = len(categories) > 1
+    for test_set in sets:
+        domain, dataset = test_set.domain, test_set.dataset
         echo(f"  testing on {len(dataset)} images{f' (domain {domain})' if domain else ''}")
+        own = test_set.protocol_evaluation and protocol.evaluation == "aebad-evaluate"
         outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
-                              device=device, workers=config.workers, progress=progress)
+                              device=device, workers=config.workers, progress=progress,
+                              protocol_map=(protocol.level_merge, protocol.smoothing) if own else None)
         if domain is not None:
-            outputs.categories = [domain if len(categories) == 1 else f"{c}/{domain}" for c in outputs.categories]
-        has_mask = outputs.has_mask if len(outputs.has_mask) else None
-        summary = evaluate_by_category(outputs.scores, outputs.labels, outputs.categories,
-                                       anomaly_maps=outputs.maps, masks=outputs.masks, has_mask=has_mask,
-                                       bootstrap=config.bootstrap, seed=config.seed)
-        per_category.update(summary["categories"])
+            outputs.categories = [f"{c}/{domain}" if several else domain for c in outputs.categories]
+        if own:
+            for name in dict.fromkeys(outputs.categories):
+                part = outputs.select(i for i, c in enumerate(outputs.categories) if c == name)
+                per_category[name] = evaluate_aebad(part.protocol_maps, part.masks, part.labels)
+        else:
+            has_mask = outputs.has_mask if len(outputs.has_mask) else None
+            summary = evaluate_by_category(outputs.scores, outputs.labels, outputs.categories,
+                                           anomaly_maps=outputs.maps, masks=outputs.masks, has_mask=has_mask,
+                                           bootstrap=config.bootstrap, seed=config.seed)
+            per_category.update(summary["categories"])
+        outputs.protocol_maps = None  # the metrics are done: keep one copy of the maps
         collected.append(outputs)
     outputs = collected[0] if len(collected) == 1 else _concat_outputs(collected)
     thresholds: dict[str, Any] = resolve_thresholds(calibration, **threshold_overrides)
@@ -133,13 +208,17 @@ def _concat_outputs(parts: list[DatasetOutputs]) -> DatasetOutputs:
     )
 
 
-def finish_results(per_category: dict[str, dict], output: Path, echo: Echo) -> dict[str, Any]:
-    """Mean over categories, ``metrics.json`` + ``metrics.csv``, and the printed table."""
-    from minimaxad.reporting.results import format_table, summarize, write_metrics
+def finish_results(per_category: dict[str, dict], output: Path, echo: Echo,
+                   protocol: Protocol | None = None) -> dict[str, Any]:
+    """Mean over categories (or AeBAD-S domains, or test sets), ``metrics.json`` + ``metrics.csv``
+    (each with the metrics the protocol reports), and the printed table in the paper's layout."""
+    from minimaxad.reporting.results import format_paper_table, summarize, write_metrics
 
-    summary = summarize(per_category)
+    summary = summarize(per_category, keys=protocol.reported if protocol else None)
+    if protocol is not None:
+        summary["protocol"] = protocol.name
     json_path, csv_path = write_metrics(summary, output)
-    echo(format_table(summary))
+    echo(format_paper_table(summary, protocol))
     echo(f"metrics: {json_path} and {csv_path}")
     return summary
 
@@ -170,7 +249,7 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
 
 def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume: bool, progress: bool,
          echo: Echo) -> dict[str, Any] | None:
-    from minimaxad.data import split_holdout
+    from minimaxad.data import calibration_subset, split_holdout
 
     if context.is_main:
         setup_logging(output)
@@ -209,8 +288,8 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
         holdout = None
         if config.val_fraction > 0:
             train_set, holdout = split_holdout(train_set, config.val_fraction, seed=config.seed)
-            if len(holdout) > config.val_max_images:
-                holdout = holdout.subset(range(config.val_max_images))
+            # thresholds from every category alike, never from augmented crops
+            holdout = calibration_subset(holdout, config.val_max_images, seed=config.seed).with_augment(False)
         echo(f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
              f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds")
         job_config = config.updated(categories=job_categories)
@@ -226,7 +305,7 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
         return None
     for job in trained:
         _evaluate_job(*job, per_category, echo, progress)
-    summary = finish_results(per_category, output, echo)
+    summary = finish_results(per_category, output, echo, run_protocol(config))
     if not config.unified:
         echo(f"reports: {output}/<category>/report.html")
     else:
@@ -261,14 +340,25 @@ def find_checkpoints(path: Path) -> list[Path]:
 def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str | None = None,
          categories: list[str] | None = None, overrides: dict[str, Any] | None = None,
          encoder_weights: str | None = None, progress: bool = True, echo: Echo = print,
-         **threshold_overrides) -> dict[str, Any]:
-    """Evaluate trained checkpoint(s) on a test set; writes metrics and report into ``output``."""
+         protocol: str | None = None, **threshold_overrides) -> dict[str, Any]:
+    """Evaluate trained checkpoint(s) on a test set; writes metrics and report into ``output``.
+
+    The evaluation follows the protocol stored in each checkpoint's configuration (the one it
+    was trained under); ``protocol`` (a name of :data:`~minimaxad.engine.protocol.PROTOCOLS`)
+    evaluates under another one instead.
+    """
     output = Path(output)
     setup_logging(output, "test.log")
     per_category: dict[str, dict] = {}
+    used: Protocol | None = None
     for path in find_checkpoints(checkpoint):
         state = read_checkpoint(path)
-        config = RunConfig.from_dict(state["config"]).updated(data=data, format=format, **(overrides or {}))
+        config = RunConfig.from_dict(state["config"])
+        if protocol is not None:
+            config = config.updated(**get_protocol(protocol).run_settings())
+        config = config.updated(data=data, format=format, **(overrides or {}))
+        used = run_protocol(config)
+        echo(f"protocol {used.describe()}")
         wanted = [c for c in state["categories"] if categories is None or c in categories]
         if categories is not None and not wanted:
             continue
@@ -283,5 +373,6 @@ def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str
     if not per_category:
         raise ValueError(f"none of the categories {categories} is in the checkpoint(s) at {checkpoint}")
     (output / "config.json").write_text(json.dumps({"checkpoint": str(checkpoint), "data": data,
-                                                    "format": format, "categories": categories}, indent=2))
-    return finish_results(per_category, output, echo)
+                                                    "format": format, "categories": categories,
+                                                    "protocol": used.to_dict() if used else None}, indent=2))
+    return finish_results(per_category, output, echo, used)

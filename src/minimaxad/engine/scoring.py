@@ -46,6 +46,9 @@ class DatasetOutputs:
     maps: torch.Tensor  # (N, H, W) float32
     masks: torch.Tensor | None  # (N, H, W) bool, None when collect_masks=False
     has_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,)
+    # the maps of a protocol whose evaluation uses another map than the common one (AeBAD-S:
+    # sum of levels + scipy's Gaussian); the metrics read these, thresholds and reports ``maps``
+    protocol_maps: torch.Tensor | None = None  # (N, H, W) float32
 
     def select(self, indices: Iterable[int]) -> "DatasetOutputs":
         idx = np.asarray(list(indices), dtype=np.int64)
@@ -54,6 +57,7 @@ class DatasetOutputs:
             self.scores[idx], self.labels[idx], [self.categories[i] for i in idx],
             [self.paths[i] for i in idx], self.maps[t], None if self.masks is None else self.masks[t],
             self.has_mask[idx] if len(self.has_mask) else self.has_mask,
+            None if self.protocol_maps is None else self.protocol_maps[t],
         )
 
 
@@ -68,8 +72,13 @@ def run_dataset(
     collect_masks: bool = True,
     progress: bool = False,
     description: str = "test",
+    protocol_map: tuple[str, str] | None = None,
 ) -> DatasetOutputs:
     """Run ``model`` over every item; maps are kept once, as float32 on the CPU.
+
+    ``protocol_map = (merge, smoothing)`` (see :func:`~minimaxad.anomaly_map.anomaly_map`) also
+    keeps, from the same features, the map a protocol's metrics use under ``protocol_maps``
+    (the AeBAD-S script's: ``("sum", "scipy-gaussian-sigma4-reflect")``).
 
     A training-form model is scored through a re-parameterized copy: same maps (to float
     rounding), 1.2-1.4x faster, and the same form ``predict`` uses, so thresholds calibrated
@@ -97,15 +106,24 @@ def run_dataset(
 
         iterator = tqdm(loader, desc=description, unit="batch", leave=False)
     start = 0
+    protocol_out: torch.Tensor | None = None
     for batch in iterator:
         images = batch["image"].to(device, non_blocking=True)
-        maps, batch_scores = infer_batch(model, images, images.shape[-1], top_ratio)
+        if protocol_map is None:
+            maps, batch_scores = infer_batch(model, images, images.shape[-1], top_ratio)
+            other = None
+        else:
+            maps, batch_scores, other = _infer_with_protocol_map(model, images, top_ratio, *protocol_map)
         b = images.shape[0]
         if maps_out is None:  # allocate once: the only float copy of the pixel scores
             maps_out = torch.empty((n, *maps.shape[-2:]), dtype=torch.float32)
             if collect_masks:
                 masks_out = torch.zeros((n, *maps.shape[-2:]), dtype=torch.bool)
+            if other is not None:
+                protocol_out = torch.empty((n, *maps.shape[-2:]), dtype=torch.float32)
         maps_out[start:start + b] = maps.float().cpu()
+        if other is not None:
+            protocol_out[start:start + b] = other.float()
         scores[start:start + b] = batch_scores.float().cpu().numpy()
         labels[start:start + b] = torch.as_tensor(batch["label"]).numpy()
         if collect_masks and masks_out is not None:
@@ -117,4 +135,15 @@ def run_dataset(
         start += b
     if maps_out is None:
         raise ValueError("the dataset is empty: nothing to evaluate")
-    return DatasetOutputs(scores, labels, categories, paths, maps_out, masks_out, has_mask)
+    return DatasetOutputs(scores, labels, categories, paths, maps_out, masks_out, has_mask, protocol_out)
+
+
+@torch.inference_mode()
+def _infer_with_protocol_map(model: MiniMaxAD, images: torch.Tensor, top_ratio: float, merge: str,
+                             smoothing: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``infer_batch``'s maps and scores, plus the protocol's map ``(B, H, W)`` on the CPU."""
+    encoder_features, decoder_features = model(images)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    maps = anomaly_map(encoder_features, decoder_features, image_size=size)
+    other = anomaly_map(encoder_features, decoder_features, image_size=size, merge=merge, smoothing=smoothing)
+    return maps[:, 0], image_score(maps, top_ratio), other[:, 0].cpu()

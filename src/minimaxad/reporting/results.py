@@ -42,19 +42,21 @@ def _interval(v: Any) -> tuple[float, float] | None:
         return None
 
 
-def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(per_category: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | None = None) -> dict[str, Any]:
     """``{"categories": {name: {metric: value}}, "mean": {metric: mean}}``.
 
     per_category: ``{name: evaluate(...) result}``. Only the scalar metrics (``METRIC_KEYS``)
     and their ``*_ci`` intervals are kept (thresholds, curves... are dropped). The mean of a
     metric is over the categories that have it (e.g. pixel metrics over the categories with
     masks); a NaN in a category makes its mean NaN. Intervals are not averaged (a mean of
-    bounds is not an interval of the mean). Category order is kept.
+    bounds is not an interval of the mean). Category order is kept. ``keys`` (default
+    ``METRIC_KEYS``) restricts the metrics to those a protocol reports.
     """
+    metric_keys = tuple(k for k in METRIC_KEYS if keys is None or k in keys)
     categories: dict[str, dict[str, Any]] = {}
     for name, res in per_category.items():
         row: dict[str, Any] = {}
-        for k in METRIC_KEYS:
+        for k in metric_keys:
             if k in res and _scalar(res[k]) is not None:
                 row[k] = _scalar(res[k])
         for k in CI_KEYS:
@@ -62,7 +64,7 @@ def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 row[k] = _interval(res[k])
         categories[str(name)] = row
     mean: dict[str, float] = {}
-    for k in METRIC_KEYS:
+    for k in metric_keys:
         vals = [row[k] for row in categories.values() if k in row]
         if vals:
             mean[k] = float(np.mean(vals))
@@ -138,6 +140,14 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _json_clean(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _json_clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_clean(x) for x in v]
+    return _json_value(v)
+
+
 def _columns(summary: Mapping[str, Any]) -> list[str]:
     rows = [*summary.get("categories", {}).values(), summary.get("mean", {})]
     cols: list[str] = []
@@ -177,6 +187,9 @@ def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tup
     mean = summary.get("mean", {})
     doc = {"categories": {n: {k: _json_value(v) for k, v in r.items()} for n, r in cats.items()},
            "mean": {k: _json_value(v) for k, v in mean.items()}}
+    for extra in ("protocol", "std", "categories_std", "seeds", "runs"):  # protocol name; seed spread
+        if extra in summary:
+            doc[extra] = _json_clean(summary[extra])
     json_path, csv_path = out / "metrics.json", out / "metrics.csv"
     _atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     cols = _columns(summary)
@@ -226,4 +239,35 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["summarize", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
+def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
+    """The results in the layout of the paper's table for the protocol: AeBAD-S (``averaged_over``
+    domains) has one column per domain plus the mean and one row per metric (I-AUROC, AUPRO,
+    then P-AUROC); the others one row per category plus the mean (:func:`format_table`).
+    With a seed spread (``std``, from ``fit --seeds``) every cell is ``mean ± std``."""
+    if protocol is None or protocol.averaged_over != "domains":
+        return format_table(summary)
+    cats = summary.get("categories", {})
+    mean = summary.get("mean", {})
+    spread = summary.get("categories_std") or {}
+    names = [*cats.keys(), "mean"]
+    order = [k for k in ("i_auroc", "aupro", "p_auroc") if k in protocol.reported] + [
+        k for k in protocol.reported if k not in ("i_auroc", "aupro", "p_auroc")]
+
+    def cell(name: str, key: str) -> str:
+        row = mean if name == "mean" else cats[name]
+        if row.get(key) is None:
+            return "-"
+        std = (summary.get("std") or {}).get(key) if name == "mean" else spread.get(name, {}).get(key)
+        return f"{100 * row[key]:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+    cells = [[cell(n, k) for n in names] for k in order]
+    widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
+    w0 = max(len("metric"), *(len(_HEADERS[k]) for k in order))
+    lines = ["  ".join(["metric".ljust(w0), *(n.rjust(w) for n, w in zip(names, widths))])]
+    lines.append("-" * len(lines[0]))
+    for k, row in zip(order, cells):
+        lines.append("  ".join([_HEADERS[k].ljust(w0), *(c.rjust(w) for c, w in zip(row, widths))]))
+    return "\n".join(lines)
+
+
+__all__ = ["summarize", "format_paper_table", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
