@@ -109,3 +109,51 @@ def test_quantile_past_torch_limit():
     # and the same value as torch.quantile wherever torch can compute it: take a prefix that fits
     head = x[:TORCH_QUANTILE_LIMIT]
     assert quantile(head, 0.9995).item() == torch.quantile(head, 0.9995).item()
+
+
+def short_batch_map() -> tuple[torch.Tensor, dict[float, int]]:
+    """A map of 2 images of 64 x 64 (8192 pixels) whose top pixels split the two ADC branches:
+    3 at 1.0, 5 at 0.995 and 4 at sqrt(0.975) above a smooth background in [0, 0.5].
+
+    sigma^2 ~ 0.021, so the hard threshold 1 - sigma^2 keeps the 8 pixels with S^2 >= 0.979 and
+    the lim threshold quantile(S^2, 0.9995) - sigma^2 = 0.990025 - sigma^2 ~ 0.969 keeps all 12."""
+    values = torch.linspace(0, 0.5, 8192, dtype=torch.float32)
+    hot = torch.tensor([1.0] * 3 + [0.995] * 5 + [0.975 ** 0.5] * 4)
+    values[torch.arange(12) * 601 + 17] = hot  # spread over both images
+    return values.reshape(2, 64, 64), {1.0: 3, 0.995 ** 2: 5, 0.975: 4}
+
+
+def test_adc_limit_of_a_short_batch_uses_the_nominal_batch_size():
+    """The authors' num_lim = size^2 * nominal batch * (1 - p_lim), also for the short last batch:
+    here 16.384 pixels for batch 8, against 4.096 for the 2 images actually present."""
+    score_map, _ = short_batch_map()
+    t_actual, branch_actual, above, limit_actual = adc_threshold(score_map, 0.9999, 0.9995)
+    t_nominal, branch_nominal, above_nominal, limit_nominal = adc_threshold(
+        score_map, 0.9999, 0.9995, limit_batch_size=8)
+    assert above == above_nominal == 8
+    assert limit_actual == 2 * 64 * 64 * (1 - 0.9995) and limit_nominal == 64 * 64 * 8 * (1 - 0.9995)
+    assert (branch_actual, branch_nominal) == ("hard", "lim")
+    squared = score_map.double() ** 2
+    assert int((squared >= t_actual).sum()) == 8 and int((squared >= t_nominal).sum()) == 12
+    # the full batch: both rules agree
+    full = torch.cat([score_map] * 4)
+    assert adc_threshold(full, 0.9999, 0.9995, limit_batch_size=8)[3] == adc_threshold(full, 0.9999, 0.9995)[3]
+
+
+def test_adc_loss_with_nominal_limit_averages_the_lim_selection():
+    """Through adc_loss: features whose level-0 cosine distance is the map above (2 channels at
+    angle arccos(1 - S)), levels 1 and 2 identical (distance 0)."""
+    score_map, counts = short_batch_map()
+    angle = torch.arccos(1 - score_map.double()).unsqueeze(1)
+    encoder = [torch.cat([torch.ones_like(angle), torch.zeros_like(angle)], 1).float()]
+    decoder = [torch.cat([torch.cos(angle), torch.sin(angle)], 1).float()]
+    for size in (32, 16):
+        same = torch.rand(2, 4, size, size, generator=torch.Generator().manual_seed(size))
+        encoder.append(same)
+        decoder.append(same.clone())
+    expected = {None: ((3 * 1.0 + 5 * 0.995 ** 2) / 8, "hard"),
+                8: (sum(value * count for value, count in counts.items()) / 12, "lim")}
+    for limit, (value, branch) in expected.items():
+        loss, details = adc_loss(encoder, decoder, 64, limit_batch_size=limit, return_details=True)
+        assert details["branch"] == branch and loss.item() == pytest.approx(value, rel=1e-5)
+        assert compute_loss("adc", encoder, decoder, 64, limit_batch_size=limit).item() == loss.item()

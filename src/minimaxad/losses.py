@@ -57,13 +57,19 @@ def global_cosine_loss(
 
 
 def adc_threshold(
-    score_map: torch.Tensor, p_hard: float = 0.9999, p_lim: float = 0.9995
+    score_map: torch.Tensor, p_hard: float = 0.9999, p_lim: float = 0.9995,
+    limit_batch_size: float | None = None,
 ) -> tuple[torch.Tensor, str, int, float]:
     """The ADC selection threshold ``t`` on ``S^2``, the branch taken, ``A`` and ``B``.
 
     ``sigma = std(S)``; ``alpha = quantile(S, p_hard)``; ``A = #(S^2 >= alpha - sigma^2)``;
     ``B = batch*H*W*(1 - p_lim)``; ``t = alpha - sigma^2`` if ``A >= B`` ('hard') else
     ``quantile(S^2, p_lim) - sigma^2`` ('lim').
+
+    ``batch`` in ``B`` is ``limit_batch_size`` when given: the authors compute their
+    ``num_lim`` once from the NOMINAL batch size, so a short last batch (fewer pixels) is
+    compared against the full batch's limit and falls back to the ``p_lim`` quantile more
+    often. None: the images of this map (``score_map.shape[0]``).
     """
     with torch.no_grad():
         s = score_map.detach()
@@ -71,7 +77,8 @@ def adc_threshold(
         variance = s.std() ** 2
         alpha = quantile(s, p_hard)
         pixels_above_hard = int((squared >= alpha - variance).sum().item())
-        min_pixels = s.numel() * (1 - p_lim)
+        batch = s.shape[0] if limit_batch_size is None else limit_batch_size
+        min_pixels = batch * s.shape[-2] * s.shape[-1] * (1 - p_lim)  # the authors' float, unrounded
         if pixels_above_hard >= min_pixels:
             return alpha - variance, "hard", pixels_above_hard, min_pixels
         return quantile(squared, p_lim) - variance, "lim", pixels_above_hard, min_pixels
@@ -84,15 +91,17 @@ def adc_loss(
     p_hard: float = 0.9999,
     p_lim: float = 0.9995,
     return_details: bool = False,
+    limit_batch_size: float | None = None,
 ):
     """Adaptive contraction loss (MiniMaxAD-fr): mean of ``S^2`` over the pixels with
-    ``S^2 >= t`` (see :func:`adc_threshold`); gradient flows only through those pixels.
+    ``S^2 >= t`` (see :func:`adc_threshold`, also for ``limit_batch_size``: the nominal batch
+    size of the pixel limit, None for this batch's); gradient flows only through those pixels.
 
     With ``return_details=True`` returns ``(loss, {"branch", "pixels_above_hard", "min_pixels",
     "threshold"})``.
     """
     score_map = training_anomaly_map(encoder_features, decoder_features, image_size)
-    threshold, branch, above, min_pixels = adc_threshold(score_map, p_hard, p_lim)
+    threshold, branch, above, min_pixels = adc_threshold(score_map, p_hard, p_lim, limit_batch_size)
     squared = score_map * score_map
     loss = squared[squared >= threshold].mean()
     if return_details:
@@ -124,10 +133,16 @@ LOSSES = ("adc", "global", "local", "local-hm")
 def compute_loss(
     name: str, encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
     image_size: int | Sequence[int], p_hard: float = 0.9999, p_lim: float = 0.9995,
+    limit_batch_size: float | None = None,
 ) -> torch.Tensor:
-    """Dispatch by name: ``adc``, ``global``, ``local`` or ``local-hm``."""
+    """Dispatch by name: ``adc``, ``global``, ``local`` or ``local-hm``.
+
+    ``limit_batch_size`` (ADC only): the batch size of the ADC pixel limit, the nominal one in
+    the authors' scripts; None: the batch's own size (see :func:`adc_threshold`).
+    """
     if name == "adc":
-        return adc_loss(encoder_features, decoder_features, image_size, p_hard, p_lim)
+        return adc_loss(encoder_features, decoder_features, image_size, p_hard, p_lim,
+                        limit_batch_size=limit_batch_size)
     if name == "global":
         return global_cosine_loss(encoder_features, decoder_features)
     if name == "local":
