@@ -247,6 +247,43 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
         return _fit(config, Path(output), context, resume=resume, progress=progress, echo=echo)
 
 
+def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool = False, progress: bool = True,
+              echo: Echo = print) -> dict[str, Any] | None:
+    """One :func:`fit` per seed, each in ``output/seed-<N>``, then mean ± std over the seeds per
+    metric and per category (the paper's error bars over seeds 1, 11, 111): ``metrics.json``
+    (which keeps every run under ``runs``), ``metrics.csv`` (``<metric>_std`` columns) and a
+    ``report.html`` linking each seed's report. Returns the combined summary (None without
+    evaluation or on ranks other than 0)."""
+    from minimaxad.reporting.results import format_paper_table, seed_spread, write_metrics
+    from minimaxad.reporting.seeds import write_seed_report
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {seeds}: give distinct seeds, e.g. --seeds 1 11 111")
+    output = Path(output)
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        echo(f"=== seed {seed} ({len(runs) + 1} of {len(seeds)}) ===")
+        summary = fit(config.updated(seed=seed), output / f"seed-{seed}", resume=resume, progress=progress,
+                      echo=echo)
+        if summary is not None:
+            runs[str(seed)] = summary
+    if not runs:
+        return None
+    combined = seed_spread(runs)
+    protocol = run_protocol(config)
+    combined["protocol"] = protocol.name
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps({**config.to_dict(), "seed": None, "seeds": list(seeds)},
+                                                   indent=2) + "\n")
+    json_path, csv_path = write_metrics(combined, output)
+    echo(f"mean ± std over seeds {', '.join(map(str, seeds))}:")
+    echo(format_paper_table(combined, protocol))
+    report = write_seed_report(combined, output / "report.html", {s: f"seed-{s}" for s in runs},
+                               title=f"minimaxad - {config.preset or config.format}, seeds {', '.join(map(str, seeds))}")
+    echo(f"metrics: {json_path} and {csv_path}; report: {report}")
+    return combined
+
+
 def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume: bool, progress: bool,
          echo: Echo) -> dict[str, Any] | None:
     from minimaxad.data import calibration_subset, split_holdout

@@ -193,15 +193,21 @@ def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tup
     json_path, csv_path = out / "metrics.json", out / "metrics.csv"
     _atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     cols = _columns(summary)
+    spread = summary.get("categories_std")  # seed spread: a <metric>_std column after each metric
+    if spread is not None:
+        cols = [x for c in cols for x in ((c, f"{c}_std") if c in METRIC_KEYS else (c,))]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["category", *cols])
     for name, row in [*cats.items(), ("mean", mean)]:
+        std_row = (summary.get("std") if name == "mean" else (spread or {}).get(name)) or {}
         cells = []
         for c in cols:
             if c.endswith("_ci_lo") or c.endswith("_ci_hi"):
                 iv = row.get(c[:-3])
                 v = None if iv is None else iv[0 if c.endswith("_lo") else 1]
+            elif c.endswith("_std") and c[:-4] in METRIC_KEYS:
+                v = std_row.get(c[:-4])
             else:
                 v = row.get(c)
             cells.append("" if v is None else repr(float(v)))
@@ -223,20 +229,62 @@ def format_table(summary: Mapping[str, Any]) -> str:
     w0 = max([len("category"), *map(len, names)])
     widths = [max(len(_HEADERS[c]), 6) for c in cols]
 
-    def fmt(row: Mapping[str, Any]) -> list[str]:
+    spread = summary.get("categories_std")  # from seed_spread: cells become "mean ± std"
+    if spread is not None:
+        widths = [max(w, 12) for w in widths]
+
+    def fmt(row: Mapping[str, Any], std: Mapping[str, Any] | None) -> list[str]:
         cells = []
         for c, w in zip(cols, widths):
             v = row.get(c)
-            cells.append("-".rjust(w) if v is None else f"{100 * float(v):{w}.1f}")
+            if v is None:
+                cells.append("-".rjust(w))
+            elif std is not None and std.get(c) is not None:
+                cells.append(f"{100 * float(v):.1f} ± {100 * float(std[c]):.1f}".rjust(w))
+            else:
+                cells.append(f"{100 * float(v):{w}.1f}")
         return cells
 
     lines = ["  ".join(["category".ljust(w0), *(_HEADERS[c].rjust(w) for c, w in zip(cols, widths))])]
     lines.append("-" * len(lines[0]))
     for name, row in cats.items():
-        lines.append("  ".join([name.ljust(w0), *fmt(row)]))
+        lines.append("  ".join([name.ljust(w0), *fmt(row, None if spread is None else spread.get(name))]))
     lines.append("-" * len(lines[0]))
-    lines.append("  ".join(["mean".ljust(w0), *fmt(mean)]))
+    lines.append("  ".join(["mean".ljust(w0), *fmt(mean, summary.get("std"))]))
     return "\n".join(lines)
+
+
+def seed_spread(runs: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over runs that differ only in their seed (the paper's error bars).
+
+    runs: ``{seed: summarize(...) result}``. Returns a summary whose ``categories`` and
+    ``mean`` are the means over the seeds (of each category's metric, and of the mean over
+    categories), ``categories_std`` and ``std`` the standard deviations over the seeds
+    (population, ``ddof=0``: the spread of these runs, as ``numpy.std``), ``seeds`` and
+    ``runs`` (each run's own summary, kept whole). A metric absent from one run is left out.
+    """
+    if not runs:
+        raise ValueError("no runs to combine: give at least one seed")
+    summaries = list(runs.values())
+    names = list(dict.fromkeys(n for r in summaries for n in r.get("categories", {})))
+
+    def combine(rows: list[Mapping[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+        mean, std = {}, {}
+        for k in METRIC_KEYS:
+            values = [r.get(k) for r in rows]
+            if values and all(_scalar(v) is not None for v in values):
+                arr = np.asarray([float(v) for v in values])
+                mean[k], std[k] = float(arr.mean()), float(arr.std())
+        return mean, std
+
+    categories, categories_std = {}, {}
+    for name in names:
+        categories[name], categories_std[name] = combine([r.get("categories", {}).get(name, {}) for r in summaries])
+    mean, std = combine([r.get("mean", {}) for r in summaries])
+    return {"categories": categories, "mean": mean, "categories_std": categories_std, "std": std,
+            "seeds": [int(s) if str(s).lstrip("-").isdigit() else s for s in runs],
+            "runs": {str(seed): {"categories": dict(r.get("categories", {})), "mean": dict(r.get("mean", {}))}
+                     for seed, r in runs.items()}}
 
 
 def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
@@ -270,4 +318,4 @@ def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["summarize", "format_paper_table", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
+__all__ = ["summarize", "format_paper_table", "seed_spread", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
