@@ -24,6 +24,8 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-category", dest="unified", action="store_false",
                    help="one model per category (overrides a unified preset)")
     p.add_argument("--preset", help="named settings of a paper experiment (see 'minimaxad presets')")
+    p.add_argument("--protocol", help="follow this script's protocol instead of the preset's (see 'minimaxad "
+                                      "presets -v'): train batches, ADC limit, image score, evaluation")
     p.add_argument("--backbone", help="unireplknet_a|f|p|n|t (paper: n)")
     p.add_argument("--encoder-weights", help="PATH to the ImageNet checkpoint, 'hub' (cache, then download; "
                                              "the default) or 'none' (random encoder, not comparable to the paper)")
@@ -42,6 +44,9 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="111 in the paper (1, 11, 111 for error bars)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="one run per seed (in OUTPUT/seed-<N>), then mean ± std per metric and category "
+                        "(the paper's error bars: --seeds 1 11 111)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision on CUDA")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory on CUDA")
@@ -85,6 +90,10 @@ def config_from_args(args: argparse.Namespace):
     config = RunConfig()
     if args.preset:
         config = config.updated(preset=args.preset, **get_preset(args.preset))
+    if args.protocol:
+        from minimaxad.engine.protocol import get_protocol
+
+        config = config.updated(**get_protocol(args.protocol).run_settings())
     overrides: dict[str, Any] = {k: getattr(args, k) for k in FIT_KEYS}
     if args.extra_data:
         extras = []
@@ -104,6 +113,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from minimaxad.engine.runner import fit
 
     config = config_from_args(args)
+    if args.seeds:
+        from minimaxad.engine.runner import fit_seeds
+
+        fit_seeds(config, Path(args.output), args.seeds, resume=args.resume, progress=not args.quiet)
+        return 0
     fit(config, Path(args.output), resume=args.resume, progress=not args.quiet)
     return 0
 
@@ -117,7 +131,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                                    "skip_bad_images": args.skip_bad_images or None}.items() if v is not None}
     test(Path(args.checkpoint), Path(args.output), data=args.data, format=args.format, categories=args.categories,
          overrides=overrides, encoder_weights=args.encoder_weights, progress=not args.quiet,
-         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate)
+         protocol=args.protocol, image_threshold=args.threshold, false_positive_rate=args.false_positive_rate)
     return 0
 
 
@@ -194,10 +208,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from minimaxad.presets import PRESETS
 
+    from minimaxad.engine.protocol import PROTOCOLS, RULES, get_protocol
+
     for name, preset in PRESETS.items():
         print(f"{name:<12} {preset['describe']}")
         if args.verbose:
             print("             " + json.dumps({k: v for k, v in preset.items() if k != "describe"}))
+            if "protocol" in preset:
+                protocol = get_protocol(preset["protocol"])
+                print(f"             protocol ({protocol.script}): {protocol.describe()}")
+    if args.verbose:
+        print("\nprotocols (--protocol NAME):")
+        for protocol in PROTOCOLS.values():
+            print(f"  {protocol.name:<12} {protocol.script}")
+        print("\nrules:")
+        for rule, meaning in RULES.items():
+            print(f"  {rule:<30} {meaning}")
     return 0
 
 
@@ -217,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--format")
     test.add_argument("--categories", nargs="+")
     test.add_argument("--test-domains", nargs="+")
+    test.add_argument("--protocol", help="evaluate under this script's protocol instead of the one stored in "
+                                         "the checkpoint (see 'minimaxad presets -v')")
     test.add_argument("--output", required=True)
     test.add_argument("--encoder-weights", help="where the ImageNet encoder file is now, if it moved")
     test.add_argument("--threshold", type=float, help="image threshold for the report's decisions")
