@@ -73,6 +73,9 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="train only; do not evaluate at the end")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--logger", nargs="+", choices=["csv", "tensorboard", "mlflow"],
+                   help="also log loss, learning rate and images/s per step and the final metrics to CSV files, "
+                        "TensorBoard or MLflow (pip install 'minimaxad[tensorboard]' / 'minimaxad[mlflow]')")
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics, report, logs)")
 
 
@@ -80,7 +83,7 @@ FIT_KEYS = ("data", "format", "categories", "unified", "backbone", "encoder_weig
             "image_size", "crop_size", "test_domains", "epochs", "max_steps", "batch_size", "lr",
             "weight_decay", "seed", "device", "precision", "channels_last", "workers", "cache",
             "skip_bad_images", "val_fraction", "image_fpr", "pixel_fpr", "top_ratio", "bootstrap",
-            "checkpoint_every", "evaluate", "sync_batchnorm", "adc_sync")
+            "checkpoint_every", "evaluate", "sync_batchnorm", "adc_sync", "logger")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -205,6 +208,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from minimaxad.data.download import download_dataset
+
+    data = download_dataset(args.dataset, Path(args.root), url=args.url, keep_archive=args.keep_archive,
+                            progress=not args.quiet)
+    return 0 if data is not None else 1  # 1: a manual step is needed (the instructions were printed)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from minimaxad.presets import PRESETS
 
@@ -325,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    down = sub.add_parser("download", help="download a benchmark dataset (checked, resumable, safely unpacked)",
+                          description="Download a public benchmark into ROOT, check its SHA-256, unpack it "
+                                      "(refusing members outside ROOT and links) and convert it to the layout the "
+                                      "readers expect; for datasets behind a form, print where to get them.")
+    down.add_argument("dataset", help="mvtec | visa | mvtec_loco | btad (downloaded); mpdd | goodsad | aebad | "
+                                      "realiad | mad (instructions)")
+    down.add_argument("--root", required=True, help="folder to put the dataset in (created if needed)")
+    down.add_argument("--url", help="another location of the same archive (a mirror); size and hash still checked")
+    down.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
+    down.add_argument("--quiet", action="store_true", help="no progress bar")
+    down.set_defaults(func=cmd_download)
 
     pres = sub.add_parser("presets", help="list the named presets")
     pres.add_argument("--verbose", "-v", action="store_true")

@@ -65,6 +65,7 @@ class RunConfig:
     bootstrap: int = 0
     # bookkeeping
     checkpoint_every: int = 1  # epochs between resumable checkpoints (0: only at the end)
+    logger: list[str] | None = None  # also log to: csv | tensorboard | mlflow (engine/loggers.py)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
