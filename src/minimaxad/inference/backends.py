@@ -13,16 +13,19 @@ device; ONNX Runtime and OpenVINO return CPU tensors.
 
 from __future__ import annotations
 
-import copy
+import shutil
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from minimaxad.engine.scoring import resolve_device
+from minimaxad.inference.graph_files import compare_with_pipeline, write_pipeline_file
+from minimaxad.inference.pipeline import InferencePipeline, build_pipeline, fused_copy  # noqa: F401 (re-export)
 from minimaxad.models import MiniMaxAD
-from minimaxad.inference.pipeline import InferencePipeline
 
 # name -> what it is (``minimaxad benchmark --backends``, ``predict --backend``)
 BACKENDS: dict[str, str] = {
@@ -42,6 +45,18 @@ FILE_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16", "torchscript")
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (missing package, no CUDA, no bf16 support)."""
+
+
+class UntrustedFileError(PermissionError):
+    """A file format that can run code was given without the caller saying it trusts the file."""
+
+
+TORCHSCRIPT_TRUST_MESSAGE = (
+    "{path} is a TorchScript file: loading it runs the program stored in it (torch.jit.load can "
+    "execute arbitrary operators), unlike checkpoints (read with weights_only=True) and ONNX/OpenVINO "
+    "files (graphs of known operators). Load it only if you made it or trust who did: pass "
+    "--trust-torchscript (Python: trust=True)"
+)
 
 
 class Backend(ABC):
@@ -116,6 +131,7 @@ class OnnxRuntimeBackend(Backend):
         self.ort = ort
         self.name = name
         self.path = str(path)
+        self.model_bytes = Path(path).read_bytes()  # later sessions need no file (a temporary export may be gone)
         self.device = torch.device(device)
         self.threads = threads or torch.get_num_threads()
         self.providers = ["CPUExecutionProvider"]
@@ -141,7 +157,7 @@ class OnnxRuntimeBackend(Backend):
         options = self.ort.SessionOptions()
         options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        return self.ort.InferenceSession(self.path, options, providers=self.providers)
+        return self.ort.InferenceSession(self.model_bytes, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
@@ -282,9 +298,9 @@ class OpenVinoBackend(Backend):
 class TorchScriptBackend(Backend):
     """A traced TorchScript pipeline (``minimaxad export --format torchscript``)."""
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
-        import warnings
-
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", *, trust: bool = False) -> None:
+        if not trust:
+            raise UntrustedFileError(TORCHSCRIPT_TRUST_MESSAGE.format(path=path))
         self.name = "torchscript"
         self.device = torch.device(device)
         with warnings.catch_warnings():  # torch.jit's deprecation notice: TorchScript still runs
@@ -298,16 +314,7 @@ class TorchScriptBackend(Backend):
         return outputs[0][:, 0], outputs[1]
 
 
-def _resolve(device: str | torch.device | None) -> torch.device:
-    from minimaxad.engine.scoring import resolve_device
-
-    return resolve_device(device)
-
-
-def fused_copy(model: MiniMaxAD) -> MiniMaxAD:
-    """A re-parameterized copy of a training-form model; a fused model is used as it is (it is
-    only moved to the backend's device, as a Predictor always did)."""
-    return model if model.reparameterized else copy.deepcopy(model).reparameterize()
+_resolve = resolve_device
 
 
 def create_backend(
@@ -334,45 +341,42 @@ def create_backend(
     dev = _resolve(device)
     if channels_last is None:
         channels_last = dev.type == "cuda"
-    if name == "eager":
-        if model.reparameterized:
-            raise ValueError("the eager backend is the training-form model, but this model is re-parameterized; "
-                             "pass the model before reparameterize()")
-        return TorchBackend(name, InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold), dev,
-                            channels_last=channels_last)
-    fused = fused_copy(model)
-    if name in ("fused", "compiled"):
-        return TorchBackend(name, InferencePipeline(fused, top_ratio, image_threshold), dev,
-                            channels_last=channels_last, compile=name == "compiled")
-    if name in ("bf16", "fp16"):
+    if name in TORCH_BACKENDS:
         if name == "fp16" and dev.type != "cuda":
             raise BackendUnavailable("fp16 is a CUDA backend (CPU float16 kernels are slow); on the CPU use bf16")
         if name == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
             raise BackendUnavailable("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
                                      "than float32 here; use fused, compiled or onnxruntime")
-        dtype = torch.bfloat16 if name == "bf16" else torch.float16
-        network = copy.deepcopy(fused).to(dtype)  # cast a copy: the float32 model serves re-checks
-        return TorchBackend(name, InferencePipeline(network, top_ratio, image_threshold, compute_dtype=dtype), dev,
-                            channels_last=channels_last)
-    # file backends: export once, then load like a deployed file
-    from minimaxad.inference.export import export_pipeline
-
-    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="minimaxad-export-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    pipeline = InferencePipeline(copy.deepcopy(fused), top_ratio, image_threshold).eval()  # export moves it to the CPU
-    if name == "torchscript":
-        path = folder / "pipeline.pt"
-        export_pipeline(pipeline, path, "torchscript", image_size)
-        return TorchScriptBackend(path, dev)
-    path = folder / "pipeline.onnx"
-    export_pipeline(pipeline, path, "onnx", image_size)
-    return load_backend(path, name, device=dev, threads=threads)
+        form = "fused" if name == "compiled" else name
+        pipeline = build_pipeline(model, form, top_ratio=top_ratio, image_threshold=image_threshold)
+        return TorchBackend(name, pipeline, dev, channels_last=channels_last, compile=name == "compiled")
+    # file backends: export once (a private copy: export moves it to the CPU), check, load like a deployed file
+    pipeline = build_pipeline(model, "fused", top_ratio=top_ratio, image_threshold=image_threshold,
+                              private_copy=True)
+    temporary = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix="minimaxad-export-")) if temporary else Path(workdir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ("pipeline.pt" if name == "torchscript" else "pipeline.onnx")
+        write_pipeline_file(pipeline, path, "torchscript" if name == "torchscript" else "onnx", image_size,
+                            overwrite=True)  # our own name in our own (or the caller's work) folder
+        backend = load_backend(path, name, device=dev, threads=threads, trust=True)  # a file we just made
+        # the file is checked in float32 (bfloat16 inference is meant to differ by ~1e-3)
+        checker = load_backend(path, "openvino", threads=threads) if name == "openvino-bf16" else backend
+        compare_with_pipeline(checker, pipeline, image_size, label=f"the exported file of the {name} backend")
+        return backend
+    finally:
+        if temporary:  # the runtimes hold the model in memory by now: nothing is left in the temp folder
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_backend(path: str | Path, name: str | None = None, *, device: str | torch.device = "cpu",
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, trust: bool = False) -> Backend:
     """A backend for an exported file: ``.onnx`` (onnxruntime by default, or openvino /
-    openvino-bf16), ``.xml`` (OpenVINO IR) or a TorchScript file (``.pt``/``.ts``)."""
+    openvino-bf16), ``.xml`` (OpenVINO IR) or a TorchScript file (``.pt``/``.ts``).
+
+    TorchScript runs the code stored in the file, so it is only loaded with ``trust=True``
+    (:class:`UntrustedFileError` otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}; create one with 'minimaxad export'")
@@ -389,7 +393,7 @@ def load_backend(path: str | Path, name: str | None = None, *, device: str | tor
             raise ValueError(f"the {name} backend runs .onnx or .xml files, got {path}")
         return OpenVinoBackend(path, "bf16" if name == "openvino-bf16" else "f32", threads=threads)
     if name == "torchscript":
-        return TorchScriptBackend(path, dev)
+        return TorchScriptBackend(path, dev, trust=trust)
     raise ValueError(f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16 "
                      f"or torchscript")
 

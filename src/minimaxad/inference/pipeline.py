@@ -8,11 +8,19 @@ device, so that no per-pixel work is left to Python.
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
 from minimaxad.anomaly_map import anomaly_map, image_score
+from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
 from minimaxad.models import MiniMaxAD
+
+# the forms build_pipeline makes: the training-form network, the fused one, fused at reduced precision
+PIPELINE_FORMS = {"eager": torch.float32, "fused": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class InferencePipeline(nn.Module):
@@ -53,3 +61,42 @@ class InferencePipeline(nn.Module):
         if self.has_threshold:
             return maps, scores, scores >= self.image_threshold
         return maps, scores
+
+
+def fused_copy(model: MiniMaxAD) -> MiniMaxAD:
+    """A re-parameterized copy of a training-form model; a fused model is used as it is."""
+    return model if model.reparameterized else copy.deepcopy(model).reparameterize()
+
+
+def build_pipeline(model: MiniMaxAD, form: str = "fused", *, top_ratio: float = 0.01,
+                   image_threshold: float | None = None, private_copy: bool = False) -> InferencePipeline:
+    """The one place an :class:`InferencePipeline` is made (backends, export and predict use it).
+
+    ``form``: ``eager`` (the training-form network, copied: ``model`` must not be fused),
+    ``fused`` (re-parameterized; an already fused ``model`` is used as it is unless
+    ``private_copy``, e.g. when an export will move it to the CPU), ``bf16``/``fp16`` (a fused
+    copy cast to that dtype; the float32 model stays as it was, for re-checks).
+    """
+    if form not in PIPELINE_FORMS:
+        raise ValueError(f"unknown pipeline form {form!r}; use one of {', '.join(PIPELINE_FORMS)}")
+    if form == "eager":
+        if model.reparameterized:
+            raise ValueError("the eager backend is the training-form model, but this model is re-parameterized; "
+                             "pass the model before reparameterize()")
+        return InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold)
+    network = fused_copy(model)
+    dtype = PIPELINE_FORMS[form]
+    if (private_copy or dtype != torch.float32) and network is model:
+        network = copy.deepcopy(network)
+    return InferencePipeline(network.to(dtype), top_ratio, image_threshold, compute_dtype=dtype)
+
+
+def pipeline_from_checkpoint(checkpoint: dict[str, Any] | str | Path, encoder_weights: str | Path | None = None
+                             ) -> tuple[InferencePipeline, dict[str, Any]]:
+    """The fused pipeline of a trained checkpoint with its top ratio and calibrated image
+    threshold (the decision output), and the checkpoint's dict (for the metadata)."""
+    state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    model = model_from_checkpoint(state, encoder_weights=encoder_weights)
+    threshold = ((state.get("thresholds") or {}).get("image") or {}).get("value")
+    pipeline = build_pipeline(model, "fused", top_ratio=state.get("top_ratio", 0.01), image_threshold=threshold)
+    return pipeline.eval(), state

@@ -8,20 +8,25 @@
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from minimaxad.data.io import load_image
+from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.inference.backends import Backend, create_backend
+from minimaxad.engine.paths import check_writable_folder, inside, safe_name, unique_names
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
+from minimaxad.inference.backends import Backend, create_backend, load_backend
+from minimaxad.inference.export import read_metadata
 from minimaxad.models import MiniMaxAD
+from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
 
 
 @dataclass
@@ -110,16 +115,17 @@ class Predictor:
         encoder_weights: str | Path | None = None,
         reparameterize: bool = True,
         backend: str = "fused",
+        trust: bool = False,
         **threshold_overrides: Any,
     ) -> "Predictor":
         """Load once: the model, transform and thresholds, on ``backend`` (see
         :data:`minimaxad.inference.backends.BACKENDS`; ``fused`` = re-parameterized PyTorch by default).
 
         ``checkpoint`` may also be an exported file (``.onnx``, OpenVINO ``.xml``, TorchScript) with
-        its ``.json`` beside it: see :meth:`from_exported`.
+        its ``.json`` beside it: see :meth:`from_exported` (TorchScript needs ``trust=True``).
         """
         if is_exported_model(checkpoint):
-            return cls.from_exported(checkpoint, device=device,
+            return cls.from_exported(checkpoint, device=device, trust=trust,
                                      backend=None if backend in ("fused", None) else backend, **threshold_overrides)
         state = read_checkpoint(checkpoint)
         model = model_from_checkpoint(state, encoder_weights=encoder_weights)
@@ -133,19 +139,18 @@ class Predictor:
 
     @classmethod
     def from_exported(cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str | None = None,
-                      **threshold_overrides: Any) -> "Predictor":
+                      trust: bool = False, **threshold_overrides: Any) -> "Predictor":
         """A Predictor over a file written by ``minimaxad export``: ``.onnx`` runs in ONNX Runtime
         (or ``backend="openvino"``/``"openvino-bf16"``), ``.xml`` in OpenVINO, a TorchScript file
-        in PyTorch. Preprocessing and thresholds come from ``<file>.json``."""
-        from minimaxad.inference.backends import load_backend
-        from minimaxad.inference.export import read_metadata
-
+        in PyTorch (only with ``trust=True``: TorchScript runs the code stored in the file).
+        Preprocessing and thresholds come from ``<file>.json``."""
         meta = read_metadata(Path(path))
         device = "cpu" if str(device) == "auto" else device
-        runner = load_backend(path, backend, device=device)
+        runner = load_backend(path, backend, device=device, trust=trust)
         float32 = None
         if runner.name in REDUCED_PRECISION_BACKENDS:  # the same file in float32, for re-checks
-            float32 = load_backend(path, "openvino" if runner.name == "openvino-bf16" else None, device=device)
+            float32 = load_backend(path, "openvino" if runner.name == "openvino-bf16" else None, device=device,
+                                   trust=trust)
         return cls(None, image_size=meta["image_size"], crop_size=meta.get("crop_size"),
                    top_ratio=meta.get("top_ratio", 0.01), calibration=meta.get("thresholds"), backend=runner,
                    float32_backend=float32, **threshold_overrides)
@@ -228,45 +233,107 @@ def is_exported_model(path: str | Path) -> bool:
     return path.is_file() and (path.suffix.lower() in (".onnx", ".xml") or Path(str(path) + ".json").is_file())
 
 
-# -- folders of photos -> files -------------------------------------------------------------------
-def collect_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
-    """Image files given directly or found (recursively) in folders, sorted; a unique output name
-    for each (its path inside the given folder, ``/`` as ``__``); and the inputs that do not exist."""
-    from minimaxad.data.io import is_image_file
 
+# -- folders of photos -> files -------------------------------------------------------------------
+def collect_inputs(inputs: Sequence[Path], exclude: Path | None = None
+                   ) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
+    """Image files given directly or found (recursively) in folders, sorted; a unique, safe
+    output name for each; and the inputs that do not exist.
+
+    A file's name is its path inside the given folder (or the last parts of the path given),
+    each part made safe (:func:`~minimaxad.engine.paths.safe_name`: no separators, leading dots,
+    device names) and joined with ``__``, then shortened to the last parts that keep all names
+    distinct. Files inside ``exclude`` (the output folder) are not inputs.
+    """
+    excluded = Path(exclude).resolve() if exclude is not None else None
     files: list[Path] = []
-    names: list[str] = []
+    parts: list[list[str]] = []
     missing: list[tuple[str, str]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)
+                           and not (excluded is not None and excluded in p.resolve().parents))
             files.extend(found)
-            names.extend("__".join(p.relative_to(item).with_suffix("").parts) for p in found)
+            parts.extend(_name_parts(p.relative_to(item)) for p in found)
         elif item.is_file():
             files.append(item)
-            names.append("__".join(item.with_suffix("").parts[-4:]))  # shortened below when unique
+            parts.append(_name_parts(item)[-4:])  # shortened below when unique
         else:
             missing.append((str(item), "no such file or folder"))
-    names = _shortest_unique(names)
-    counts: dict[str, int] = {}
-    unique = []
-    for name in names:  # same name twice (a.png and a.jpg, or two inputs): number the later ones
-        counts[name] = counts.get(name, 0) + 1
-        unique.append(name if counts[name] == 1 else f"{name}_{counts[name] - 1}")
-    return files, unique, missing
+    names = [safe_name(name) for name in _shortest_unique(parts)]
+    # the same name twice (a.png and a.jpg, or two inputs): number the later ones
+    return files, unique_names(names), missing
 
 
-def _shortest_unique(names: list[str]) -> list[str]:
-    """Drop leading ``__`` parts of each name as long as all names stay distinct."""
-    parts = [n.split("__") for n in names]
-    depth = 1
-    while depth < max((len(p) for p in parts), default=1):
+def _name_parts(path: Path) -> list[str]:
+    """The path's components without its anchor (``/``, ``C:\\``) and suffix, each made safe."""
+    parts = path.with_suffix("").parts
+    if path.anchor:  # "/" would become a part of the name (and then the start of an absolute path)
+        parts = parts[1:]
+    return [safe_name(part) for part in parts] or ["_"]
+
+
+def _shortest_unique(parts: list[list[str]]) -> list[str]:
+    """Each name as few of its last parts (joined with ``__``) as keep all names distinct."""
+    full = ["__".join(p) for p in parts]
+    for depth in range(1, max((len(p) for p in parts), default=1)):
         short = ["__".join(p[-depth:]) for p in parts]
-        if len(set(short)) == len(set(names)):
+        if len(set(short)) == len(set(full)):
             return short
-        depth += 1
-    return names
+    return full
+
+
+@dataclass
+class PredictionFiles:
+    """Where ``predict`` writes: every path made from a safe name and checked to lie inside
+    ``output`` (:func:`~minimaxad.engine.paths.inside`)."""
+
+    output: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rechecked: list[str] = field(default_factory=list)
+    report_items: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.output = check_writable_folder(Path(self.output), "--output folder")
+        for folder in ("heatmaps", "masks"):
+            inside(self.output, folder).mkdir(exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        return inside(self.output, *parts)
+
+    def write_tables(self, summary: dict[str, Any]) -> None:
+        fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
+        with open(self.path("scores.csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self.path("scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@dataclass
+class MapStyle:
+    """How maps become pictures: the colour range of the heatmaps and the mask threshold."""
+
+    pixel_threshold: float | None
+    low: float | None  # a low quantile of normal pixels: the colour scale's bottom
+    alpha: float
+
+    @classmethod
+    def of(cls, predictor: Predictor, category: str | None, alpha: float) -> "MapStyle":
+        calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
+        quantiles = calibration.get("normal_pixel_quantiles")
+        return cls(predictor.thresholds_for(category)["pixel"]["value"],
+                   float(quantiles[10]) if quantiles else None, alpha)
+
+    def heatmap(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
+        hi = self.pixel_threshold * 1.5 if self.pixel_threshold is not None else float(amap.max())
+        lo = self.low if self.low is not None else float(amap.min())
+        return heatmap_overlay(photo, amap, vmin=lo, vmax=max(hi, lo + 1e-6), alpha=self.alpha)
+
+    def mask(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
+        threshold = self.pixel_threshold if self.pixel_threshold is not None else float("inf")
+        return defect_mask(amap, threshold, size=photo.size)
 
 
 def predict_paths(
@@ -286,107 +353,125 @@ def predict_paths(
     category: str | None = None,
     backend: str = "fused",
     recheck_margin: float | None = None,
-    echo=print,
+    trust_torchscript: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
     ``masks/NAME.png`` (binary defect mask at the photo's size), ``scores.csv`` and
-    ``scores.json``. Unreadable files are skipped, reported, and listed at the end."""
-    import csv
-
-    from minimaxad.data.io import BadImageError, DatasetError
-    from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
-
+    ``scores.json``, all inside ``output``. Unreadable files are skipped, reported, and listed
+    at the end."""
+    files_out = PredictionFiles(Path(output))  # a folder that cannot be written fails before any work
     predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
                                           image_threshold=image_threshold, false_positive_rate=false_positive_rate,
                                           pixel_threshold=pixel_threshold, backend=backend,
-                                          recheck_margin=recheck_margin)
-    files, file_names, failed = collect_inputs(inputs)
-    names = dict(zip(files, file_names))
-    output = Path(output)
-    (output / "heatmaps").mkdir(parents=True, exist_ok=True)
-    (output / "masks").mkdir(parents=True, exist_ok=True)
+                                          recheck_margin=recheck_margin, trust=trust_torchscript)
+    files, names, failed = collect_inputs(inputs, exclude=files_out.output)
+    style = MapStyle.of(predictor, category, alpha)
+    for chunk in _chunks(list(zip(files, names)), batch_size, progress):
+        photos, readable = _read_photos(chunk, failed)
+        if photos:
+            result = predictor.predict(photos, batch_size=len(photos), category=category)
+            for i, (path, name) in enumerate(readable):
+                _write_one(files_out, style, result, i, path, name, photos[i], write_report)
     thresholds = predictor.thresholds_for(category)
-    calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
-    map_lo = float(calibration["normal_pixel_quantiles"][10]) if calibration.get("normal_pixel_quantiles") else None
-    pixel_thr = thresholds["pixel"]["value"]
-    rows: list[dict[str, Any]] = []
-    rechecked: list[str] = []
-    report_items = []
+    summary = _summary(checkpoint, predictor, category, thresholds, files_out, failed)
+    files_out.write_tables(summary)
+    if write_report and files_out.report_items:
+        _write_html(files_out, thresholds)
+    _echo_results(echo, files_out, thresholds, failed)
+    return {"predicted": len(files_out.rows), "failed": failed, "output": str(files_out.output),
+            "rows": files_out.rows}
+
+
+Named = tuple[Path, str]  # an input file and its output name
+
+
+def _chunks(files: list[Named], batch_size: int, progress: bool) -> Iterator[list[Named]]:
+    """``files`` in batches, with a progress bar."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True)
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images, good = [], []
-        for path in chunk:
-            try:
-                images.append(load_image(path))
-                good.append(path)
-            except (BadImageError, DatasetError, OSError) as exc:
-                failed.append((str(path), str(exc).split(". ")[0]))
-        if images:
-            result = predictor.predict(images, batch_size=len(images), category=category)
-            for i, path in enumerate(good):
-                name = names[path]
-                if result.rechecked is not None and result.rechecked[i]:
-                    rechecked.append(name)
-                photo = images[i]
-                amap = result.maps[i]
-                hi = pixel_thr * 1.5 if pixel_thr is not None else float(amap.max())
-                lo = map_lo if map_lo is not None else float(amap.min())
-                heatmap_overlay(photo, amap, vmin=lo, vmax=max(hi, lo + 1e-6), alpha=alpha).save(
-                    output / "heatmaps" / f"{name}.png")
-                threshold = pixel_thr if pixel_thr is not None else float("inf")
-                defect_mask(amap, threshold, size=photo.size).save(output / "masks" / f"{name}.png")
-                rows.append({
-                    "path": str(path), "name": name, "score": float(result.scores[i]),
-                    "normalized_score": float(result.normalized_scores[i]),
-                    "decision": ("anomalous" if result.is_anomalous[i] else "normal")
-                    if result.image_threshold is not None else "unknown",
-                    "width": photo.size[0], "height": photo.size[1],
-                    "heatmap": f"heatmaps/{name}.png", "mask": f"masks/{name}.png",
-                })
-                if write_report:
-                    from minimaxad.reporting.html import ReportItem
-
-                    report_items.append(ReportItem(path=str(path), category="predict", label=-1,
-                                                   score=float(result.scores[i]), anomaly_map=amap, image=photo))
+    try:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            yield chunk
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    summary = {
+            bar.close()
+
+
+def _read_photos(chunk: list[Named], failed: list[tuple[str, str]]) -> tuple[list[Image.Image], list[Named]]:
+    """The decodable photos of ``chunk``; the others go to ``failed`` with the reason."""
+    photos, readable = [], []
+    for path, name in chunk:
+        try:
+            photos.append(load_image(path))
+            readable.append((path, name))
+        except (BadImageError, DatasetError, OSError) as exc:
+            failed.append((str(path), str(exc).split(". ")[0]))
+    return photos, readable
+
+
+def _write_one(files_out: PredictionFiles, style: MapStyle, result: Prediction, i: int, path: Path, name: str,
+               photo: Image.Image, keep_for_report: bool) -> None:
+    """Heatmap and mask of image ``i`` of ``result``, and its row of the tables."""
+    amap = result.maps[i]
+    style.heatmap(photo, amap).save(files_out.path("heatmaps", f"{name}.png"))
+    style.mask(photo, amap).save(files_out.path("masks", f"{name}.png"))
+    if result.rechecked is not None and result.rechecked[i]:
+        files_out.rechecked.append(name)
+    files_out.rows.append({
+        "path": str(path), "name": name, "score": float(result.scores[i]),
+        "normalized_score": float(result.normalized_scores[i]),
+        "decision": ("anomalous" if result.is_anomalous[i] else "normal")
+        if result.image_threshold is not None else "unknown",
+        "width": photo.size[0], "height": photo.size[1],
+        "heatmap": f"heatmaps/{name}.png", "mask": f"masks/{name}.png",
+    })
+    if keep_for_report:
+        from minimaxad.reporting.html import ReportItem
+
+        files_out.report_items.append(ReportItem(path=str(path), category="predict", label=-1,
+                                                 score=float(result.scores[i]), anomaly_map=amap, image=photo))
+
+
+def _summary(checkpoint: Path, predictor: Predictor, category: str | None, thresholds: dict[str, Any],
+             files_out: PredictionFiles, failed: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
         "checkpoint": str(checkpoint),
         "backend": predictor.backend.name,
         "category": category,
         "image_threshold": thresholds["image"]["value"],
         "image_threshold_note": thresholds["image"]["note"],
-        "pixel_threshold": pixel_thr,
+        "pixel_threshold": thresholds["pixel"]["value"],
         "pixel_threshold_note": thresholds["pixel"]["note"],
-        "predictions": rows,
-        "rechecked_in_float32": rechecked,
+        "predictions": files_out.rows,
+        "rechecked_in_float32": files_out.rechecked,
         "failed": [{"path": p, "error": e} for p, e in failed],
     }
-    fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
-    with open(output / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    (output / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if write_report and report_items:
-        from minimaxad.reporting.html import write_report as render
 
-        render(output / "report.html", metrics=None, items=report_items, image_threshold=thresholds["image"]["value"],
-               pixel_threshold=pixel_thr, threshold_notes={"image": thresholds["image"]["note"],
-                                                            "pixel": thresholds["pixel"]["note"]},
-               title="minimaxad predictions")
+
+def _write_html(files_out: PredictionFiles, thresholds: dict[str, Any]) -> None:
+    from minimaxad.reporting.html import write_report as render
+
+    render(files_out.path("report.html"), metrics=None, items=files_out.report_items,
+           image_threshold=thresholds["image"]["value"], pixel_threshold=thresholds["pixel"]["value"],
+           threshold_notes={"image": thresholds["image"]["note"], "pixel": thresholds["pixel"]["note"]},
+           title="minimaxad predictions")
+
+
+def _echo_results(echo: Callable[[str], None], files_out: PredictionFiles, thresholds: dict[str, Any],
+                  failed: list[tuple[str, str]]) -> None:
+    rows = files_out.rows
     anomalous = sum(r["decision"] == "anomalous" for r in rows)
     echo(f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
-         f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); results in {output}")
+         f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); "
+         f"results in {files_out.output}")
     if failed:
         echo(f"{len(failed)} input(s) could not be read and were skipped:")
         for path, error in failed:
             echo(f"  {path}: {error}")
-    return {"predicted": len(rows), "failed": failed, "output": str(output), "rows": rows}
