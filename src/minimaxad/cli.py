@@ -148,7 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
         progress=not args.quiet, category=args.category, backend=args.backend,
-        recheck_margin=args.recheck_margin,
+        recheck_margin=args.recheck_margin, trust_torchscript=args.trust_torchscript,
     )
     return 0 if result["predicted"] else 1
 
@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from minimaxad.inference.export import export
 
     path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
-                  batch_size=args.batch_size, check=not args.no_check)
+                  batch_size=args.batch_size, check=not args.no_check, overwrite=args.overwrite)
     meta = json.loads(Path(str(path) + ".json").read_text())
     parity = meta.get("parity_relative_error")
     checked = (f"; matches PyTorch (relative error: map {parity['map']:.1e}, score {parity['score']:.1e})"
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train", action="store_true", help="also time training steps")
     bench.set_defaults(func=cmd_benchmark)
 
+    pred.add_argument("--trust-torchscript", action="store_true",
+                      help="allow a TorchScript --checkpoint: loading one runs the code stored in it, so only "
+                           "for files you made or trust (checkpoints, ONNX and OpenVINO files need no trust)")
     exp = sub.add_parser("export", help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--output", required=True,
@@ -355,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace existing files of that name (without it, export refuses to touch them)")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
