@@ -1,4 +1,5 @@
-"""Command line: ``minimaxad fit | test | predict | report | benchmark | export | demo | presets``."""
+"""Command line: ``minimaxad fit | test | predict | report | benchmark | export | demo | presets | serve |
+watch``."""
 
 from __future__ import annotations
 
@@ -238,6 +239,35 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve / watch (the inspection station) ---------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from minimaxad.inference.serve import ServeSettings, read_api_key, serve
+
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_queue=args.max_queue or max(64, 4 * args.max_batch),
+                             max_request_mb=args.max_request_mb, max_pixels=args.max_pixels,
+                             workers_threads=args.workers_threads or ServeSettings.workers_threads,
+                             api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
+    serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device or "auto",
+          settings=settings, encoder_weights=args.encoder_weights, recheck_margin=args.recheck_margin,
+          log_level=args.log_level, image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
+          pixel_threshold=args.pixel_threshold, **({"trust": True} if args.trust_torchscript else {}))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from minimaxad.inference.watch import watch
+
+    watch(Path(args.input_dir), Path(args.output), args.checkpoint, backend=args.backend,
+          device=args.device or "auto", category=args.category, batch_size=args.batch_size,
+          interval=args.interval, settle_seconds=args.settle_seconds, give_up_seconds=args.give_up_seconds,
+          once=args.once, alpha=args.alpha, encoder_weights=args.encoder_weights,
+          recheck_margin=args.recheck_margin, image_threshold=args.threshold,
+          false_positive_rate=args.false_positive_rate, pixel_threshold=args.pixel_threshold,
+          **({"trust": True} if args.trust_torchscript else {}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimaxad", description="MiniMaxAD anomaly detection: train on normal "
                                      "images, flag defective ones and show where the defect is.")
@@ -289,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--encoder-weights")
     pred.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     pred.add_argument("--report", action="store_true", help="also write report.html")
+    pred.add_argument("--trust-torchscript", action="store_true",
+                      help="allow a TorchScript --checkpoint: loading one runs the code stored in it, so only "
+                           "for files you made or trust (checkpoints, ONNX and OpenVINO files need no trust)")
     pred.add_argument("--quiet", action="store_true")
     pred.set_defaults(func=cmd_predict)
 
@@ -319,15 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train", action="store_true", help="also time training steps")
     bench.set_defaults(func=cmd_benchmark)
 
-    pred.add_argument("--trust-torchscript", action="store_true",
-                      help="allow a TorchScript --checkpoint: loading one runs the code stored in it, so only "
-                           "for files you made or trust (checkpoints, ONNX and OpenVINO files need no trust)")
     exp = sub.add_parser("export", help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--output", required=True,
                      help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript")
     exp.add_argument("--format", choices=["torchscript", "onnx", "openvino"], help="default: from the file suffix")
     exp.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace existing files of that name (without it, export refuses to touch them)")
     exp.add_argument("--encoder-weights")
     exp.add_argument("--batch-size", type=int, default=1, help="ignored: the batch axis is dynamic")
     exp.set_defaults(func=cmd_export)
@@ -355,11 +387,71 @@ def build_parser() -> argparse.ArgumentParser:
     pres = sub.add_parser("presets", help="list the named presets")
     pres.add_argument("--verbose", "-v", action="store_true")
     pres.set_defaults(func=cmd_presets)
+
+    srv = sub.add_parser("serve", help="HTTP service and web page for an inspection station",
+                         description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
+                                     "heatmaps, masks), GET /v1/model, /v1/health, /v1/ready, /metrics "
+                                     "(Prometheus), a web page at /, the API documented at /docs. Concurrent "
+                                     "requests are micro-batched. Needs: pip install \"minimaxad[serve]\".")
+    srv.add_argument("--checkpoint", required=True,
+                     help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
+    srv.add_argument("--backend", default="fused", help="inference backend, as for 'minimaxad predict'")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                         "machine only; 0.0.0.0 for the network)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-batch", type=int, default=16, help="most images run together in one batch")
+    srv.add_argument("--max-wait-ms", type=float, default=10.0,
+                     help="longest wait for more requests to fill a batch after the first arrives")
+    srv.add_argument("--max-queue", type=int, help="images allowed to wait; beyond, 503 (default max(64, "
+                                                   "4 x --max-batch))")
+    srv.add_argument("--max-request-mb", type=float, default=20.0, help="largest request body; beyond, 413")
+    srv.add_argument("--max-pixels", type=int, default=40_000_000,
+                     help="largest image (width x height); beyond, 400 (decompression bombs)")
+    srv.add_argument("--workers-threads", type=int,
+                     help="threads decoding uploads and drawing heatmaps (default: the cores, at most 8)")
+    srv.add_argument("--api-key-file", help="file holding the API key clients must send (X-API-Key header)")
+    srv.add_argument("--threshold", type=float, help="image threshold (overrides the calibrated one)")
+    srv.add_argument("--false-positive-rate", type=float, help="choose the image threshold for this false-alarm rate")
+    srv.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
+    srv.add_argument("--recheck-margin", type=float, help="as for 'minimaxad predict'")
+    srv.add_argument("--trust-torchscript", action="store_true",
+                     help="allow a TorchScript --checkpoint (loading one runs the code stored in it)")
+    srv.add_argument("--device")
+    srv.add_argument("--encoder-weights")
+    srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    srv.set_defaults(func=cmd_serve)
+
+    wat = sub.add_parser("watch", help="score images as a line camera drops them into a folder",
+                         description="Watch IN_DIR: score each new image once it is completely written, append "
+                                     "it to OUT/results.jsonl and OUT/results.csv, write its heatmap and mask; a "
+                                     "journal makes a restart neither skip nor repeat a file. IN_DIR is only read.")
+    wat.add_argument("input_dir", metavar="IN_DIR")
+    wat.add_argument("--checkpoint", required=True,
+                     help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
+    wat.add_argument("--output", required=True, metavar="OUT", help="results folder (not inside IN_DIR)")
+    wat.add_argument("--backend", default="fused")
+    wat.add_argument("--category", help="unified model: use this category's calibrated thresholds")
+    wat.add_argument("--batch-size", type=int, default=16)
+    wat.add_argument("--interval", type=float, default=0.5, help="seconds between looks at IN_DIR")
+    wat.add_argument("--settle-seconds", type=float, default=1.0,
+                     help="a file counts as completely written when its size and time stamp have not changed "
+                          "for this long and it decodes")
+    wat.add_argument("--give-up-seconds", type=float, default=10.0,
+                     help="a settled file that still does not decode after this long is reported as unreadable")
+    wat.add_argument("--once", action="store_true", help="score what is in IN_DIR (once settled), then exit")
+    wat.add_argument("--threshold", type=float)
+    wat.add_argument("--false-positive-rate", type=float)
+    wat.add_argument("--pixel-threshold", type=float)
+    wat.add_argument("--recheck-margin", type=float)
+    wat.add_argument("--trust-torchscript", action="store_true",
+                     help="allow a TorchScript --checkpoint (loading one runs the code stored in it)")
+    wat.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    wat.add_argument("--device")
+    wat.add_argument("--encoder-weights")
+    wat.set_defaults(func=cmd_watch)
     return parser
 
 
-    exp.add_argument("--overwrite", action="store_true",
-                     help="replace existing files of that name (without it, export refuses to touch them)")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
