@@ -182,3 +182,12 @@ def test_aebad_training_crop_is_taken_from_the_original_photo(tmp_path):
     cropped, _ = RandomResizedCropFlip(24)(photo)
     expected = Transform(24).finish(np.asarray(cropped), None, crop=False)[0]
     assert torch.equal(item, expected)
+
+
+def test_a_test_domain_uses_its_categorys_thresholds():
+    from minimaxad.engine.thresholds import resolve_thresholds
+
+    calibration = {"image": {"value": 1.0}, "pixel": {"value": 2.0},
+                   "per_category": {"AeBAD_S": {"image": {"value": 5.0}, "pixel": {"value": 6.0}}}}
+    assert resolve_thresholds(calibration, category="AeBAD_S/view")["image"]["value"] == 5.0
+    assert resolve_thresholds(calibration, category="bottle")["image"]["value"] == 1.0

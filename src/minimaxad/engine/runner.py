@@ -3,6 +3,7 @@ all, evaluation, metrics files, report."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -11,9 +12,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from minimaxad.engine.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from minimaxad.engine.checkpoint import (
+    CheckpointError, model_from_checkpoint, read_checkpoint, remove_stale_temporaries,
+)
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
+from minimaxad.engine.paths import check_writable_folder
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
@@ -31,16 +35,18 @@ def silence_logging() -> None:
 
 
 def setup_logging(output_dir: Path, name: str = "train.log") -> Path:
-    """Log INFO and up to ``output_dir/name`` (the console gets the progress bar and warnings)."""
+    """Log INFO and up to ``output_dir/name`` (the console gets the progress bar and warnings).
+
+    One run's log file at a time: the file handler of an earlier ``fit``/``test`` in this
+    process is closed first, so that two runs never write into each other's logs."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / name
     logger = logging.getLogger("minimaxad")
     logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
-            return path
+    close_run_logging()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.minimaxad_run_log = True  # ours to close (a user's own handlers are left alone)
     logger.addHandler(handler)
     if not any(type(h) is logging.StreamHandler for h in logger.handlers):
         console = logging.StreamHandler()
@@ -48,6 +54,27 @@ def setup_logging(output_dir: Path, name: str = "train.log") -> Path:
         console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(console)
     return path
+
+
+def close_run_logging() -> None:
+    """Detach and close the log file of the run that ended (see :func:`setup_logging`)."""
+    logger = logging.getLogger("minimaxad")
+    for handler in list(logger.handlers):
+        if getattr(handler, "minimaxad_run_log", False):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def with_run_logging(function: Callable) -> Callable:
+    """A command whose log file is closed when it returns or fails."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            close_run_logging()
+
+    return wrapper
 
 
 # -- datasets ---------------------------------------------------------------------------------
@@ -191,7 +218,8 @@ def evaluate_model(model, config: RunConfig, categories: list[str], calibration:
     outputs = collected[0] if len(collected) == 1 else _concat_outputs(collected)
     thresholds: dict[str, Any] = resolve_thresholds(calibration, **threshold_overrides)
     categories_seen = sorted(set(outputs.categories))
-    if set(categories_seen) & set((calibration or {}).get("per_category") or {}):
+    calibrated = set((calibration or {}).get("per_category") or {})
+    if any(c in calibrated or c.rsplit("/", 1)[0] in calibrated for c in categories_seen):
         thresholds["per_category"] = thresholds_by_category(calibration, categories_seen, **threshold_overrides)
     return Evaluation({"categories": per_category}, outputs, thresholds)
 
@@ -233,6 +261,7 @@ def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path,
 
 
 # -- fit ----------------------------------------------------------------------------------------
+@with_run_logging
 def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool = True,
         echo: Echo = print) -> dict[str, Any] | None:
     """Train (one model for all categories, or one per category), then evaluate unless
@@ -289,6 +318,8 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
     from minimaxad.data import calibration_subset, split_holdout
 
     if context.is_main:
+        check_writable_folder(output, "--output folder")  # fail now, not after hours of training
+        remove_stale_temporaries(output)  # partial writes of a killed run (its checkpoints are complete)
         setup_logging(output)
     else:
         silence_logging()
@@ -374,6 +405,7 @@ def find_checkpoints(path: Path) -> list[Path]:
     return found
 
 
+@with_run_logging
 def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str | None = None,
          categories: list[str] | None = None, overrides: dict[str, Any] | None = None,
          encoder_weights: str | None = None, progress: bool = True, echo: Echo = print,

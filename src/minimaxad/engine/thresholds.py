@@ -92,14 +92,18 @@ def resolve_thresholds(
     pixel_false_positive_rate: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The thresholds in force: user overrides first, then the stored calibration (the
-    ``category``'s own when it has one, else the model's).
+    ``category``'s own when it has one, else, for ``category/domain``, its category's, else the
+    model's).
 
     Returns ``{"image": {"value", "note"}, "pixel": {"value", "note"}}``; a value is None when
     nothing defines it (no calibration and no override).
     """
     calibration = calibration or {}
-    if category is not None and category in (calibration.get("per_category") or {}):
-        calibration = calibration["per_category"][category]
+    own = calibration.get("per_category") or {}
+    if category is not None and category not in own and "/" in category:
+        category = category.rsplit("/", 1)[0]  # an AeBAD-S test domain ("AeBAD_S/view"): its category's
+    if category is not None and category in own:
+        calibration = own[category]
     out: dict[str, dict[str, Any]] = {}
     for kind, value, fpr, stored_key in (
         ("image", image_threshold, false_positive_rate, "normal_scores"),
