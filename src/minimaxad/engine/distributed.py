@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +36,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from minimaxad.anomaly_map import training_anomaly_map
-from minimaxad.losses import adc_loss, adc_threshold, quantile
+from minimaxad.losses import adc_loss, adc_threshold, compute_loss, quantile
 
 # Rank 0 calibrates thresholds and saves the checkpoint while the other ranks wait in the next
 # collective call (per-category runs); a generous limit keeps a slow disk from killing the run.
@@ -378,3 +379,68 @@ def revert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Back to plain ``nn.BatchNorm2d`` (what re-parameterization, export and checkpoints expect)."""
     return _replace_batchnorms(model, lambda m: isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm2d)),
                                _same_shape(nn.BatchNorm2d))
+
+
+# -- what the training loop asks ----------------------------------------------------------------
+class DataParallel:
+    """Everything one training process does differently when it is one of several, behind one object.
+
+    The training loop calls the same methods in a one-process run (where they reduce to the plain
+    model and :func:`~minimaxad.losses.compute_loss`) and under torchrun (DDP, global-batch
+    BatchNorm and losses), so it has no branch on the world size.
+    """
+
+    def __init__(self, context: DistributedContext, device: torch.device, *, sync_batchnorm: bool = True,
+                 adc_mode: str = "global") -> None:
+        self.context, self.device = context, device
+        self.sync_batchnorm, self.adc_mode = sync_batchnorm, adc_mode
+
+    @property
+    def is_main(self) -> bool:
+        return self.context.is_main
+
+    def describe(self) -> str | None:
+        """One log line about the process group, or None for a one-process run."""
+        if not self.context.enabled:
+            return None
+        return (f"distributed: {self.context.world_size} processes ({self.context.backend}), "
+                f"{'global-batch' if self.sync_batchnorm else 'per-rank'} BatchNorm statistics, "
+                f"ADC thresholds {self.adc_mode}")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Global-batch BatchNorms where asked; call before building the optimiser (new parameters)."""
+        if self.context.enabled and self.sync_batchnorm:
+            convert_sync_batchnorm(model, self.device)
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls: ``model`` itself, or a DistributedDataParallel around it."""
+        if not self.context.enabled:
+            return model
+        # harmless: depthwise kernels (C, 1, k, k) have a size-1 dim whose stride differs from DDP's bucket
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def loss(self, name: str, encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
+             image_size: int | Sequence[int], *, global_batch: int, p_hard: float, p_lim: float,
+             **loss_options: Any) -> torch.Tensor:
+        """This process's share of the loss of the global batch (the whole loss in one process)."""
+        if not self.context.enabled:
+            return compute_loss(name, encoder_features, decoder_features, image_size, p_hard=p_hard, p_lim=p_lim,
+                                **loss_options)
+        return distributed_loss(name, encoder_features, decoder_features, image_size, global_batch=global_batch,
+                                p_hard=p_hard, p_lim=p_lim, adc_mode=self.adc_mode, **loss_options)
+
+    def loss_value(self, share: torch.Tensor) -> float:
+        """The global batch's loss, the same number on every rank (so that all decide alike)."""
+        return global_loss_value(share, self.context)
+
+    def join_skipped_step(self, share: torch.Tensor) -> None:
+        """A skipped step still runs backward under DDP: every rank must join the gradient all-reduce."""
+        if self.context.enabled:
+            share.backward()
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """Plain BatchNorm2d again: what checkpoints, re-parameterization and export expect."""
+        return revert_sync_batchnorm(model)

@@ -33,12 +33,11 @@ from minimaxad.engine.checkpoint import (
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import (
-    DistributedContext, EpochBatchSampler, broadcast_object, convert_sync_batchnorm, current_context,
-    distributed_loss, epoch_seed, global_loss_value, revert_sync_batchnorm, training_device,
+    DataParallel, DistributedContext, EpochBatchSampler, broadcast_object, current_context, epoch_seed,
+    training_device,
 )
 from minimaxad.engine.scoring import resolve_device, run_dataset
 from minimaxad.engine.thresholds import calibrate_thresholds
-from minimaxad.losses import compute_loss
 from minimaxad.models import MiniMaxAD
 
 log = logging.getLogger("minimaxad")
@@ -109,156 +108,246 @@ def train(
     every rank trains, only rank 0 writes files and calibrates; the other ranks return a result
     with their (identical) model and no thresholds.
     """
-    context = context or current_context()
-    main = context.is_main
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    device = training_device(resolve_device(config.device), context)
-    seed_everything(config.seed)
-    model = build_model(config)
+    run = TrainingRun(config, output_dir, categories, context or current_context())
+    run.set_up(resume)
+    plan = run.plan(len(train_set))
+    run.start_progress(plan, enabled=progress)
+    for epoch in run.remaining_epochs(plan):
+        for batch in run.batches(train_set, epoch):
+            run.step(batch)
+            if run.step_count >= plan.total_steps:
+                break
+        run.end_epoch(epoch, plan)
+    return run.finish(plan, train_set, holdout_set)
 
-    start_epoch, step, training = 0, 0, None
-    last_path = output_dir / "last.pt"
-    state = read_checkpoint(last_path) if main and resume and last_path.is_file() else None
-    state = broadcast_object(state, context, device)  # rank 0 read it: no shared disk needed
-    if state is not None:
-        _check_resume_compatible(state, config)
-        load_model_state(model, state)
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimiser steps a run takes, and how they fall into epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def ends_epoch(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0 or step >= self.total_steps
+
+
+@dataclass
+class Batch:
+    """One step's images on this process, with what the loss and the trace need to know."""
+
+    images: torch.Tensor
+    global_size: int  # images in the whole (global) batch, over all processes
+    indices: list[int]  # this process's dataset indices
+    paths: list[str]
+
+
+class TrainingRun:
+    """The state of one training run and its named steps; :func:`train` is the loop over them.
+
+    Distributed details (DDP, global-batch losses and BatchNorm) live in :class:`DataParallel`;
+    only rank 0 (``self.main``) writes files.
+    """
+
+    def __init__(self, config: RunConfig, output_dir: Path, categories: list[str],
+                 context: DistributedContext) -> None:
+        self.config, self.output_dir, self.categories, self.context = config, output_dir, categories, context
+        self.main = context.is_main
+        self.device = training_device(resolve_device(config.device), context)
+        self.parallel = DataParallel(context, self.device, sync_batchnorm=config.sync_batchnorm,
+                                     adc_mode=config.adc_sync)
+        self.last_path = output_dir / "last.pt"
+        self.epoch, self.step_count = 0, 0
+        self.loss_value, self.nonfinite_in_a_row, self.seen_images = float("nan"), 0, 0
+        self._bar = self._trace = self._empty_images = None
+        self._started = time.perf_counter()
+
+    # -- set-up and resume --------------------------------------------------------------------
+    def set_up(self, resume: bool) -> None:
+        """Model, optimiser, schedule and scaler; continue from ``last.pt`` when resuming."""
+        config = self.config
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(config.seed)
+        self.model = build_model(config)
+        training = self._read_resume_state(resume)
+        self.parallel.prepare(self.model)  # before the optimiser: it may make new parameters
+        self.model.to(self.device)
+        if self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.lr,
+                                           betas=tuple(config.betas), weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and config.precision == "fp16")
+        if training is not None:
+            self.optimizer.load_state_dict(training["optimizer"])
+            self.scheduler.load_state_dict(training["scheduler"])
+        self.network = self.parallel.wrap(self.model)
+
+    def _read_resume_state(self, resume: bool) -> dict[str, Any] | None:
+        """Rank 0 reads ``last.pt`` and sends it to every rank (no shared disk needed)."""
+        state = read_checkpoint(self.last_path) if self.main and resume and self.last_path.is_file() else None
+        state = broadcast_object(state, self.context, self.device)
+        if state is None:
+            if resume:
+                log.info("--resume: no %s yet, starting from scratch", self.last_path)
+            return None
+        _check_resume_compatible(state, self.config)
+        load_model_state(self.model, state)
         training = state["training_state"]
         restore_rng_state(training["rng"])
-        start_epoch, step = training["epoch"], training["step"]
-        log.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step)
-    elif resume:
-        log.info("--resume: no %s yet, starting from scratch", last_path)
+        self.epoch, self.step_count = training["epoch"], training["step"]
+        log.info("resumed from %s at epoch %d, step %d", self.last_path, self.epoch, self.step_count)
+        return training
 
-    if context.enabled and config.sync_batchnorm:
-        convert_sync_batchnorm(model, device)  # before the optimiser: it makes new parameters
-    model.to(device)
-    if config.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, betas=tuple(config.betas),
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.precision == "fp16")
-    if training is not None:
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-    network = model
-    if context.enabled:
-        # harmless: depthwise kernels (C, 1, k, k) have a size-1 dim whose stride differs from DDP's bucket
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    def plan(self, num_images: int) -> StepPlan:
+        config = self.config
+        steps_per_epoch = math.ceil(num_images / config.batch_size)
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        plan = StepPlan(steps_per_epoch, total_steps)
+        log.info("training %s on %d images (%s), %d step(s) of batch %d, loss %s, device %s",
+                 self.model.backbone, num_images, ", ".join(self.categories), total_steps, config.batch_size,
+                 config.loss, self.device)
+        if (line := self.parallel.describe()) is not None:
+            log.info(line)
+        return plan
 
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    epochs_needed = math.ceil(total_steps / steps_per_epoch)
-    log.info("training %s on %d images (%s), %d step(s) of batch %d, loss %s, device %s",
-             model.backbone, len(train_set), ", ".join(categories), total_steps, config.batch_size,
-             config.loss, device)
-    if context.enabled:
-        log.info("distributed: %d processes (%s), %s BatchNorm statistics, ADC thresholds %s",
-                 context.world_size, context.backend, "global-batch" if config.sync_batchnorm else "per-rank",
-                 config.adc_sync)
+    def start_progress(self, plan: StepPlan, *, enabled: bool) -> None:
+        if enabled and self.main:
+            from tqdm import tqdm
 
-    bar = None
-    if progress and main:
-        from tqdm import tqdm
+            self._bar = tqdm(total=plan.total_steps, initial=min(self.step_count, plan.total_steps), desc="train",
+                             unit="step", dynamic_ncols=True)
+        self._trace = _open_trace(self.context)
+        self._started = time.perf_counter()
 
-        bar = tqdm(total=total_steps, initial=min(step, total_steps), desc="train", unit="step",
-                   dynamic_ncols=True)
-    trace = _open_trace(context)
-    loss_value, nonfinite_in_a_row, seen_images, started = float("nan"), 0, 0, time.perf_counter()
-    empty_images = None
-    epoch = start_epoch
-    for epoch in range(start_epoch, epochs_needed):
-        if step >= total_steps:
-            break
-        network.train()  # the encoder stays in eval mode (MiniMaxAD.train)
+    # -- one epoch, one step ------------------------------------------------------------------
+    def remaining_epochs(self, plan: StepPlan):
+        """The epochs still to run (after a resume, from the saved one), while steps remain."""
+        for epoch in range(self.epoch, plan.epochs):
+            if self.step_count >= plan.total_steps:
+                return
+            yield epoch
+
+    def batches(self, train_set, epoch: int):
+        """This process's batches of ``epoch``: the order depends only on (seed, epoch)."""
+        config = self.config
+        self.network.train()  # the encoder stays in eval mode (MiniMaxAD.train)
         sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed, epoch=epoch,
-                                    rank=context.rank, world_size=context.world_size)
+                                    rank=self.context.rank, world_size=self.context.world_size)
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
         loader = DataLoader(train_set, batch_sampler=local_batches, num_workers=config.workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
                             collate_fn=_collate_or_empty,
                             generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch)))
+        self.epoch = epoch
         for index, batch in enumerate(loader):
             if batch is None:  # this rank's slice of a short last batch is empty: take part anyway
-                if empty_images is None:
-                    empty_images = torch.zeros((0, *train_set[0]["image"].shape))
-                batch = {"image": empty_images, "path": []}
-            images = batch["image"].to(device, non_blocking=True)
-            if config.channels_last and device.type == "cuda":
+                if self._empty_images is None:
+                    self._empty_images = torch.zeros((0, *train_set[0]["image"].shape))
+                batch = {"image": self._empty_images, "path": []}
+            images = batch["image"].to(self.device, non_blocking=True)
+            if self._channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, config.precision):
-                encoder_features, decoder_features = network(images)
-            # the loss (quantiles, cosine) in float32 whatever the forward precision
-            encoder_features = [f.float() for f in encoder_features]
-            decoder_features = [f.float() for f in decoder_features]
-            if context.enabled:
-                loss = distributed_loss(config.loss, encoder_features, decoder_features, images.shape[-1],
-                                        global_batch=global_sizes[index], p_hard=config.p_hard,
-                                        p_lim=config.p_lim, adc_mode=config.adc_sync)
-            else:
-                loss = compute_loss(config.loss, encoder_features, decoder_features, images.shape[-1],
-                                    p_hard=config.p_hard, p_lim=config.p_lim)
-            value = global_loss_value(loss, context)  # the same on every rank: they decide alike
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(value):
-                if context.enabled:
-                    scaler.scale(loss).backward()  # every rank must join DDP's gradient all-reduce
-                    optimizer.zero_grad(set_to_none=True)
-                nonfinite_in_a_row += 1
-                if main:
-                    warnings.warn(f"non-finite loss ({value}) at step {step}: step skipped", RuntimeWarning)
-                log.warning("non-finite loss at step %d (%d in a row): step skipped", step, nonfinite_in_a_row)
-                if nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"the loss was non-finite for {nonfinite_in_a_row} steps in a row (last at step {step}); "
-                        f"lower the learning rate (--lr, now {config.lr}) or use --precision fp32"
-                    )
-            else:
-                nonfinite_in_a_row = 0
-                scaler.scale(loss).backward()
-                if trace is not None:
-                    _trace_step(trace, context, epoch, step, local_batches[index], batch, value, model)
-                scaler.step(optimizer)
-                scaler.update()
-                loss_value = value
-            step += 1
-            seen_images += global_sizes[index]
-            if bar is not None:
-                rate = seen_images / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", img_s=f"{rate:.1f}")
-                bar.update(1)
-            if step >= total_steps:
-                break
-        epoch_finished = step % steps_per_epoch == 0 or step >= total_steps
-        if epoch_finished:
-            scheduler.step()  # ExponentialLR once per epoch
-        log.info("epoch %d done: step %d, loss %.5f, lr %.3g", epoch, step, loss_value, scheduler.get_last_lr()[0])
-        if main and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0 and step < total_steps:
-            _save_resumable(last_path, model, config, categories, optimizer, scheduler, epoch + 1, step)
-    if bar is not None:
-        bar.close()
-    if trace is not None:
-        trace.close()
-    elapsed = time.perf_counter() - started
-    rate = seen_images / elapsed if elapsed > 0 else float("nan")
-    revert_sync_batchnorm(model)  # plain BatchNorm2d again: what checkpoints and re-parameterization expect
-    checkpoint_path = output_dir / "checkpoint.pt"
-    if not main:
-        return TrainResult(model, checkpoint_path, step, epoch + 1, loss_value, rate, {})
-    _save_resumable(last_path, model, config, categories, optimizer, scheduler, epochs_needed, step)
+            yield Batch(images, global_sizes[index], local_batches[index], list(batch.get("path", [])))
 
-    thresholds = calibrate(model, config, holdout_set, train_set, device)
-    checkpoint = build_checkpoint(model, config.to_dict(), categories=categories, thresholds=thresholds)
-    checkpoint_path = save_checkpoint(checkpoint_path, checkpoint)
-    log.info("saved %s (%d steps, %.1f images/s)", checkpoint_path, step, rate)
-    return TrainResult(model, checkpoint_path, step, epoch + 1, loss_value, rate, thresholds)
+    def step(self, batch: Batch) -> None:
+        """Forward, loss, and an optimiser update, or a skipped step when the loss is not finite."""
+        loss = self._loss(batch)
+        value = self.parallel.loss_value(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        if math.isfinite(value):
+            self._update(loss, value, batch)
+        else:
+            self._skip(loss, value)
+        self.step_count += 1
+        self.seen_images += batch.global_size
+        if self._bar is not None:
+            rate = self.seen_images / max(time.perf_counter() - self._started, 1e-9)
+            self._bar.set_postfix(epoch=self.epoch, loss=f"{self.loss_value:.4f}", img_s=f"{rate:.1f}")
+            self._bar.update(1)
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        config = self.config
+        with autocast_context(self.device, config.precision):
+            encoder_features, decoder_features = self.network(batch.images)
+        # the loss (quantiles, cosine) in float32 whatever the forward precision
+        encoder_features = [f.float() for f in encoder_features]
+        decoder_features = [f.float() for f in decoder_features]
+        return self.parallel.loss(config.loss, encoder_features, decoder_features, batch.images.shape[-1],
+                                  global_batch=batch.global_size, p_hard=config.p_hard, p_lim=config.p_lim)
+
+    def _update(self, loss: torch.Tensor, value: float, batch: Batch) -> None:
+        self.nonfinite_in_a_row = 0
+        self.scaler.scale(loss).backward()
+        if self._trace is not None:
+            _trace_step(self._trace, self.context, self.epoch, self.step_count, batch, value, self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_value = value
+
+    def _skip(self, loss: torch.Tensor, value: float) -> None:
+        self.parallel.join_skipped_step(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        if self.main:
+            warnings.warn(f"non-finite loss ({value}) at step {self.step_count}: step skipped", RuntimeWarning)
+        log.warning("non-finite loss at step %d (%d in a row): step skipped", self.step_count, self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= self.config.max_nonfinite_steps:
+            raise TrainingError(
+                f"the loss was non-finite for {self.nonfinite_in_a_row} steps in a row (last at step "
+                f"{self.step_count}); lower the learning rate (--lr, now {self.config.lr}) or use --precision fp32"
+            )
+
+    def end_epoch(self, epoch: int, plan: StepPlan) -> None:
+        """ExponentialLR once per finished epoch; a resumable checkpoint every ``checkpoint_every``."""
+        if plan.ends_epoch(self.step_count):
+            self.scheduler.step()
+        log.info("epoch %d done: step %d, loss %.5f, lr %.3g", epoch, self.step_count, self.loss_value,
+                 self.scheduler.get_last_lr()[0])
+        every = self.config.checkpoint_every
+        if self.main and every and (epoch + 1) % every == 0 and self.step_count < plan.total_steps:
+            self._save_resumable(epoch + 1)
+
+    # -- finish -------------------------------------------------------------------------------
+    def finish(self, plan: StepPlan, train_set, holdout_set) -> TrainResult:
+        """Final ``last.pt``, thresholds, ``checkpoint.pt`` (rank 0); the result on every rank."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._trace is not None:
+            self._trace.close()
+        elapsed = time.perf_counter() - self._started
+        rate = self.seen_images / elapsed if elapsed > 0 else float("nan")
+        self.parallel.unwrap(self.model)
+        checkpoint_path = self.output_dir / "checkpoint.pt"
+        epochs_done = self.epoch + 1
+        if not self.main:
+            return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate, {})
+        self._save_resumable(plan.epochs)
+        thresholds = calibrate(self.model, self.config, holdout_set, train_set, self.device)
+        checkpoint = build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
+                                      thresholds=thresholds)
+        checkpoint_path = save_checkpoint(checkpoint_path, checkpoint)
+        log.info("saved %s (%d steps, %.1f images/s)", checkpoint_path, self.step_count, rate)
+        return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate,
+                           thresholds)
+
+    def _save_resumable(self, epoch: int) -> None:
+        training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                          "rng": rng_state(), "epoch": epoch, "step": self.step_count}
+        save_checkpoint(self.last_path, build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
+                                                         training_state=training_state))
+
+    @property
+    def _channels_last(self) -> bool:
+        return self.config.channels_last and self.device.type == "cuda"
 
 
 def _collate_or_empty(items):
@@ -266,14 +355,14 @@ def _collate_or_empty(items):
     return collate(items) if items else None
 
 
-def _trace_step(trace, context: DistributedContext, epoch: int, step: int, indices: list[int], batch: dict,
-                loss: float, model: MiniMaxAD) -> None:
+def _trace_step(trace, context: DistributedContext, epoch: int, step: int, batch: Batch, loss: float,
+                model: MiniMaxAD) -> None:
     """One line of the batch trace: this rank's images, the global loss and gradient norm (after
     DDP's all-reduce the gradients are the same on every rank)."""
     grads = [p.grad.detach().float().pow(2).sum() for p in model.trainable_parameters() if p.grad is not None]
     grad_norm = float(torch.stack(grads).sum().sqrt()) if grads else 0.0
-    trace.write(json.dumps({"rank": context.rank, "epoch": epoch, "step": step, "indices": indices,
-                            "paths": list(batch.get("path", [])), "loss": loss, "grad_norm": grad_norm}) + "\n")
+    trace.write(json.dumps({"rank": context.rank, "epoch": epoch, "step": step, "indices": batch.indices,
+                            "paths": batch.paths, "loss": loss, "grad_norm": grad_norm}) + "\n")
     trace.flush()
 
 
@@ -298,13 +387,6 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
     return calibrate_thresholds(outputs.scores, outputs.maps, image_fpr=config.image_fpr,
                                 pixel_fpr=config.pixel_fpr, source=source, seed=config.seed,
                                 categories=outputs.categories)
-
-
-def _save_resumable(path, model, config, categories, optimizer, scheduler, epoch, step) -> None:
-    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "rng": rng_state(), "epoch": epoch, "step": step}
-    save_checkpoint(path, build_checkpoint(model, config.to_dict(), categories=categories,
-                                           training_state=training_state))
 
 
 # settings that must not change between a run and its resumption
