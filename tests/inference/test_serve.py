@@ -394,31 +394,51 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _send_half(port: int, data: bytes) -> socket.socket:
+    """Open a request and send its headers and half its body: it is in flight until the rest comes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+    return sock
+
+
+def _finish(sock: socket.socket, data: bytes) -> tuple[int, dict]:
+    sock.sendall(data[len(data) // 2:])
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    body = json.loads(response.read())
+    sock.close()
+    return response.status, body
+
+
 @pytest.mark.slow
 def test_cli_serve_drains_in_flight_requests_on_sigterm(trained_checkpoint, photos, expected):
-    """``minimaxad serve`` in its own process: SIGTERM while requests wait for their batch;
-    they are all answered, then the process shuts down cleanly."""
+    """``minimaxad serve`` in its own process gets SIGTERM while three requests are in flight
+    (their bodies half sent): it takes no new connection, answers the three, then shuts down."""
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "minimaxad", "serve", "--checkpoint", str(trained_checkpoint),
-                                "--host", "127.0.0.1", "--port", str(port), "--max-wait-ms", "1500",
-                                "--max-batch", "16", "--log-level", "info"],
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port, process=process)
-        assert metric(port, "minimaxad_queue_depth") == 0
         names = ["weave_good", "washer_good", "washer_hole"]
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(post_png, port, photos[n]) for n in names]
-            deadline = time.time() + 20
-            while metric(port, "minimaxad_queue_depth") < 3 and time.time() < deadline:
-                time.sleep(0.02)
-            assert metric(port, "minimaxad_queue_depth") == 3  # all three wait for the batch to fill
-            process.send_signal(signal.SIGTERM)
-            for name, future in zip(names, futures):
-                status, _, body = future.result(60)
-                assert status == 200, body
-                assert body["results"][0]["score"] == pytest.approx(expected[name]["score"], rel=TOL, abs=TOL)
-                assert body["results"][0]["batch_size"] == 3
+        in_flight = [_send_half(port, photos[n]) for n in names]
+        time.sleep(0.5)  # the server has read their headers: the requests are running
+        process.send_signal(signal.SIGTERM)
+        deadline = time.time() + 20
+        while time.time() < deadline:  # the listening socket closes first
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.05)
+            except OSError:
+                break
+        else:
+            raise AssertionError("the server still accepts connections after SIGTERM")
+        assert process.poll() is None  # ... but it waits for the requests in flight
+        for name, sock in zip(names, in_flight):
+            status, body = _finish(sock, photos[name])
+            assert status == 200, body
+            assert body["results"][0]["score"] == pytest.approx(expected[name]["score"], rel=TOL, abs=TOL)
         # uvicorn re-raises the signal once shut down cleanly: the exit status is SIGTERM's
         assert process.wait(30) in (0, -signal.SIGTERM)
         log = process.stderr.read()
@@ -502,3 +522,36 @@ def test_web_page_in_headless_chromium(server, photos, expected, tmp_path):
         assert im.size[0] >= 1000 and np.asarray(im.convert("L")).std() > 10
     if os.environ.get("MINIMAXAD_SERVE_SCREENSHOT"):  # keep a copy to look at
         shutil.copy(shot, os.environ["MINIMAXAD_SERVE_SCREENSHOT"])
+
+
+# -- the micro-batcher on its own ---------------------------------------------------------------
+def test_batcher_waits_only_for_announced_images(predictor):
+    import torch
+
+    from minimaxad.inference.batching import MicroBatcher, QueueFull
+
+    sizes: list[int] = []
+    batcher = MicroBatcher(predictor, max_batch=4, max_wait_ms=3000, max_queue=4, on_batch=sizes.append).start()
+    try:
+        assert batcher.wait_ready(60) and batcher.warmup_error is None
+        arrays = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(3)]
+        truth = predictor.predict(arrays).scores
+        images, _ = predictor.preprocess(arrays)
+        started = time.perf_counter()
+        (alone,) = batcher.submit(images[:1], [None])
+        assert alone.result(30).score == pytest.approx(float(truth[0]), rel=TOL, abs=TOL)
+        assert time.perf_counter() - started < 2.0  # nobody else announced: no 3 s wait
+        batcher.expect(2)  # two requests are decoding: the first waits for the second
+        first = batcher.submit(images[1:2], [None], expected=True)
+        time.sleep(0.2)
+        second = batcher.submit(images[2:3], [None], expected=True)
+        results = [f.result(30) for f in first + second]
+        assert sizes == [1, 2] and [r.batch_size for r in results] == [2, 2]
+        assert [r.score for r in results] == pytest.approx([float(t) for t in truth[1:]], rel=TOL, abs=TOL)
+        with pytest.raises(QueueFull):  # 6 images never fit a queue of 4: all or none
+            batcher.submit(torch.cat([images, images]), [None] * 6)
+        assert batcher.depth == 0
+    finally:
+        batcher.close(30)
+    with pytest.raises(ValueError, match="max_queue"):
+        MicroBatcher(predictor, max_batch=8, max_queue=4)

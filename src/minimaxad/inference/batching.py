@@ -5,6 +5,9 @@ photo per request. :class:`MicroBatcher` collects the images of whatever request
 ``max_wait_ms`` of the first one (at most ``max_batch``), runs them in one call on the predictor's
 backend in a single worker thread, and hands each request its own result.
 
+* The batcher waits only for images it knows are coming: requests announce themselves
+  (:meth:`MicroBatcher.expect`) while their uploads are decoded. A lone request runs at once; a
+  burst of requests fills one batch instead of being split by the time its decoding takes.
 * Backpressure: at most ``max_queue`` images wait; a request that does not fit raises
   :class:`QueueFull` at once (the service answers 503), so memory stays bounded.
 * A failing batch fails only the futures of that batch; the worker goes on.
@@ -76,6 +79,7 @@ class MicroBatcher:
         self._on_batch = on_batch or (lambda size: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._incoming = 0  # images of requests being decoded: they will be submitted shortly
         self._lock = threading.Condition()
         self._closing = False
         self._ready = threading.Event()
@@ -110,12 +114,28 @@ class MicroBatcher:
         return len(self._queue)
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, images: torch.Tensor, thresholds: Sequence[float | None]) -> list[Future]:
+    def expect(self, n: int) -> None:
+        """``n`` images are on their way (being decoded); :meth:`submit` or :meth:`cancel` follows."""
+        with self._lock:
+            self._incoming += n
+
+    def cancel(self, n: int) -> None:
+        """``n`` expected images will not come (bad upload, refused request)."""
+        with self._lock:
+            self._incoming = max(0, self._incoming - n)
+            self._lock.notify_all()
+
+    def submit(self, images: torch.Tensor, thresholds: Sequence[float | None], expected: bool = False
+               ) -> list[Future]:
         """Queue a request's images ``(N, 3, S, S)``, all or none; one future per image, resolving
-        to a :class:`ScoredImage`. Raises :class:`QueueFull` or :class:`BatcherClosed`."""
+        to a :class:`ScoredImage`. Raises :class:`QueueFull` or :class:`BatcherClosed`.
+        ``expected``: these images were announced with :meth:`expect`."""
         if len(images) != len(thresholds):
             raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
         with self._lock:
+            if expected:
+                self._incoming = max(0, self._incoming - len(images))
+                self._lock.notify_all()
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
             if len(self._queue) + len(images) > self.max_queue:
@@ -146,15 +166,17 @@ class MicroBatcher:
         self.predictor.backend.synchronize()
 
     def _next_batch(self) -> list[_Pending] | None:
-        """Block for the first image, then gather more until the batch is full, ``max_wait`` has
-        passed since the first image was queued, or the batcher is closing (then no waiting)."""
+        """Block for the first image, then gather more while more are expected, until the batch is
+        full, ``max_wait`` has passed (counted from when the worker was free and the first image
+        there), or the batcher is closing."""
+        free_since = time.perf_counter()
         with self._lock:
             while not self._queue:
                 if self._closing:
                     return None
                 self._lock.wait()
-            deadline = self._queue[0].queued_at + self.max_wait
-            while len(self._queue) < self.max_batch and not self._closing:
+            deadline = max(self._queue[0].queued_at, free_since) + self.max_wait
+            while len(self._queue) < self.max_batch and self._incoming > 0 and not self._closing:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

@@ -471,13 +471,20 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         if len(uploads) > settings.max_queue:
             raise ServiceError(413, "too_large", f"{len(uploads)} images in one request; at most {settings.max_queue}")
         decode_started = time.perf_counter()
-        photos, tensors, errors = await anyio.to_thread.run_sync(decode_all, uploads, limiter=limiter)
+        batcher.expect(len(uploads))  # the batcher may wait for these while they decode
+        try:
+            photos, tensors, errors = await anyio.to_thread.run_sync(decode_all, uploads, limiter=limiter)
+        except BaseException:
+            batcher.cancel(len(uploads))
+            raise
         decode_ms = 1e3 * (time.perf_counter() - decode_started)
         if errors:
+            batcher.cancel(len(uploads))
             detail = "; ".join(f"image {e['index']}{' (' + e['name'] + ')' if e['name'] else ''}: {e['error']}"
                                for e in errors)
             raise ServiceError(400, "bad_image", detail, errors=errors)
         if not batcher.ready:
+            batcher.cancel(len(uploads))
             if batcher.warmup_error is not None:
                 raise ServiceError(503, "not_ready", f"the model failed to warm up: {batcher.warmup_error}")
             raise ServiceError(503, "not_ready", "the model is still warming up", headers={"Retry-After": "1"})
@@ -486,7 +493,7 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         import torch
 
         try:
-            futures = batcher.submit(torch.stack(tensors), [effective] * len(tensors))
+            futures = batcher.submit(torch.stack(tensors), [effective] * len(tensors), expected=True)
         except QueueFull as exc:
             raise ServiceError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from exc
         except BatcherClosed as exc:
