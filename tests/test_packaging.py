@@ -1,0 +1,141 @@
+"""The set-up scripts on a Python that refuses system installs (PEP 668), and the built wheel in a
+clean virtual environment (not editable: missing package data shows up here).
+
+Both run offline: the stand-in interpreter already has torch and the dependencies (as CI's does),
+pip is told ``--no-index``, and the wheel is built without build isolation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def copy_checkout(target: Path) -> Path:
+    """The project's files as a fresh clone has them (tracked and new, not ignored; no .venv)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: cannot tell the project's files from build outputs")
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def externally_managed_python(folder: Path) -> Path:
+    """A stand-in for Debian's /usr/bin/python3: this interpreter's binary with a prefix of its own
+    whose stdlib holds an EXTERNALLY-MANAGED marker (so pip refuses to install into it) and whose
+    site-packages are this interpreter's (torch included). Not a virtual environment."""
+    real = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    stdlib = Path(sysconfig.get_paths(vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})["stdlib"])
+    purelib = Path(sysconfig.get_paths(vars={"base": sys.base_prefix})["purelib"])
+    (folder / "bin").mkdir(parents=True)
+    shutil.copy2(real, folder / "bin" / "python3")
+    lib = folder / "lib" / stdlib.name
+    lib.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        if entry.name != "site-packages":
+            (lib / entry.name).symlink_to(entry)
+    (lib / "site-packages").symlink_to(purelib)
+    (lib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=a stand-in for a distribution's Python\n")
+    return folder / "bin" / "python3"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHON")}
+    env.update(PIP_NO_INDEX="1", **extra)  # nothing may come from the network
+    return env
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_demo_script_sets_up_a_venv_on_an_externally_managed_python(tmp_path):
+    stock = externally_managed_python(tmp_path / "stock")
+    refused = subprocess.run([str(stock), "-m", "pip", "install", "--dry-run", "tqdm"], capture_output=True,
+                             text=True, env=clean_env())
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr  # the stand-in is real
+    checkout = copy_checkout(tmp_path / "clone")
+    env = clean_env(PATH=f"{stock.parent}:/usr/bin:/bin")
+    first = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True,
+                           env=env, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "usage: minimaxad demo" in first.stdout
+    assert f"creating {checkout / '.venv'}" in first.stdout and "reusing its torch" in first.stdout
+    venv_python = checkout / ".venv" / "bin" / "python"
+    where = subprocess.run([str(venv_python), "-c", "import minimaxad, sys; print(minimaxad.__file__, sys.prefix)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    package, prefix = where.stdout.split()
+    assert package.startswith(str(checkout / "src")) and prefix == str(checkout / ".venv")
+    assert sorted(p.name for p in (tmp_path / "stock" / "lib").iterdir()) == [Path(sysconfig.get_path("stdlib")).name]
+    # the second run finds everything in place: no pip at all
+    second = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert second.returncode == 0 and "is up to date" in second.stdout and "installing" not in second.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_setup_says_what_to_install_without_venv(tmp_path):
+    """An interpreter whose venv module cannot create environments (Debian without python3-venv)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    python = fake_bin / "python3"
+    python.write_text(f"#!/bin/sh\ncase \"$*\" in *'-m venv'*) echo 'ensurepip is not available' >&2; exit 1;; esac\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    checkout = copy_checkout(tmp_path / "clone")
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=checkout, capture_output=True, text=True,
+                          env=clean_env(PATH=f"{fake_bin}:/usr/bin:/bin"), timeout=300)
+    assert done.returncode == 1
+    assert "apt-get install python3-venv" in done.stderr and "ensurepip is not available" in done.stderr
+    assert not (checkout / ".venv").exists()
+
+
+def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, trained_checkpoint):
+    checkout = copy_checkout(tmp_path / "src")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(checkout)], capture_output=True, text=True, env=clean_env(),
+                           timeout=600)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("minimaxad-*.whl")
+    venv = tmp_path / "venv"
+    # torch and the other dependencies come from this interpreter (--system-site-packages); the
+    # package itself only from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+                               capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    env = clean_env(PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
+    probe = subprocess.run([str(python), "-c", "import minimaxad, importlib.resources as r; print(minimaxad.__file__); "
+                            "print(r.files('minimaxad.inference').joinpath('static/index.html').is_file())"],
+                           capture_output=True, text=True, cwd=run, env=env)
+    location, has_page = probe.stdout.split()
+    assert location.startswith(str(venv)) and "site-packages" in location, location  # not the source tree
+    assert has_page == "True"  # package data is in the wheel
+    helped = subprocess.run([str(venv / "bin" / "minimaxad"), "demo", "--help"], capture_output=True, text=True,
+                            cwd=run, env=env)
+    assert helped.returncode == 0 and "usage: minimaxad demo" in helped.stdout
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (120, 110, 100)).save(run / "photo.png")
+    predicted = subprocess.run([str(venv / "bin" / "minimaxad"), "predict", "--checkpoint", str(trained_checkpoint),
+                                str(run / "photo.png"), "--output", str(run / "out"), "--report", "--quiet"],
+                               capture_output=True, text=True, cwd=run, env=env, timeout=300)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    scores = json.loads((run / "out" / "scores.json").read_text())
+    assert (run / "out" / "report.html").is_file() and (run / "out" / "heatmaps" / "photo.png").is_file()
+    assert len(json.dumps(scores)) > 0 and "photo.png" in json.dumps(scores)
