@@ -10,6 +10,7 @@ thresholds, and for resumable checkpoints the optimiser, scheduler and RNG state
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -23,26 +24,75 @@ from minimaxad.models import MiniMaxAD
 
 FORMAT = "minimaxad-checkpoint"
 FORMAT_VERSION = 1
+TEMP_SUFFIX = ".tmp"  # ".NAME.<random>.tmp": a write in progress, renamed to NAME once complete
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is unreadable, not ours, or does not fit the model."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, folder gone); the previous one is intact."""
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``: at every
+    instant ``path`` is either the previous complete file or the new complete one. A failed
+    write (disk full...) removes its temporary file and says that the previous file is intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_folder(path.parent)  # the rename itself survives a power cut
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error_in(exc)  # torch.save can wrap the OSError of a failed write in a RuntimeError
+        if cause is None:
+            raise
+        previous = (f"the previous {path.name} is intact" if path.is_file()
+                    else f"no {path.name} was written")
+        raise CheckpointWriteError(cause.errno, f"could not write the checkpoint {path} "
+                                                f"({cause.strerror or cause}); {previous}. Free some space (or fix "
+                                                f"the folder) and run again with --resume") from exc
+
+
+def _os_error_in(exc: BaseException | None) -> OSError | None:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files of checkpoint writes that a killed process left in ``folder`` or its
+    sub-folders (never a checkpoint itself: those are only ever complete). Returns them."""
+    removed = []
+    for name in ("last.pt", "checkpoint.pt"):
+        for tmp in Path(folder).rglob(f".{name}.*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def rng_state() -> dict[str, Any]:
@@ -122,13 +172,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         path = candidate
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}: {str(exc)[:200]}); "
-            f"it may be truncated, or not a minimaxad checkpoint"
-        ) from exc
+    obj = _load_plain_data(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and "decoder" in obj and ("bn" in obj or "bottleneck" in obj):
             raise CheckpointError(
@@ -142,6 +186,43 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     obj["path"] = str(path)
     return obj
+
+
+def _load_plain_data(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values only, so a file holding code
+    (a pickle of arbitrary objects) is refused, never run. Each way a file can be wrong gets
+    its own message naming the file."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never completely written; "
+                              f"use another checkpoint, or train again")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # the safe unpickler met a function or class: code
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects that are not tensors or plain values; it was refused "
+                f"without running anything (loading it could run code). It is not a minimaxad checkpoint: "
+                f"only load such files from people you trust, and not with minimaxad"
+            ) from exc
+        raise CheckpointError(_corrupt_message(path, size, head, exc)) from exc
+    except Exception as exc:
+        raise CheckpointError(_corrupt_message(path, size, head, exc)) from exc
+
+
+def _corrupt_message(path: Path, size: int, head: bytes, exc: BaseException) -> str:
+    if head.startswith(b"PK"):
+        what = ("a zip archive that is not a complete torch checkpoint (truncated, or another kind of zip "
+                "file)")
+    elif head[:1] == b"\x80":
+        what = ("a bare Python pickle, not a torch checkpoint; it was not unpickled (a pickle can run code), "
+                "only checked")
+    else:
+        what = "not a torch checkpoint, or truncated"
+    return (f"checkpoint {path} is unreadable or corrupt ({size} bytes, {what}; {type(exc).__name__}: "
+            f"{str(exc)[:160]}); it may be truncated, or not a minimaxad checkpoint")
 
 
 def load_model_state(model: MiniMaxAD, checkpoint: dict[str, Any]) -> MiniMaxAD:

@@ -86,3 +86,29 @@ def check_writable_folder(folder: str | Path, what: str = "output folder") -> Pa
         raise OSError(exc.errno, f"cannot write into the {what} {folder} ({exc.strerror or exc}); "
                                  f"choose a folder you can write to") from exc
     return folder
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder renamed into
+    place: a full disk or a kill leaves the previous file complete (and no temporary file
+    after an error). Raises ``OSError`` saying so."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        previous = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise OSError(exc.errno, f"could not write {path} ({exc.strerror or exc}); {previous}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -15,11 +15,10 @@ intermediate ONNX file is made in a temporary folder that is removed whatever ha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from minimaxad.engine.paths import atomic_write
 from minimaxad.inference.backends import BackendUnavailable, load_backend
 from minimaxad.inference.graph_files import (  # noqa: F401 (public names of this module)
     FORMATS, PARITY_TOLERANCE, ExportError, compare_with_pipeline, refuse_to_overwrite, relative_error,
@@ -100,7 +99,7 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
     parity = export_pipeline(pipeline, output, format, size, check=check, overwrite=overwrite)
     meta = export_metadata(state, format, parity, pipeline.output_names)
     try:
-        _write_text_atomically(meta_path, json.dumps(meta, indent=2) + "\n")
+        atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     except BaseException:
         remove_files(written_files(output, format))  # a model without its metadata cannot be run
         raise
@@ -110,16 +109,6 @@ def export(checkpoint: Path, output: Path, format: str | None = None, encoder_we
 def metadata_path(path: Path) -> Path:
     """``<file>.json``, beside an exported model."""
     return Path(str(path) + ".json")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

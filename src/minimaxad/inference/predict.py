@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.engine.paths import check_writable_folder, inside, safe_name, unique_names
+from minimaxad.engine.paths import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
 from minimaxad.inference.backends import Backend, create_backend, load_backend
 from minimaxad.inference.export import read_metadata
@@ -304,11 +305,12 @@ class PredictionFiles:
 
     def write_tables(self, summary: dict[str, Any]) -> None:
         fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
-        with open(self.path("scores.csv"), "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        self.path("scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path("scores.csv"), table.getvalue())
+        atomic_write(self.path("scores.json"), json.dumps(summary, indent=2) + "\n")
 
 
 @dataclass
