@@ -3,6 +3,7 @@ all, evaluation, metrics files, report."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,6 +18,7 @@ from minimaxad.engine.checkpoint import (
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
+from minimaxad.engine.loggers import RunLogger, create_logger
 from minimaxad.engine.paths import check_writable_folder
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
@@ -272,8 +274,8 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
     alone logs, writes files, calibrates and evaluates (after all training jobs, so that the other
     ranks are never kept waiting on it): the others return as soon as the last model is trained.
     """
-    with distributed_session(resolve_device(config.device)) as context:
-        return _fit(config, Path(output), context, resume=resume, progress=progress, echo=echo)
+    with distributed_session(resolve_device(config.device)) as context, contextlib.ExitStack() as closing:
+        return _fit(config, Path(output), context, resume=resume, progress=progress, echo=echo, closing=closing)
 
 
 def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool = False, progress: bool = True,
@@ -314,7 +316,7 @@ def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool
 
 
 def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume: bool, progress: bool,
-         echo: Echo) -> dict[str, Any] | None:
+         echo: Echo, closing: contextlib.ExitStack | None = None) -> dict[str, Any] | None:
     from minimaxad.data import calibration_subset, split_holdout
 
     if context.is_main:
@@ -335,6 +337,10 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
         config = config.updated(encoder_weights=str(resolved))
     if context.is_main:
         config.save(output / "config.json")
+    logger = create_logger(config.logger, output, is_main=context.is_main)  # --logger: rank 0 only
+    if closing is not None:
+        closing.enter_context(logger)
+    logger.log_params(config.to_dict())
     echo(f"[1/3] reading {config.format} data from {config.data}")
     train_full = open_dataset(config, "train")
     categories = list(train_full.categories)
@@ -361,8 +367,13 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
         echo(f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
              f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds")
         job_config = config.updated(categories=job_categories)
+        job = None if config.unified else name
         result = train(job_config, train_set, holdout, job_dir, categories=job_categories, resume=resume,
-                       progress=progress, context=context)
+                       progress=progress, context=context,
+                       on_step=(lambda step, values, job=job: logger.log_step(job, step, values))
+                       if context.is_main and config.logger else None)
+        if context.is_main:
+            logger.log_artifact(result.checkpoint_path, job)
         echo(f"      checkpoint: {result.checkpoint_path} ({result.steps} steps, "
              f"{result.images_per_second:.1f} images/s, final loss {result.final_loss:.4f})")
         if config.evaluate and context.is_main:
@@ -374,11 +385,24 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
     for job in trained:
         _evaluate_job(*job, per_category, echo, progress)
     summary = finish_results(per_category, output, echo, run_protocol(config))
+    _log_results(logger, summary, output, [None] if config.unified else [name for name, _ in jobs])
     if not config.unified:
         echo(f"reports: {output}/<category>/report.html")
     else:
         echo(f"report: {output / 'report.html'}")
     return summary
+
+
+def _log_results(logger: RunLogger, summary: dict[str, Any], output: Path, jobs: list[str | None]) -> None:
+    """The metrics per category, and the metrics files and reports as artifacts (MLflow)."""
+    logger.log_metrics(summary)
+    for path in (output / "metrics.json", output / "metrics.csv"):
+        if path.is_file():
+            logger.log_artifact(path)
+    for job in jobs:
+        report = (output if job is None else output / job) / "report.html"
+        if report.is_file():
+            logger.log_artifact(report, job)
 
 
 def _evaluate_job(name: str, job_dir: Path, job_config: RunConfig, job_categories: list[str], result,

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -100,9 +100,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     context: DistributedContext | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train one model on ``train_set``; calibrate thresholds on ``holdout_set`` (or, without
     one, on the training images); write ``checkpoint.pt`` (final) and ``last.pt`` (resumable).
+
+    ``on_step(step, {"loss", "lr", "images_per_second"})`` is called after every step (the
+    experiment loggers); images/s counts the whole step, data loading included.
 
     ``context`` (default: the current process group, if any) makes this one of several processes:
     every rank trains, only rank 0 writes files and calibrates; the other ranks return a result
@@ -113,8 +117,14 @@ def train(
     plan = run.plan(len(train_set))
     run.start_progress(plan, enabled=progress)
     for epoch in run.remaining_epochs(plan):
+        step_started = time.perf_counter()
         for batch in run.batches(train_set, epoch):
             run.step(batch)
+            if on_step is not None:
+                now = time.perf_counter()
+                on_step(run.step_count, {"loss": run.loss_value, "lr": run.optimizer.param_groups[0]["lr"],
+                                         "images_per_second": batch.global_size / max(now - step_started, 1e-9)})
+                step_started = now
             if run.step_count >= plan.total_steps:
                 break
         run.end_epoch(epoch, plan)
