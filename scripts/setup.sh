@@ -38,11 +38,14 @@ if [ ! -x "$VENV_PYTHON" ]; then
   site=()
   if torch_version=$("$base" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
     site=(--system-site-packages)
+    # the interpreter's own pip (and setuptools) serve the environment: no older bundled copies
+    # shadowing them, and no download when everything is installed already
+    if "$base" -c 'import pip' >/dev/null 2>&1; then site+=(--without-pip); fi
     echo "== creating $VENV_DIR with $base (reusing its torch $torch_version)"
   else
     echo "== creating $VENV_DIR with $base"
   fi
-  if ! "$base" -m venv "${site[@]}" "$VENV_DIR" >"$VENV_DIR.log" 2>&1 || [ ! -x "$VENV_PYTHON" ]; then
+  if ! "$base" -m venv ${site[@]+"${site[@]}"} "$VENV_DIR" >"$VENV_DIR.log" 2>&1 || [ ! -x "$VENV_PYTHON" ]; then
     cat "$VENV_DIR.log" >&2
     rm -rf "$VENV_DIR" "$VENV_DIR.log"
     py=$("$base" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || echo python3)
@@ -71,6 +74,15 @@ if [ "$up_to_date" = 1 ]; then
   echo "== $VENV_DIR is up to date (minimaxad ${versions% *} with torch ${versions#* })"
 else
   pip=("$VENV_PYTHON" -m pip --disable-pip-version-check)
+  build=()
+  if "$VENV_PYTHON" - <<'PY' 2>/dev/null; then
+import importlib.util, sys, setuptools
+major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+# setuptools that builds wheels by itself (70.1+, or with the wheel package): build with it, offline
+sys.exit(0 if (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") else 1)
+PY
+    build=(--no-build-isolation)
+  fi
   if ! "$VENV_PYTHON" -c "import torch" >/dev/null 2>&1; then
     # the exact pin: a local CPU wheel (pip's find-links) is preferred to the multi-GB CUDA download
     echo "== installing torch 2.13.0 into $VENV_DIR"
@@ -78,9 +90,9 @@ else
   fi
   echo "== installing minimaxad (editable) into $VENV_DIR"
   if [ "$with_tests" = 1 ]; then
-    "${pip[@]}" install --quiet -e ".[test]"
+    "${pip[@]}" install --quiet ${build[@]+"${build[@]}"} -e ".[test]"
   else
-    "${pip[@]}" install --quiet -e .
+    "${pip[@]}" install --quiet ${build[@]+"${build[@]}"} -e .
   fi
   echo "$stamp tests=$with_tests" >"$stamp_file"
 fi
