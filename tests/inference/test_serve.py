@@ -324,6 +324,20 @@ def test_bad_inputs_answered_while_good_requests_succeed(server, photos, expecte
     assert request(server.port, "GET", "/v1/health")[0] == 200  # still alive
 
 
+def test_client_leaving_mid_upload_leaves_the_service_up(server, photos, expected):
+    before = metric(server.port, 'minimaxad_errors_total{kind="disconnected"}')
+    sock = _send_half(server.port, photos["weave_good"])
+    time.sleep(0.3)
+    sock.close()  # gone before the body ended
+    deadline = time.time() + 10
+    while metric(server.port, 'minimaxad_errors_total{kind="disconnected"}') == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(server.port, 'minimaxad_errors_total{kind="disconnected"}') == before + 1
+    status, _, body = post_png(server.port, photos["weave_good"])
+    assert status == 200
+    assert body["results"][0]["score"] == pytest.approx(expected["weave_good"]["score"], rel=TOL, abs=TOL)
+
+
 class GatedBackend(Backend):
     """The real backend, but a batch waits at a gate while ``closed`` (queue-full test)."""
 

@@ -348,13 +348,18 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise ServiceError(413, "too_large", f"request body of {int(declared)} bytes is over the limit of "
                                                  f"{settings.max_request_mb:g} MB (--max-request-mb)")
+        from starlette.requests import ClientDisconnect
+
         chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_bytes:
-                raise ServiceError(413, "too_large", f"request body is over the limit of "
-                                                     f"{settings.max_request_mb:g} MB (--max-request-mb)")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ServiceError(413, "too_large", f"request body is over the limit of "
+                                                         f"{settings.max_request_mb:g} MB (--max-request-mb)")
+                chunks.append(chunk)
+        except ClientDisconnect as exc:  # the client went away mid-upload: nobody to answer
+            raise ServiceError(400, "disconnected", "the client closed the connection before the body ended") from exc
         return b"".join(chunks)
 
     def request_options(query: dict[str, Optional[str]], fields: dict[str, str]) -> tuple[str | None, float | None,
