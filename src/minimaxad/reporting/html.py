@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from minimaxad import __version__
+from minimaxad.engine.paths import atomic_write
 from minimaxad.reporting.heatmaps import _as_2d, colorize, defect_mask, get_colormap, heatmap_overlay, to_data_uri
 
 __all__ = ["ReportItem", "write_report"]
@@ -853,46 +855,84 @@ def write_report(
     gallery maps. ``max_gallery=None`` shows every item. If ``path`` is an existing
     directory, ``report.html`` is written inside it.
     """
+    items = _checked_items(items)
+    infos = _classify(items, image_threshold)
+    shown, omitted = _gallery_selection(items, infos, max_gallery)
+    heat = _heatmap_range(items, shown, map_range)
+    gallery = _gallery_section(items, infos, shown, omitted, max_gallery, heat, pixel_threshold, cmap=cmap,
+                               alpha=alpha, side=int(thumb_size), jpeg_quality=jpeg_quality)
+    has_thr = any(inf["thr"] is not None for inf in infos)
+    sections = [
+        ("metrics", "Metrics", _metrics_section(metrics)),
+        ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
+        ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
+        ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
+        ("thresholds", "How thresholds were chosen",
+         _threshold_section(image_threshold, pixel_threshold, threshold_notes, heat.vmin, heat.vmax, heat.source)),
+        ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
+        ("config", "Configuration", _config_section(config)),
+    ]
+    page = _page(title, sections, items, metrics)
+    out = Path(path)
+    if out.is_dir():
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, page)  # a full disk leaves the previous report complete
+
+
+def _checked_items(items: Iterable[ReportItem]) -> list[ReportItem]:
     items = list(items)
     for it in items:
         if it.label not in (-1, 0, 1):
             raise ValueError(f"ReportItem.label must be 1, 0 or -1, got {it.label!r} for {it.path!r}")
-    infos = _classify(items, image_threshold)
-    order = _gallery_order(items, infos)
-    if max_gallery is not None:
-        if max_gallery < 0:
-            raise ValueError(f"max_gallery must be >= 0 or None, got {max_gallery}")
-        shown = order[:max_gallery]
-    else:
-        shown = order
-    omitted = len(order) - len(shown)
+    return items
 
-    # common heatmap range
+
+def _gallery_selection(items: list[ReportItem], infos: list[dict[str, Any]],
+                       max_gallery: int | None) -> tuple[list[int], int]:
+    """Indices shown in the gallery, worst first, and how many were left out."""
+    order = _gallery_order(items, infos)
+    if max_gallery is None:
+        return order, 0
+    if max_gallery < 0:
+        raise ValueError(f"max_gallery must be >= 0 or None, got {max_gallery}")
+    return order[:max_gallery], len(order) - min(len(order), max_gallery)
+
+
+@dataclass(frozen=True)
+class _HeatRange:
+    """The one colour range of every heatmap on the page, and where it came from."""
+
+    vmin: float
+    vmax: float
+    source: str
+
+
+def _heatmap_range(items: list[ReportItem], shown: list[int], map_range: tuple[float, float] | None) -> _HeatRange:
     if map_range is not None:
-        vmin, vmax = float(map_range[0]), float(map_range[1])
-        range_src = "given"
+        vmin, vmax, source = float(map_range[0]), float(map_range[1]), "given"
     else:
         vals = [np.asarray(items[i].anomaly_map, dtype=np.float32).ravel() for i in shown]
         vals = [v[np.isfinite(v)] for v in vals]
         allv = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-        if allv.size:
-            vmin, vmax = (float(x) for x in np.percentile(allv, [1.0, 99.9]))
-        else:
-            vmin, vmax = 0.0, 1.0
-        range_src = "1st to 99.9th percentile of all gallery anomaly maps"
+        vmin, vmax = (float(x) for x in np.percentile(allv, [1.0, 99.9])) if allv.size else (0.0, 1.0)
+        source = "1st to 99.9th percentile of all gallery anomaly maps"
     if not (math.isfinite(vmin) and math.isfinite(vmax)):
         vmin, vmax = 0.0, 1.0
     if vmax <= vmin:
         vmax = vmin + (abs(vmin) * 1e-6 or 1e-6)
+    return _HeatRange(vmin, vmax, source)
 
+
+def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown: list[int], omitted: int,
+                     max_gallery: int | None, heat: _HeatRange, pixel_threshold: Threshold, *, cmap: Any,
+                     alpha: float, side: int, jpeg_quality: int) -> str:
     has_thr = any(inf["thr"] is not None for inf in infos)
     show_pred = pixel_threshold is not None
-    rows = []
-    for rank, i in enumerate(shown, 1):
-        it = items[i]
-        rows.append(_render_item(rank, it, infos[i], vmin=vmin, vmax=vmax, cmap=cmap, alpha=alpha,
-                                 side=int(thumb_size), pixel_thr=_thr_for(pixel_threshold, str(it.category)),
-                                 show_pred=show_pred, jpeg_quality=jpeg_quality))
+    rows = [_render_item(rank, items[i], infos[i], vmin=heat.vmin, vmax=heat.vmax, cmap=cmap, alpha=alpha, side=side,
+                         pixel_thr=_thr_for(pixel_threshold, str(items[i].category)), show_pred=show_pred,
+                         jpeg_quality=jpeg_quality)
+            for rank, i in enumerate(shown, 1)]
     gal_head = ("<tr><th>#</th><th>photo</th><th>heatmap</th><th>ground truth</th>"
                 + ("<th>predicted mask</th>" if show_pred else "") + "<th>details</th></tr>")
     order_note = ("Ordered worst first: missed defects (lowest scores first), false alarms (highest scores first), "
@@ -902,32 +942,24 @@ def write_report(
                   "(anomalous images scored below many normal ones first), then unlabelled images by descending score.")
     omitted_note = (f"<p class='note omitted'>{omitted} more image(s) omitted (gallery limited to {max_gallery}; "
                     f"the omitted ones are the least problematic).</p>" if omitted else "")
-    gallery = (f"<p class='note'>{_E(order_note)}</p>"
-               f"<div class='cbarbox'>{_colorbar(cmap, vmin, vmax)}<div class='note'>heatmap colour scale "
-               f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(vmin, 5))} – "
-               f"{_E(_num(vmax, 5))}, overlay opacity {alpha:g}</div></div>"
-               + (f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
-                  if rows else "<p class='note'>No images to show.</p>")
-               + omitted_note)
+    return (f"<p class='note'>{_E(order_note)}</p>"
+            f"<div class='cbarbox'>{_colorbar(cmap, heat.vmin, heat.vmax)}<div class='note'>heatmap colour scale "
+            f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(heat.vmin, 5))} – "
+            f"{_E(_num(heat.vmax, 5))}, overlay opacity {alpha:g}</div></div>"
+            + (f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
+               if rows else "<p class='note'>No images to show.</p>")
+            + omitted_note)
 
-    from minimaxad import __version__
 
+def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportItem],
+          metrics: Mapping[str, Any] | None) -> str:
+    """The whole HTML document: header with navigation, the sections, footer."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     n_lab = sum(1 for it in items if it.label in (0, 1))
     cats = sorted({str(it.category) for it in items} | set(map(str, ((metrics or {}).get("categories") or {}).keys())))
-    sections = [
-        ("metrics", "Metrics", _metrics_section(metrics)),
-        ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
-        ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
-        ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
-        ("thresholds", "How thresholds were chosen",
-         _threshold_section(image_threshold, pixel_threshold, threshold_notes, vmin, vmax, range_src)),
-        ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
-        ("config", "Configuration", _config_section(config)),
-    ]
     nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
-    page = (
+    return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<meta name=\"generator\" content=\"minimaxad {_E(__version__)}\">"
@@ -940,9 +972,3 @@ def write_report(
         f"<footer>minimaxad {_E(__version__)} · generated {_E(now)} · self-contained file: "
         "no external resources, no scripts.</footer></body></html>\n"
     )
-    out = Path(path)
-    if out.is_dir():
-        out = out / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
