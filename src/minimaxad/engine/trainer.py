@@ -385,13 +385,22 @@ def _open_trace(context: DistributedContext):
 
 
 def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, device) -> dict[str, Any]:
-    """Thresholds from held-out normal images; without them, from (part of) the training images."""
+    """Thresholds from held-out normal images; without them, from the training images. Either
+    way at most ``val_max_images`` of *each* category (a seeded choice: every category of a
+    unified model is represented and gets its own thresholds), never augmented (a threshold
+    must come from the images as the test sees them, not from random crops)."""
+    from minimaxad.data import calibration_subset
+
     if holdout_set is not None and len(holdout_set) > 0:
         dataset, source = holdout_set, "normal images held out of training"
     else:
-        n = min(len(train_set), config.val_max_images)
-        dataset = train_set.subset(range(n)) if hasattr(train_set, "subset") else train_set
-        source = "TRAINING images (no held-out split: thresholds are likely too low; use --val-fraction)"
+        dataset = train_set
+        source = ("TRAINING images of each category, un-augmented (no held-out split: thresholds are likely "
+                  "too low; use --val-fraction)")
+    if hasattr(dataset, "subset"):
+        dataset = calibration_subset(dataset, config.val_max_images, seed=config.seed)
+    if hasattr(dataset, "with_augment"):
+        dataset = dataset.with_augment(False)
     outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
                           device=device, workers=config.workers, collect_masks=False)
     return calibrate_thresholds(outputs.scores, outputs.maps, image_fpr=config.image_fpr,
