@@ -191,3 +191,23 @@ def test_a_test_domain_uses_its_categorys_thresholds():
                    "per_category": {"AeBAD_S": {"image": {"value": 5.0}, "pixel": {"value": 6.0}}}}
     assert resolve_thresholds(calibration, category="AeBAD_S/view")["image"]["value"] == 5.0
     assert resolve_thresholds(calibration, category="bottle")["image"]["value"] == 1.0
+
+
+def test_calibration_without_holdout_uses_every_category_unaugmented(tmp_path):
+    """No hold-out (the paper presets): thresholds from at most val_max_images training images
+    of EACH category, without the training augmentation, one set of thresholds per category."""
+    from minimaxad.engine.trainer import calibrate
+    from minimaxad.models import MiniMaxAD
+
+    root = make_mvtec(tmp_path / "m", categories=("a", "b"), n_train=5, n_good=1, n_defect=1)
+    train = build_dataset("mvtec", root, split="train", image_size=32, augment=True)
+    torch.manual_seed(0)
+    model = MiniMaxAD("unireplknet_micro")
+    config = RunConfig(val_max_images=3, batch_size=4, device="cpu")
+    first = calibrate(model, config, None, train, torch.device("cpu"))
+    assert sorted(first["per_category"]) == ["a", "b"]  # not the first 3 images, all of category a
+    assert all(len(first["per_category"][c]["normal_scores"]) == 3 for c in "ab")
+    assert "TRAINING images of each category, un-augmented" in first["source"]
+    torch.manual_seed(123)  # an augmented set would crop differently under another seed
+    again = calibrate(model, config, None, train, torch.device("cpu"))
+    assert again["per_category"]["a"]["normal_scores"] == first["per_category"]["a"]["normal_scores"]
