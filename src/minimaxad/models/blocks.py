@@ -30,16 +30,61 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D map stored ``(N, H, W, C)`` in memory (``torch.channels_last``)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a channels-first map ``(N, C, H, W) -> (N, C, H, W)``."""
+    """LayerNorm over the channels of a channels-first map ``(N, C, H, W) -> (N, C, H, W)``.
+
+    The output keeps the input's memory layout: a channels-last result fed to the next
+    convolution would make oneDNN reorder that convolution's weights on every call.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+
+
+def pointwise_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``nn.Linear`` over the channels of a map: ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+
+    The authors permute to ``(N, H, W, C)`` and back around every Linear; here the product runs
+    in the layout the map arrives in, so nothing is copied: a channels-first map as
+    ``weight @ x.view(N, C_in, H*W)`` (one GEMM per image), a channels-last one as a Linear on
+    its ``(N, H, W, C)`` view. ``weight`` is ``(C_out, C_in)``, or ``(N, C_out, C_in)`` for one
+    weight per image; ``residual`` (``(N, C_out, H, W)``) is added inside the GEMM.
+    """
+    n, _, h, w = x.shape
+    per_image = weight.dim() == 3
+    if is_channels_last(x) and not per_image:
+        y = F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+        return y if residual is None else y + residual
+    flat = x.reshape(n, x.shape[1], h * w)
+    out_channels = weight.shape[-2]
+    acc = None
+    if residual is not None:
+        acc = residual.reshape(n, out_channels, h * w)
+        acc = acc if bias is None else acc + bias[:, None]
+    elif bias is not None:
+        acc = bias[:, None]
+    if n == 1:  # a plain matrix product: cheaper dispatch than a batch of one
+        w0 = weight[0] if per_image else weight
+        y = torch.mm(w0, flat[0]) if acc is None else torch.addmm(acc.reshape(out_channels, -1), w0, flat[0])
+        return y.view(1, out_channels, h, w)
+    batched = weight if per_image else weight.expand(n, -1, -1)
+    y = torch.bmm(batched, flat) if acc is None else torch.baddbmm(acc.expand(n, -1, h * w), batched, flat)
+    return y.view(n, out_channels, h, w)
 
 
 class ToChannelsLast(nn.Module):
@@ -77,6 +122,13 @@ class GRN(nn.Module):
         out = (self.gamma * nx + 1) * x
         return out + self.beta if self.use_bias else out
 
+    def channel_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``gamma * Nx + 1`` of a map ``(N, C, H, W)`` (any layout), shaped ``(N, C, 1, 1)``:
+        the GRN without ``beta`` is ``x * channel_scale(x)``."""
+        gx = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        return self.gamma.view(1, -1, 1, 1) * nx + 1
+
 
 class SEBlock(nn.Module):
     """Squeeze-and-excitation: pool, 1x1 conv ``C -> C/4``, ReLU, 1x1 conv back, sigmoid gate.
@@ -91,9 +143,11 @@ class SEBlock(nn.Module):
         self.up = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.adaptive_avg_pool2d(x, 1)
-        gate = torch.sigmoid(self.up(F.relu(self.down(gate))))
-        return x * gate
+        # The 1x1 convs act on a (N, C) vector: as Linears they skip the convolution machinery.
+        gate = x.mean(dim=(2, 3))
+        gate = F.relu(F.linear(gate, self.down.weight.flatten(1), self.down.bias))
+        gate = torch.sigmoid(F.linear(gate, self.up.weight.flatten(1), self.up.bias))
+        return x * gate[:, :, None, None]
 
 
 class DilatedReparamBlock(nn.Module, Reparameterizable):
@@ -188,10 +242,34 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.se(self.norm(self.dwconv(x)))
-        y = self.pwconv2(self.act(self.pwconv1(y)))
-        if self.gamma is not None:
-            y = self.gamma.view(1, -1, 1, 1) * y
-        return x + y
+        return self.pointwise_ffn(y, x)
+
+    def pointwise_ffn(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + gamma * pwconv2(act(pwconv1(y)))``, on ``(N, C, H, W)`` maps in their own layout.
+
+        Same maths as the authors' permute -> Linear -> GELU -> GRN -> Linear -> permute (the
+        modules hold the weights, under their names), without the layout changes: the map stays
+        channels-first, so the next depthwise conv gets the layout oneDNN runs fastest.
+        """
+        linear1: nn.Linear = self.pwconv1[1]
+        grn: GRN = self.act[1]
+        linear2: nn.Linear = self.pwconv2[0]
+        h = self.act[0](pointwise_linear(y, linear1.weight, linear1.bias))
+        scale = grn.channel_scale(h)
+        bias = linear2.bias
+        if grn.use_bias:  # W (h s + beta) = W (h s) + W beta
+            projected = linear2.weight @ grn.beta.reshape(-1)
+            bias = projected if bias is None else bias + projected
+        spatial = h.shape[-2] * h.shape[-1]
+        if spatial > linear2.out_features and not is_channels_last(h):
+            # Scale the smaller tensor: W (h s) == (W s) h, one weight per image.
+            weight = linear2.weight * scale.view(h.shape[0], 1, h.shape[1])  # explicit: B may be 0 (an empty DDP slice)
+        else:
+            weight, h = linear2.weight, h * scale
+        if self.fused:  # norm, layer scale folded into linear2: add the residual inside the GEMM
+            return pointwise_linear(h, weight, bias, residual=x)
+        out = self.pwconv2[2](pointwise_linear(h, weight, bias))
+        return torch.addcmul(x, self.gamma.view(1, -1, 1, 1), out) if self.gamma is not None else x + out
 
     @torch.no_grad()
     def reparameterize(self) -> None:
