@@ -36,6 +36,7 @@ from minimaxad.engine.distributed import (
     DataParallel, DistributedContext, EpochBatchSampler, broadcast_object, current_context, epoch_seed,
     training_device,
 )
+from minimaxad.engine.resume import check_resume_compatible, data_fingerprint
 from minimaxad.engine.scoring import resolve_device, run_dataset
 from minimaxad.engine.thresholds import calibrate_thresholds
 from minimaxad.models import MiniMaxAD
@@ -113,7 +114,7 @@ def train(
     with their (identical) model and no thresholds.
     """
     run = TrainingRun(config, output_dir, categories, context or current_context())
-    run.set_up(resume)
+    run.set_up(resume, data=_fingerprint_of(train_set))
     plan = run.plan(len(train_set))
     run.start_progress(plan, enabled=progress)
     for epoch in run.remaining_epochs(plan):
@@ -143,7 +144,13 @@ class StepPlan:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def ends_epoch(self, step: int) -> bool:
-        return step % self.steps_per_epoch == 0 or step >= self.total_steps
+        """A whole epoch is done (a run stopped mid-epoch by --max-steps has not finished it: the
+        schedule steps when a resumed run completes it, so the learning rate stays in phase)."""
+        return step % self.steps_per_epoch == 0
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batches of it done) after ``step`` optimiser steps."""
+        return divmod(step, self.steps_per_epoch)
 
 
 @dataclass
@@ -172,14 +179,18 @@ class TrainingRun:
                                      adc_mode=config.adc_sync)
         self.last_path = output_dir / "last.pt"
         self.epoch, self.step_count = 0, 0
+        self._resume_batch = 0  # batches of the first epoch already done before a resume
+        self.data: dict[str, Any] | None = None  # the training files' fingerprint (resume checks it)
         self.loss_value, self.nonfinite_in_a_row, self.seen_images = float("nan"), 0, 0
         self._bar = self._trace = self._empty_images = None
         self._started = time.perf_counter()
 
     # -- set-up and resume --------------------------------------------------------------------
-    def set_up(self, resume: bool) -> None:
-        """Model, optimiser, schedule and scaler; continue from ``last.pt`` when resuming."""
+    def set_up(self, resume: bool, data: dict[str, Any] | None = None) -> None:
+        """Model, optimiser, schedule and scaler; continue from ``last.pt`` when resuming (with
+        the same settings and the same training files, ``data``: see :mod:`~minimaxad.engine.resume`)."""
         config = self.config
+        self.data = data
         if self.main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
@@ -206,11 +217,15 @@ class TrainingRun:
             if resume:
                 log.info("--resume: no %s yet, starting from scratch", self.last_path)
             return None
-        _check_resume_compatible(state, self.config)
+        check_resume_compatible(state, self.config, self.data, self.model.encoder_weights_id)
         load_model_state(self.model, state)
         training = state["training_state"]
         restore_rng_state(training["rng"])
         self.epoch, self.step_count = training["epoch"], training["step"]
+        self._resume_batch = training.get("batch_in_epoch", 0)
+        if self._resume_batch and self.config.augment and self.config.workers > 0:
+            log.warning("resuming mid-epoch with --workers > 0 and augmentation: the rest of epoch %d gets other "
+                        "random crops than an uninterrupted run (exact with --workers 0)", self.epoch)
         log.info("resumed from %s at epoch %d, step %d", self.last_path, self.epoch, self.step_count)
         return training
 
@@ -253,6 +268,8 @@ class TrainingRun:
                                     rank=self.context.rank, world_size=self.context.world_size)
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
+        skip, self._resume_batch = self._resume_batch, 0  # resumed mid-epoch: those batches were done
+        global_sizes, local_batches = global_sizes[skip:], local_batches[skip:]
         loader = DataLoader(train_set, batch_sampler=local_batches, num_workers=config.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             collate_fn=_collate_or_empty,
@@ -269,13 +286,19 @@ class TrainingRun:
             yield Batch(images, global_sizes[index], local_batches[index], list(batch.get("path", [])))
 
     def step(self, batch: Batch) -> None:
-        """Forward, loss, and an optimiser update, or a skipped step when the loss is not finite."""
+        """Forward, loss, and an optimiser update, or a skipped step when the loss is not finite
+        (its forward pass's BatchNorm statistics undone too: a skipped step changes nothing)."""
+        statistics = _batchnorm_statistics(self.model)
+        saved = [tensor.clone() for tensor in statistics]
         loss = self._loss(batch)
         value = self.parallel.loss_value(loss)
         self.optimizer.zero_grad(set_to_none=True)
         if math.isfinite(value):
             self._update(loss, value, batch)
         else:
+            with torch.no_grad():
+                for tensor, before in zip(statistics, saved):
+                    tensor.copy_(before)
             self._skip(loss, value)
         self.step_count += 1
         self.seen_images += batch.global_size
@@ -340,7 +363,7 @@ class TrainingRun:
         epochs_done = self.epoch + 1
         if not self.main:
             return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate, {})
-        self._save_resumable(plan.epochs)
+        self._save_resumable(*plan.position(self.step_count))  # mid-epoch (--max-steps) resumes exactly
         thresholds = calibrate(self.model, self.config, holdout_set, train_set, self.device)
         checkpoint = build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
                                       thresholds=thresholds)
@@ -349,15 +372,30 @@ class TrainingRun:
         return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate,
                            thresholds)
 
-    def _save_resumable(self, epoch: int) -> None:
+    def _save_resumable(self, epoch: int, batch_in_epoch: int = 0) -> None:
         training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                          "rng": rng_state(), "epoch": epoch, "step": self.step_count}
+                          "rng": rng_state(), "epoch": epoch, "step": self.step_count,
+                          "batch_in_epoch": batch_in_epoch, "data": self.data}
         save_checkpoint(self.last_path, build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
                                                          training_state=training_state))
 
     @property
     def _channels_last(self) -> bool:
         return self.config.channels_last and self.device.type == "cuda"
+
+
+def _fingerprint_of(train_set) -> dict[str, Any] | None:
+    """The training files' fingerprint (None for a dataset that does not list its files)."""
+    paths = getattr(train_set, "paths", None)
+    return data_fingerprint(paths) if paths is not None else None
+
+
+def _batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Running mean, variance and count of every BatchNorm in training mode (the decoder's)."""
+    return [buffer for module in model.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+            if buffer is not None]
 
 
 def _collate_or_empty(items):
@@ -406,26 +444,3 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
     return calibrate_thresholds(outputs.scores, outputs.maps, image_fpr=config.image_fpr,
                                 pixel_fpr=config.pixel_fpr, source=source, seed=config.seed,
                                 categories=outputs.categories)
-
-
-# settings that must not change between a run and its resumption
-_RESUME_KEYS = ("backbone", "loss", "image_size", "crop_size", "batch_size", "lr", "seed", "epochs",
-                "weight_decay", "lr_gamma", "format", "categories", "unified")
-
-
-def _check_resume_compatible(state: dict[str, Any], config: RunConfig) -> None:
-    saved = state.get("config") or {}
-    current = config.to_dict()
-    changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in _RESUME_KEYS
-               if k in saved and _norm(saved.get(k)) != _norm(current.get(k))]
-    if changed:
-        raise TrainingError(
-            f"cannot --resume {state.get('path')}: the run was started with other settings ({'; '.join(changed)}). "
-            f"Use the same options, or a new --output folder"
-        )
-    if state.get("training_state") is None:
-        raise TrainingError(f"{state.get('path')} holds no training state to resume from")
-
-
-def _norm(value):
-    return list(value) if isinstance(value, tuple) else value
