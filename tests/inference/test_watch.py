@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import shutil
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from minimaxad.data.io import load_image
 from minimaxad.engine.thresholds import normalize_scores
 from minimaxad.inference.batching import BatcherClosed, MicroBatcher, QueueFull, ScoredImage
-from minimaxad.inference.predict import Predictor, is_exported_model
+from minimaxad.inference.predict import MapStyle, Predictor, is_exported_model
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_PREFIX = "/v1"
@@ -262,7 +262,7 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
     categories = model_info.get("categories") or []
     model_id = model_info["model_id"]
     calibration = predictor.calibration
-    heat_low = {}  # category -> the low end of the heatmap colour scale (as minimaxad predict)
+    styles: dict[str | None, MapStyle] = {}  # category -> how its maps are drawn (as minimaxad predict)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -420,20 +420,12 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             "timing_ms": {"decode": decode_ms, "queue": scored.queue_ms, "inference": scored.inference_ms},
         }
         if wanted:
-            from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
-
-            amap = scored.anomaly_map
-            if category not in heat_low:
-                quantiles = calib.get("normal_pixel_quantiles")
-                heat_low[category] = float(quantiles[10]) if quantiles else None
-            low = heat_low[category] if heat_low[category] is not None else float(amap.min())
-            high = pixel_threshold * 1.5 if pixel_threshold is not None else float(amap.max())
+            if category not in styles:
+                styles[category] = MapStyle.of(predictor, category, settings.alpha)
             if "heatmap" in wanted:
-                result["heatmap_png"] = png_base64(heatmap_overlay(photo, amap, vmin=low, vmax=max(high, low + 1e-6),
-                                                                   alpha=settings.alpha))
+                result["heatmap_png"] = png_base64(styles[category].heatmap(photo, scored.anomaly_map))
             if "mask" in wanted:
-                mask_threshold = pixel_threshold if pixel_threshold is not None else float("inf")
-                result["mask_png"] = png_base64(defect_mask(amap, mask_threshold, size=photo.size))
+                result["mask_png"] = png_base64(styles[category].mask(photo, scored.anomaly_map))
         return result
 
     predict_body = {"required": True, "content": {

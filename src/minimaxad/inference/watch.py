@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from PIL import Image
 
 from minimaxad.data.io import BadImageError, DatasetError, list_images, load_image
-from minimaxad.inference.predict import Predictor
+from minimaxad.engine.paths import atomic_write, check_writable_folder, inside, safe_name
+from minimaxad.inference.predict import MapStyle, Predictor
 
 CSV_FIELDS = ["time", "file", "score", "normalized_score", "decision", "threshold", "width", "height",
               "heatmap", "mask", "error"]
@@ -107,13 +107,14 @@ class FolderWatcher:
         self.results_path = self.output / "results.jsonl"
         self.csv_path = self.output / "results.csv"
         self.journal_path = self.output / "journal.jsonl"
+        check_writable_folder(self.output)
         for sub in ("heatmaps", "masks"):
             (self.output / sub).mkdir(parents=True, exist_ok=True)
         self._settling: dict[str, _Settling] = {}
         self.done: set[FileKey] = set()
         self._names: dict[str, FileKey] = {}  # picture name -> the file it belongs to
         self._recover()
-        self._style = _MapStyle(predictor, category, alpha)
+        self._style = MapStyle.of(predictor, category, alpha)
 
     # -- restart -------------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -253,8 +254,7 @@ class FolderWatcher:
         component (``line2/a.png`` -> ``line2__a``); numbered when another file (``a.jpg`` beside
         ``a.png``, or an earlier version of this one) already has it."""
         stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
-        base = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem.replace("/", "__")).lstrip(".")[:150]
-        base = base or "_"
+        base = safe_name(stem.replace("/", "__"))
         key = (rel, info.st_size, info.st_mtime_ns)
         name, counter = base, 0
         while name.lower() in self._names and self._names[name.lower()] != key:
@@ -264,10 +264,9 @@ class FolderWatcher:
         return name
 
     def _save(self, image: Image.Image, folder: str, name: str) -> None:
-        target = self.output / folder / f"{name}.png"
-        tmp = target.with_name(f".{name}.png.tmp")
-        image.save(tmp, format="PNG")
-        os.replace(tmp, target)  # never a half-written picture under the final name
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        atomic_write(inside(self.output, folder, f"{name}.png"), buffer.getvalue())  # never half-written
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, interval: float = 0.5, once: bool = False, stop: threading.Event | None = None) -> int:
@@ -281,31 +280,6 @@ class FolderWatcher:
                 break
             stop.wait(interval)
         return total
-
-
-class _MapStyle:
-    """Heatmap overlay and defect mask pictures, drawn as ``minimaxad predict`` draws them."""
-
-    def __init__(self, predictor: Predictor, category: str | None, alpha: float) -> None:
-        thresholds = predictor.thresholds_for(category)
-        calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
-        quantiles = calibration.get("normal_pixel_quantiles")
-        self.low = float(quantiles[10]) if quantiles else None
-        self.pixel_threshold = thresholds["pixel"]["value"]
-        self.alpha = alpha
-
-    def heatmap(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
-        from minimaxad.reporting.heatmaps import heatmap_overlay
-
-        high = self.pixel_threshold * 1.5 if self.pixel_threshold is not None else float(amap.max())
-        low = self.low if self.low is not None else float(amap.min())
-        return heatmap_overlay(photo, amap, vmin=low, vmax=max(high, low + 1e-6), alpha=self.alpha)
-
-    def mask(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
-        from minimaxad.reporting.heatmaps import defect_mask
-
-        threshold = self.pixel_threshold if self.pixel_threshold is not None else float("inf")
-        return defect_mask(amap, threshold, size=photo.size)
 
 
 def watch(input_dir: Path, output: Path, checkpoint: str | Path, *, backend: str = "fused", device: str = "auto",
