@@ -48,7 +48,7 @@ class DatasetOutputs:
     has_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,)
     # the maps of a protocol whose evaluation uses another map than the common one (AeBAD-S:
     # sum of levels + scipy's Gaussian); the metrics read these, thresholds and reports ``maps``
-    protocol_maps: torch.Tensor | None = None  # (N, H, W) float32
+    protocol_maps: torch.Tensor | None = None  # (N, H, W), float64 for the scipy smoothing
 
     def select(self, indices: Iterable[int]) -> "DatasetOutputs":
         idx = np.asarray(list(indices), dtype=np.int64)
@@ -119,11 +119,11 @@ def run_dataset(
             maps_out = torch.empty((n, *maps.shape[-2:]), dtype=torch.float32)
             if collect_masks:
                 masks_out = torch.zeros((n, *maps.shape[-2:]), dtype=torch.bool)
-            if other is not None:
-                protocol_out = torch.empty((n, *maps.shape[-2:]), dtype=torch.float32)
+            if other is not None:  # float64, as the script's scipy filter gives: exact AUPRO thresholds
+                protocol_out = torch.empty((n, *maps.shape[-2:]), dtype=other.dtype)
         maps_out[start:start + b] = maps.float().cpu()
         if other is not None:
-            protocol_out[start:start + b] = other.float()
+            protocol_out[start:start + b] = other
         scores[start:start + b] = batch_scores.float().cpu().numpy()
         labels[start:start + b] = torch.as_tensor(batch["label"]).numpy()
         if collect_masks and masks_out is not None:
