@@ -81,3 +81,10 @@ def trained_checkpoint(synthetic_root, tmp_path_factory):
                  "--max-steps", "6", "--val-fraction", "0.25", "--quiet"])
     assert code == 0
     return out / "checkpoint.pt"
+
+
+@pytest.fixture(autouse=True)
+def no_weights_from_the_internet(monkeypatch):
+    """Tests never download: the hub points at a closed local port unless a test serves one."""
+    if "MINIMAXAD_HUB_URL" not in os.environ:
+        monkeypatch.setenv("MINIMAXAD_HUB_URL", "http://127.0.0.1:9")

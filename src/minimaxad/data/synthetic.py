@@ -260,11 +260,14 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
 # --------------------------------------------------------------------------- defects
 
 
-def _apply_defect(scene: _Scene, defect: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """The scene's image with one defect (float32, before noise)."""
+def _apply_defect(scene: _Scene, defect: str, rng: np.random.Generator, size: int,
+                  subtle_fraction: float = 0.35) -> np.ndarray:
+    """The scene's image with one defect (float32, before noise); ``subtle_fraction`` of the
+    defects are drawn faint (strength 0.08-0.3), the others clear (0.25-1.0)."""
     img = scene.image.copy()
     k = size / 128.0
-    strength = rng.uniform(0.25, 1.0) if rng.uniform() < 0.65 else rng.uniform(0.08, 0.3)  # ~1/3 subtle
+    clear = rng.uniform() < 1.0 - subtle_fraction  # the same draws whatever the fraction: images stay aligned
+    strength = rng.uniform(0.25, 1.0) if clear else rng.uniform(0.08, 0.3)
     support = scene.support
     margin = int(6 * k)
     cy, cx = _pick_point(rng, support, margin)
@@ -343,10 +346,12 @@ def render_sample(
     defect: Optional[str] = None,
     image_size: int = 128,
     split: str = "test",
+    subtle_fraction: float = 0.35,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image (S, S, 3) uint8 and its mask (S, S) uint8 (0/255; zeros when normal).
 
     The mask marks exactly the pixels whose value differs from the defect-free render.
+    ``subtle_fraction``: the chance that the defect is drawn faint (0: every defect clear).
     """
     if category not in _RENDERERS:
         raise ValueError(f"unknown synthetic category {category!r}; expected one of {', '.join(_RENDERERS)}")
@@ -358,7 +363,7 @@ def render_sample(
     if defect is None:
         return clean, np.zeros((image_size, image_size), np.uint8)
     for _ in range(20):  # a defect too faint to change any pixel is drawn again
-        bad = _quantise(_apply_defect(scene, defect, rng, image_size), light, noise)
+        bad = _quantise(_apply_defect(scene, defect, rng, image_size, subtle_fraction), light, noise)
         changed = np.any(bad != clean, axis=-1)
         if changed.sum() >= 4:
             return bad, changed.astype(np.uint8) * 255
@@ -375,11 +380,14 @@ def generate_synthetic_dataset(
     seed: int = 0,
     defects: Sequence[str] = DEFECT_TYPES,
     overwrite: bool = False,
+    subtle_fraction: float = 0.35,
 ) -> Path:
     """Write an MVTec-layout dataset and return ``root``.
 
     ``<root>/<category>/train/good/000.png``, ``test/good/``, ``test/<defect>/`` and
     ``ground_truth/<defect>/000_mask.png``; ``n_test_defect`` images per defect type.
+    ``subtle_fraction``: share of faint defects (a few pixels, low contrast); 0 draws every
+    defect clearly visible.
     Readable with ``build_dataset("mvtec", root)``. A category folder that exists is
     replaced only with ``overwrite=True`` and only if this function wrote it.
     """
@@ -392,6 +400,8 @@ def generate_synthetic_dataset(
         raise ValueError(f"unknown defects {bad_defects}; expected some of {', '.join(DEFECT_TYPES)}")
     if min(n_train, n_test_good, n_test_defect) < 0 or image_size < 32:
         raise ValueError("counts must be >= 0 and image_size >= 32")
+    if not 0.0 <= subtle_fraction <= 1.0:
+        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
     for cat in categories:
         cat_dir = root / cat
         if cat_dir.exists() and any(cat_dir.iterdir()):
@@ -418,10 +428,10 @@ def generate_synthetic_dataset(
             for i in range(n_test_defect):
                 # Each defect type has its own index range: counts do not shift other images.
                 index = 10_000 * (1 + DEFECT_TYPES.index(d)) + i
-                image, mask = render_sample(cat, seed, index, d, image_size)
+                image, mask = render_sample(cat, seed, index, d, image_size, subtle_fraction=subtle_fraction)
                 save(image, cat_dir / "test" / d / f"{i:03d}.png")
                 save(mask, cat_dir / "ground_truth" / d / f"{i:03d}_mask.png")
         params = dict(seed=seed, image_size=image_size, n_train=n_train, n_test_good=n_test_good,
-                      n_test_defect=n_test_defect, defects=list(defects))
+                      n_test_defect=n_test_defect, defects=list(defects), subtle_fraction=subtle_fraction)
         (cat_dir / _MARKER).write_text(json.dumps(params, indent=1))
     return root

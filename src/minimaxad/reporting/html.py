@@ -839,8 +839,12 @@ def write_report(
     cmap: Any = "jet",
     alpha: float = 0.5,
     jpeg_quality: int = 85,
+    about: Sequence[str] | None = None,
 ) -> Path:
     """Write a single self-contained HTML report and return its path.
+
+    ``about``: paragraphs of plain text shown first, under "What these results mean" (e.g.
+    which encoder was used and what the figures can and cannot show).
 
     ``metrics``: ``{"categories": {name: {"i_auroc": 0.97, ..., "i_auroc_ci": [lo, hi]}}, "mean": {...}}``
     (fractions; shown in percent). ``image_threshold`` / ``pixel_threshold``: one
@@ -872,6 +876,8 @@ def write_report(
         ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
         ("config", "Configuration", _config_section(config)),
     ]
+    if about:
+        sections.insert(0, ("about", "What these results mean", "".join(f"<p>{_E(p)}</p>" for p in about)))
     page = _page(title, sections, items, metrics)
     out = Path(path)
     if out.is_dir():

@@ -75,8 +75,12 @@ def render_saved_evaluation(
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
     max_gallery: int | None = 60,
+    about: list[str] | None = None,
 ) -> Path:
-    """The HTML report from an ``evaluation.npz``; thresholds default to the stored ones."""
+    """The HTML report from an ``evaluation.npz``; thresholds default to the stored ones.
+
+    ``about``: paragraphs shown first; without them, a model trained with a random encoder
+    gets one saying so."""
     from minimaxad.reporting.html import ReportItem, write_report
 
     saved = load_evaluation(path)
@@ -123,8 +127,13 @@ def render_saved_evaluation(
     summary = meta.get("summary") or {}
     if "mean" not in summary and summary.get("categories"):
         summary = summarize(summary["categories"])
+    about = list(about or [])
+    if not about and str((meta.get("config") or {}).get("encoder_weights", "")).lower() == "none":
+        about.append("Encoder: RANDOM weights (--encoder-weights none), not the ImageNet UniRepLKNet the paper "
+                        "uses. The figures show the tool working on this data; they are not the paper's accuracy, "
+                        "which needs the ImageNet encoder (--encoder-weights hub or PATH).")
     return write_report(
         html_path, metrics=summary, items=items, image_threshold=image_value, pixel_threshold=pixel_value,
         threshold_notes=notes, title=title, config=meta.get("config"), max_gallery=max_gallery,
-        map_range=tuple(float(v) for v in saved["map_range"]),
+        map_range=tuple(float(v) for v in saved["map_range"]), about=about,
     )
