@@ -49,7 +49,7 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="one run per seed (in OUTPUT/seed-<N>), then mean ± std per metric and category "
                         "(the paper's error bars: --seeds 1 11 111)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision on CUDA")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision: fp32 | bf16 (CUDA, or CPUs with AVX-512 BF16/AMX) | fp16 (CUDA)")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory on CUDA")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--cache", action="store_true", default=None, help="keep resized training images in memory")
@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minimaxad.demo import run_demo
 
     run_demo(Path(args.output), steps=args.steps, backbone=args.backbone, seed=args.seed,
-             progress=not args.quiet, encoder_weights=args.encoder_weights)
+             progress=not args.quiet)
     return 0
 
 
@@ -369,9 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
     demo.add_argument("--backbone", default=None)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--encoder-weights", default="hub",
-                      help="hub (the default: the cached or downloaded ImageNet weights, else a random encoder), "
-                           "none (random encoder, no download tried) or PATH")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 

@@ -44,7 +44,7 @@ class RunConfig:
     weight_decay: float = 1e-5
     lr_gamma: float = 0.995
     seed: int = 111
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 (CUDA, or CPUs with AVX-512 BF16/AMX) | fp16 (CUDA only)
     channels_last: bool = False
     device: str = "auto"
     max_nonfinite_steps: int = 5

@@ -83,8 +83,30 @@ def build_model(config: RunConfig) -> MiniMaxAD:
     return MiniMaxAD(config.backbone, encoder_weights=weights)
 
 
+def cpu_supports_bf16() -> bool:
+    """AVX-512 BF16 or AMX: CPUs where oneDNN runs bfloat16 products natively (elsewhere bf16
+    is emulated and slower than float32)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # older torch: read the CPU flags (Linux)
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA; fp32 (a no-op context) everywhere else."""
+    """bf16/fp16 autocast on CUDA, bf16 autocast on CPUs with native bfloat16
+    (:func:`cpu_supports_bf16`); fp32 (a no-op context) everywhere else. The loss is computed
+    in float32 by the caller whatever the precision."""
+    if precision == "bf16" and device.type == "cpu":
+        if cpu_supports_bf16():
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX; training in fp32 "
+                      "(bf16 would be emulated, slower than fp32)", stacklevel=2)
     if precision == "fp32" or device.type != "cuda":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
