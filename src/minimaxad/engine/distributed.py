@@ -157,18 +157,26 @@ class EpochBatchSampler(Sampler[list[int]]):
     """This rank's part of each global batch of one epoch (a ``batch_sampler`` for a DataLoader).
 
     ``torch.randperm(num_items)`` from a generator seeded by ``(seed, epoch)`` only, cut into
-    global batches of ``batch_size`` (the last one smaller, no padding, nothing dropped), each
-    global batch cut into contiguous per-rank slices (:func:`shard_bounds`). The global batches do
-    not depend on the world size, so 1 and N processes train on the same batches, and every item
-    is seen exactly once per epoch. A rank gets an empty list when the last global batch has fewer
-    items than there are ranks; the trainer runs it as a batch of zero images.
+    global batches of ``batch_size``, each global batch cut into contiguous per-rank slices
+    (:func:`shard_bounds`). The last global batch is smaller (no padding), or, with
+    ``drop_last=True`` (the authors' unified scripts), left out: ``floor(N/B)`` batches instead
+    of ``ceil(N/B)``, and the items of the dropped tail differ from epoch to epoch. The global
+    batches do not depend on the world size, so 1 and N processes train on the same batches, and
+    without ``drop_last`` every item is seen exactly once per epoch. A rank gets an empty list
+    when the last global batch has fewer items than there are ranks; the trainer runs it as a
+    batch of zero images.
     """
 
     def __init__(self, num_items: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, drop_last: bool = False) -> None:
         if batch_size < 1 or num_items < 1:
             raise ValueError(f"EpochBatchSampler needs items and a positive batch size, "
                              f"got {num_items} items, batch size {batch_size}")
+        if drop_last and num_items < batch_size:
+            raise ValueError(
+                f"dropping the short last batch leaves no batch at all: {num_items} training images, "
+                f"batch size {batch_size}; lower --batch-size to at most {num_items} or keep the last batch"
+            )
         if batch_size < world_size:
             raise ValueError(
                 f"--batch-size {batch_size} is the GLOBAL batch and must be at least the number of "
@@ -176,7 +184,7 @@ class EpochBatchSampler(Sampler[list[int]]):
             )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
-        self.num_items, self.batch_size = num_items, batch_size
+        self.num_items, self.batch_size, self.drop_last = num_items, batch_size, drop_last
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
 
     def permutation(self) -> list[int]:
@@ -185,7 +193,8 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def global_batches(self) -> list[list[int]]:
         order = self.permutation()
-        return [order[i:i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
+        stop = len(self) * self.batch_size if self.drop_last else self.num_items
+        return [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
@@ -193,6 +202,8 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield batch[start:stop]
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_items // self.batch_size
         return math.ceil(self.num_items / self.batch_size)
 
 
@@ -224,9 +235,14 @@ def distributed_loss(
     p_hard: float = 0.9999,
     p_lim: float = 0.9995,
     adc_mode: str = "global",
+    limit_batch_size: float | None = None,
     group=None,
 ) -> torch.Tensor:
     """This rank's share ``L_r`` of the loss of the global batch (``global_batch`` images).
+
+    ``limit_batch_size``: the batch size of the ADC pixel limit (the nominal GLOBAL batch in the
+    authors' scripts; None: the images actually in the global batch), see
+    :func:`minimaxad.losses.adc_threshold`.
 
     DDP averages gradients over the ``N`` ranks, so ``L_r`` is scaled such that
     ``mean_r grad(L_r) == grad(L)``, ``L`` being :func:`minimaxad.losses.compute_loss` on the
@@ -242,6 +258,7 @@ def distributed_loss(
       :func:`~minimaxad.losses.adc_loss` on its own images, so thresholds come from ``1/N`` of the
       pixels (the ``p_hard = 0.9999`` quantile of fewer pixels is a noisier, lower estimate of
       the tail) and DDP averages N per-rank means with equal weights. Not equal to one process.
+      A nominal pixel limit is shared out as ``limit_batch_size / N`` images per rank.
     * ``local-hm``: like the global ADC, with the global ``quantile(S^2, p_lim)``.
 
     ``sum(L_r) / N`` is the loss value of the global batch (the per-rank mean for ``per-rank``).
@@ -259,7 +276,8 @@ def distributed_loss(
     if name == "adc" and adc_mode == "per-rank":
         if score_map.shape[0] == 0:
             return squared.sum()  # zero, but in the graph: DDP's gradient all-reduce still runs
-        return adc_loss(encoder_features, decoder_features, image_size, p_hard, p_lim)
+        share = None if limit_batch_size is None else limit_batch_size / world_size
+        return adc_loss(encoder_features, decoder_features, image_size, p_hard, p_lim, limit_batch_size=share)
     if name == "adc" and adc_mode != "global":
         raise ValueError(f"unknown ADC mode {adc_mode!r}; choose one of {', '.join(ADC_MODES)}")
     if name not in ("adc", "local-hm", "local_hm"):
@@ -268,7 +286,7 @@ def distributed_loss(
     everything_squared = everything * everything
     with torch.no_grad():
         if name == "adc":
-            threshold = adc_threshold(everything, p_hard, p_lim)[0]
+            threshold = adc_threshold(everything, p_hard, p_lim, limit_batch_size)[0]
         else:
             threshold = quantile(everything_squared, p_lim)
     selected_count = int((everything_squared >= threshold).sum().item())

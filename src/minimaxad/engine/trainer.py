@@ -83,6 +83,18 @@ def build_model(config: RunConfig) -> MiniMaxAD:
     return MiniMaxAD(config.backbone, encoder_weights=weights)
 
 
+def adc_limit_batch_size(config: RunConfig) -> int | None:
+    """The batch size of the ADC pixel limit: the nominal ``--batch-size`` (the authors compute
+    ``num_lim`` once from it, so a short last batch is held to the full batch's limit), or None
+    for the images actually in each batch (``adc_limit_batch="actual"``)."""
+    if config.adc_limit_batch == "nominal":
+        return config.batch_size
+    if config.adc_limit_batch == "actual":
+        return None
+    raise ValueError(f"adc_limit_batch={config.adc_limit_batch!r}; expected 'nominal' (the authors' scripts) "
+                     f"or 'actual'")
+
+
 def cpu_supports_bf16() -> bool:
     """AVX-512 BF16 or AMX: CPUs where oneDNN runs bfloat16 products natively (elsewhere bf16
     is emulated and slower than float32)."""
@@ -252,8 +264,18 @@ class TrainingRun:
         return training
 
     def plan(self, num_images: int) -> StepPlan:
+        """``ceil(N/B)`` steps an epoch, ``floor(N/B)`` when the short last batch is dropped."""
         config = self.config
-        steps_per_epoch = math.ceil(num_images / config.batch_size)
+        if config.drop_last:
+            if num_images < config.batch_size:
+                raise TrainingError(
+                    f"the run drops each epoch's short last batch (drop_last, the authors' unified scripts) but "
+                    f"has only {num_images} training images for a batch of {config.batch_size}: no step at all; "
+                    f"lower --batch-size to at most {num_images}"
+                )
+            steps_per_epoch = num_images // config.batch_size
+        else:
+            steps_per_epoch = math.ceil(num_images / config.batch_size)
         total_steps = config.epochs * steps_per_epoch
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
@@ -287,7 +309,8 @@ class TrainingRun:
         config = self.config
         self.network.train()  # the encoder stays in eval mode (MiniMaxAD.train)
         sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed, epoch=epoch,
-                                    rank=self.context.rank, world_size=self.context.world_size)
+                                    rank=self.context.rank, world_size=self.context.world_size,
+                                    drop_last=config.drop_last)
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
         skip, self._resume_batch = self._resume_batch, 0  # resumed mid-epoch: those batches were done
@@ -336,8 +359,9 @@ class TrainingRun:
         # the loss (quantiles, cosine) in float32 whatever the forward precision
         encoder_features = [f.float() for f in encoder_features]
         decoder_features = [f.float() for f in decoder_features]
-        return self.parallel.loss(config.loss, encoder_features, decoder_features, batch.images.shape[-1],
-                                  global_batch=batch.global_size, p_hard=config.p_hard, p_lim=config.p_lim)
+        return self.parallel.loss(config.loss, encoder_features, decoder_features, tuple(batch.images.shape[-2:]),
+                                  global_batch=batch.global_size, p_hard=config.p_hard, p_lim=config.p_lim,
+                                  limit_batch_size=adc_limit_batch_size(config))
 
     def _update(self, loss: torch.Tensor, value: float, batch: Batch) -> None:
         self.nonfinite_in_a_row = 0
