@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minimaxad.demo import run_demo
 
     run_demo(Path(args.output), steps=args.steps, backbone=args.backbone, seed=args.seed,
-             progress=not args.quiet)
+             progress=not args.quiet, encoder_weights=args.encoder_weights)
     return 0
 
 
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
     demo.add_argument("--backbone", default=None)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--encoder-weights", default="hub",
+                      help="hub (the default: the cached or downloaded ImageNet weights, else a random encoder), "
+                           "none (random encoder, no download tried) or PATH")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
