@@ -18,6 +18,7 @@ Item of ``ds[i]`` (a dict)::
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +127,8 @@ def _report_problems(
     lines = "\n  ".join(p for _, p in problems[:10])
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
     if skip:
+        for _, problem in problems:  # every file in the run's log (the warning shows the first 10)
+            logging.getLogger("minimaxad").info("%s: skipped %s", name, problem)
         warnings.warn(
             f"{name}: skipped {len(problems)} of {total} images that cannot be read "
             f"(skip_bad_images=True):\n  {lines}{more}",

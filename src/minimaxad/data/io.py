@@ -15,6 +15,7 @@ Everything here only *reads*: no file on disk is ever modified.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -167,11 +168,24 @@ def load_image(src: ImageSource) -> Image.Image:
             im.load()  # decode fully now: truncated files fail here, not in the network
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"cannot decode image {path}: {_bomb_reason(exc)}") from exc
+    except DECODE_ERRORS as exc:
         raise BadImageError(
-            f"cannot decode image {path}: {exc}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
+            f"cannot decode image {path}: {str(exc) or type(exc).__name__}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
             "file; replace the file, or pass skip_bad_images=True to leave it out with a warning."
         ) from exc
+
+
+# What PIL's format plugins raise on malformed files, besides OSError: a broken header can end
+# in any of these (found by the fuzz test in tests/data/test_bad_corpus.py).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                 TypeError, ZeroDivisionError, OverflowError, struct.error, MemoryError)
+
+
+def _bomb_reason(exc: Exception) -> str:
+    return (f"{exc}; so many pixels are refused as a possible decompression bomb (a small file that "
+            f"would fill the memory). Resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine")
 
 
 # --------------------------------------------------------------------------- masks
@@ -320,7 +334,9 @@ def probe_image(path: Union[str, os.PathLike], full: bool = False) -> ImageInfo:
             orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF") else 1
             if full or not _looks_complete(path, fmt):
                 im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"{path}: {_bomb_reason(exc)}") from exc
+    except DECODE_ERRORS as exc:
         reason = str(exc).replace(repr(path), "file").replace(path, "file")  # path said once
         raise BadImageError(f"{path}: {reason}") from exc
     if orientation in (5, 6, 7, 8):
