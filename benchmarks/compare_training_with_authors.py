@@ -1,0 +1,442 @@
+"""The authors' training step and ours, side by side, from the same weights on the same batches.
+
+    python benchmarks/compare_training_with_authors.py --authors-code /tmp/authors_code
+    python benchmarks/compare_training_with_authors.py --authors-code DIR --steps 300 --mode free --control
+    python benchmarks/compare_training_with_authors.py --authors-code DIR --dtype float64 --steps 20
+
+Their side is their own code: the model files through ../shared/tools/authors_shim.py and the
+loss functions (``loss_adc``, ``cal_anomaly_map_tensor``, ``loss_fucntion``) read out of their
+training script with ``ast`` and executed as they are; the loop lines around them are their
+script's: ``inputs = encoder(img)`` with autograd on (encoder in eval mode), ``outputs =
+decoder(bn(inputs))``, ``num_lim = image_size * image_size * batch_size * (1 - p_lim)`` from the
+nominal batch, AdamW over ``decoder + bn`` parameters, ``zero_grad / backward / step``,
+ExponentialLR once per epoch. Our side is our trainer (:class:`minimaxad.engine.trainer.TrainingRun`
+and its ``step``), except with ``--dtype float64``, where our pieces run the same sequence without
+the trainer's float32 cast of the features.
+
+Both start from one initial network (under one seed our constructors draw the authors' exact
+weights; their weights are copied into ours anyway) and get the same batches: real photos
+(default ``../shared/data/magnetic_tile/train/good``: grayscale JPEGs of ~700 shapes, 100-600 px a
+side) read by our dataset, cut by our sampler (the short last batch of each epoch kept, as the
+single-class scripts). Their input pipeline (PIL ``convert('RGB')`` -> ``Resize((s, s))`` bilinear
+-> ``ToTensor`` -> ``Normalize``, restated with PIL) is compared with ours on every batch.
+
+Each step records the loss of both, the largest gradient and weight differences and the ADC
+branch the authors' rule takes. ``--mode free`` lets both run on their own (differences
+accumulate); ``--mode resync`` copies their weights, BatchNorm statistics and AdamW moments into
+ours after every step, so each row is one step's difference. ``--control`` runs a second copy of
+their step from their weights perturbed by float32 rounding (relative 2**-24): how much two runs
+of the SAME code drift apart from a rounding-level difference, the yardstick for the free mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from minimaxad.data import build_dataset
+from minimaxad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from minimaxad.engine.config import RunConfig
+from minimaxad.engine.distributed import SINGLE_PROCESS, EpochBatchSampler
+from minimaxad.engine.trainer import Batch, TrainingRun, adc_limit_batch_size
+from minimaxad.losses import adc_threshold, compute_loss
+from minimaxad.anomaly_map import training_anomaly_map
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "magnetic_tile"
+# the script each loss is taken from, and its functions used (their spelling)
+SCRIPT_FOR_LOSS = {"adc": ("train_single_GoodsAD.py", ("loss_adc", "cal_anomaly_map_tensor")),
+                   "global": ("train_single_ViSA.py", ("loss_fucntion",))}
+
+
+# -- the authors' code ----------------------------------------------------------------------------
+def import_authors(authors_code: Path, shim: Path = SHARED / "tools" / "authors_shim.py") -> SimpleNamespace:
+    """Their model modules (imported through the shim, no timm) and their scripts' loss functions."""
+    if not (authors_code / "models" / "unireplknet.py").is_file():
+        raise SystemExit(f"--authors-code {authors_code}: no models/unireplknet.py there; give a checkout of "
+                         "WangFengJiee/MiniMaxAD")
+    if not shim.is_file():
+        raise SystemExit(f"{shim} not found: it lets the authors' model files import without timm")
+    for folder in (str(shim.parent), str(authors_code)):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    import authors_shim
+
+    authors_shim.install()
+    with contextlib.redirect_stdout(io.StringIO()):
+        import models.de_unireplknet as de_unireplknet
+        import models.unireplknet as unireplknet
+    losses = {loss: script_functions(authors_code / script, names) for loss, (script, names) in SCRIPT_FOR_LOSS.items()}
+    return SimpleNamespace(unireplknet=unireplknet, de_unireplknet=de_unireplknet, losses=losses)
+
+
+def script_functions(script: Path, names: Iterable[str]) -> dict[str, Any]:
+    """The named top-level functions of one of their scripts, executed as written (the script
+    itself imports torchvision, OpenCV and pandas, so it cannot be imported here)."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in set(names)]
+    missing = set(names) - {node.name for node in wanted}
+    if missing:
+        raise SystemExit(f"{script}: no function(s) {', '.join(sorted(missing))}")
+    namespace: dict[str, Any] = {"torch": torch, "F": F, "np": np}
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(script), "exec"), namespace)
+    return {name: namespace[name] for name in names}
+
+
+def authors_input(path: str, size: int) -> torch.Tensor:
+    """Their ImageFolder loader and ``get_data_transforms(size, size)`` image path, restated:
+    ``Image.open(f).convert('RGB')``, ``Resize((size, size))`` (PIL bilinear), ``ToTensor``,
+    ``CenterCrop(size)`` (nothing to crop), ``Normalize(ImageNet)`` in float32."""
+    with open(path, "rb") as handle:
+        image = Image.open(handle).convert("RGB")
+    image = image.resize((size, size), Image.BILINEAR)
+    tensor = torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1).contiguous().float().div(255)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).view(-1, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+class AuthorsTraining:
+    """Their network, optimiser, schedule and step, as in their training scripts."""
+
+    def __init__(self, authors: SimpleNamespace, variant: str, *, loss: str, image_size: int, batch_size: int,
+                 lr: float = 5e-3, p_hard: float = 0.9999, p_lim: float = 0.9995, seed: int = 111,
+                 dtype: torch.dtype = torch.float32) -> None:
+        torch.manual_seed(seed)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.encoder, self.bn = getattr(authors.unireplknet, f"unireplknet_{variant}")()
+            self.decoder = getattr(authors.de_unireplknet, f"de_unireplknet_{variant}")()
+        for module in (self.encoder, self.bn, self.decoder):
+            module.to(dtype)
+        self.authors, self.variant, self.functions = authors, variant, authors.losses[loss]
+        self.loss_name, self.image_size, self.p_hard, self.p_lim = loss, image_size, p_hard, p_lim
+        self.batch_size = batch_size
+        self.num_lim = image_size * image_size * batch_size * (1 - p_lim)
+        self.encoder.eval()
+        self.optimizer = torch.optim.AdamW(list(self.decoder.parameters()) + list(self.bn.parameters()),
+                                           lr=lr, betas=(0.9, 0.999), weight_decay=1e-5)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=0.995)
+
+    def start_epoch(self) -> None:
+        self.bn.train()
+        self.decoder.train()
+
+    def step(self, img: torch.Tensor) -> tuple[float, tuple[str, str] | None]:
+        """One step of their loop; returns the loss and, for ADC, the branch their rule took
+        (pixel limit of the nominal batch) and the one a limit of the actual batch would take."""
+        inputs = self.encoder(img)
+        outputs = self.decoder(self.bn(inputs))
+        branches = None
+        if self.loss_name == "adc":
+            loss = self.functions["loss_adc"](inputs, outputs, self.p_hard, self.p_lim, self.num_lim, self.image_size)
+            with torch.no_grad():  # their `if num < num_lim`, evaluated by our code, both ways
+                score_map = training_anomaly_map(inputs, outputs, self.image_size)
+                branches = (adc_threshold(score_map, self.p_hard, self.p_lim, self.batch_size)[1],
+                            adc_threshold(score_map, self.p_hard, self.p_lim)[1])
+        else:
+            loss = self.functions["loss_fucntion"](inputs, outputs)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.item()), branches
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    def named_trainables(self) -> dict[str, torch.nn.Parameter]:
+        return {**{f"bottleneck.{k}": p for k, p in self.bn.named_parameters()},
+                **{f"decoder.{k}": p for k, p in self.decoder.named_parameters()}}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"bottleneck.{k}": v for k, v in self.bn.state_dict().items()},
+                **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}}
+
+    def perturbed_twin(self, relative: float, seed: int = 0, **settings: Any) -> "AuthorsTraining":
+        """A new training from this one's weights, each trainable weight multiplied by ``1 +- relative``."""
+        twin = AuthorsTraining(self.authors, self.variant, **settings)
+        for mine, source in ((twin.encoder, self.encoder), (twin.bn, self.bn), (twin.decoder, self.decoder)):
+            mine.load_state_dict(source.state_dict())
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in twin.named_trainables().values():
+                signs = torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1
+                p.mul_(1 + relative * signs)
+        return twin
+
+
+class OurTraining:
+    """Our trainer (:class:`TrainingRun`) fed with given batches; float64 runs our pieces in the
+    trainer's order (forward, loss, zero_grad, backward, AdamW step) without its float32 cast."""
+
+    def __init__(self, variant: str, *, loss: str, image_size: int, batch_size: int, lr: float = 5e-3,
+                 seed: int = 111, dtype: torch.dtype = torch.float32, folder: Path) -> None:
+        self.config = RunConfig(backbone=f"unireplknet_{variant}", encoder_weights="none", loss=loss,
+                                image_size=image_size, batch_size=batch_size, lr=lr, seed=seed, device="cpu",
+                                workers=0, evaluate=False, checkpoint_every=0)
+        self.run = TrainingRun(self.config, folder, ["comparison"], SINGLE_PROCESS)
+        with _quiet_warnings():
+            self.run.set_up(resume=False)
+        self.model, self.dtype = self.run.model, dtype
+        self.model.to(dtype)
+
+    def start_epoch(self) -> None:
+        self.run.network.train()  # what TrainingRun.batches does at each epoch
+
+    def step(self, images: torch.Tensor, indices: Sequence[int]) -> float:
+        if self.dtype == torch.float32:
+            self.run.step(Batch(images, len(indices), list(indices), []))
+            return float(self.run.loss_value)
+        config = self.config
+        encoder_features, decoder_features = self.run.network(images)
+        loss = compute_loss(config.loss, encoder_features, decoder_features, tuple(images.shape[-2:]),
+                            p_hard=config.p_hard, p_lim=config.p_lim, limit_batch_size=adc_limit_batch_size(config))
+        self.run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.run.optimizer.step()
+        return float(loss.item())
+
+    def end_epoch(self) -> None:
+        self.run.scheduler.step()
+
+    def named_trainables(self) -> dict[str, torch.nn.Parameter]:
+        return {**{f"bottleneck.{k}": p for k, p in self.model.bottleneck.named_parameters()},
+                **{f"decoder.{k}": p for k, p in self.model.decoder.named_parameters()}}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.model.trainable_state_dict()
+
+    def copy_from(self, theirs: AuthorsTraining, optimizer: bool = False) -> None:
+        """Their weights (encoder too), BatchNorm statistics and, if asked, AdamW moments into ours."""
+        missing, unexpected = self.model.encoder.load_state_dict(theirs.encoder.state_dict(), strict=False)
+        if missing or any(not k.startswith(("downsample_layers.3.", "norm3.")) for k in unexpected):
+            raise RuntimeError(f"encoder layouts differ: missing {missing}, unexpected {unexpected}")
+        self.model.bottleneck.load_state_dict(theirs.bn.state_dict())
+        self.model.decoder.load_state_dict(theirs.decoder.state_dict())
+        if optimizer:
+            mine, reference = self.named_trainables(), theirs.named_trainables()
+            for name, p in mine.items():
+                state = theirs.optimizer.state.get(reference[name])
+                if state:
+                    self.run.optimizer.state[p] = {k: v.clone() for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import logging
+
+    logger = logging.getLogger("minimaxad")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# -- comparing ------------------------------------------------------------------------------------
+def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Iterable[str]) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for key in keys:
+        x, y = a[key], b[key]
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                return math.inf, key
+            continue
+        d = float((x.detach().double() - y.detach().double()).abs().max()) if x.numel() else 0.0
+        if d > worst:
+            worst, where = d, key
+    return worst, where
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Iterable[str]) -> float:
+    """||a - b|| / ||b|| over all the tensors together."""
+    num = den = 0.0
+    for key in keys:
+        x, y = a[key], b[key]
+        if x is None or y is None:
+            continue
+        num += float((x.detach().double() - y.detach().double()).pow(2).sum())
+        den += float(y.detach().double().pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+def gradients(training) -> dict[str, torch.Tensor | None]:
+    return {name: p.grad for name, p in training.named_trainables().items()}
+
+
+@dataclass
+class Setup:
+    variant: str = "f"
+    loss: str = "adc"
+    image_size: int = 128
+    batch_size: int = 8
+    steps: int = 300
+    seed: int = 111
+    mode: str = "free"  # free | resync
+    inputs: str = "ours"  # which pipeline's tensors both steps get: ours | authors
+    dtype: str = "float32"
+    control: bool = False
+    images: int | None = None  # use the first N training images (fewer steps per epoch)
+    data: Path = DEFAULT_DATA
+
+
+def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]:
+    """Run both trainings side by side; returns the per-step records and a summary."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[setup.dtype]
+    dataset = build_dataset("mvtec", setup.data, "train", image_size=setup.image_size, validate=False)
+    count = len(dataset) if setup.images is None else min(setup.images, len(dataset))
+    theirs = AuthorsTraining(authors, setup.variant, loss=setup.loss, image_size=setup.image_size,
+                             batch_size=setup.batch_size, seed=setup.seed, dtype=dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        ours = OurTraining(setup.variant, loss=setup.loss, image_size=setup.image_size,
+                           batch_size=setup.batch_size, seed=setup.seed, dtype=dtype, folder=Path(folder))
+        state_keys = list(theirs.state())
+        same_init = max_abs_difference(ours.state(), theirs.state(), state_keys)[0] == 0.0
+        same_encoder = all(torch.equal(v, theirs.encoder.state_dict()[k]) for k, v in ours.model.encoder.state_dict().items())
+        ours.copy_from(theirs)
+        control = theirs.perturbed_twin(2.0 ** -24, loss=setup.loss, image_size=setup.image_size,
+                                        batch_size=setup.batch_size, seed=setup.seed, dtype=dtype) if setup.control else None
+        names = list(theirs.named_trainables())
+        records, input_diff, started = [], 0.0, time.perf_counter()
+        step, epoch = 0, 0
+        log(f"{setup.variant} {setup.loss} {setup.image_size}px batch {setup.batch_size}, {count} images, mode "
+            f"{setup.mode}, inputs {setup.inputs}, {setup.dtype}; initial weights identical under seed "
+            f"{setup.seed}: bottleneck+decoder {same_init}, encoder {same_encoder}")
+        while step < setup.steps:
+            batches = EpochBatchSampler(count, setup.batch_size, seed=setup.seed, epoch=epoch).global_batches()
+            for training in (theirs, ours, control):
+                if training is not None:
+                    training.start_epoch()
+            for indices in batches:
+                items = [dataset[i] for i in indices]
+                our_images = torch.stack([item["image"] for item in items])
+                their_images = torch.stack([authors_input(item["path"], setup.image_size) for item in items])
+                input_diff = max(input_diff, float((our_images - their_images).abs().max()))
+                images = (our_images if setup.inputs == "ours" else their_images).to(dtype)
+                their_loss, branches = theirs.step(images)
+                our_loss = ours.step(images, indices)
+                their_grads, our_grads = gradients(theirs), gradients(ours)
+                grad_abs, grad_where = max_abs_difference(our_grads, their_grads, names)
+                weight_abs, weight_where = max_abs_difference(ours.state(), theirs.state(), state_keys)
+                record = {
+                    "step": step, "epoch": epoch, "batch": len(indices),
+                    "branch": branches and branches[0], "branch_actual_limit": branches and branches[1],
+                    "loss_authors": their_loss, "loss_ours": our_loss, "loss_diff": abs(our_loss - their_loss),
+                    "grad_max_abs": grad_abs, "grad_where": grad_where,
+                    "grad_rel": relative_difference(our_grads, their_grads, names),
+                    "weight_max_abs": weight_abs, "weight_where": weight_where,
+                    "weight_rel": relative_difference(ours.state(), theirs.state(), state_keys),
+                }
+                if control is not None:
+                    control_loss, _ = control.step(images)
+                    record["control_loss_diff"] = abs(control_loss - their_loss)
+                    record["control_weight_rel"] = relative_difference(control.state(), theirs.state(), state_keys)
+                records.append(record)
+                if setup.mode == "resync":
+                    ours.copy_from(theirs, optimizer=True)
+                step += 1
+                if step % max(1, setup.steps // 10) == 0 or step == 1 or len(indices) < setup.batch_size:
+                    log(_row(record))
+                if step >= setup.steps:
+                    break
+            else:
+                for training in (theirs, ours, control):
+                    if training is not None:
+                        training.end_epoch()
+            epoch += 1
+    summary = summarise(records, setup, input_diff, same_init, same_encoder, time.perf_counter() - started)
+    return {"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+            "summary": summary, "records": records}
+
+
+def _row(r: dict[str, Any]) -> str:
+    text = (f"step {r['step']:4d} batch {r['batch']:2d} {r['branch'] or '':4s} loss {r['loss_authors']:.6f} "
+            f"|dloss| {r['loss_diff']:.2e} grad max|d| {r['grad_max_abs']:.2e} rel {r['grad_rel']:.2e} "
+            f"weights max|d| {r['weight_max_abs']:.2e} rel {r['weight_rel']:.2e}")
+    if "control_weight_rel" in r:
+        text += f" | control: |dloss| {r['control_loss_diff']:.2e} weights rel {r['control_weight_rel']:.2e}"
+    return text
+
+
+def summarise(records: list[dict[str, Any]], setup: Setup, input_diff: float, same_init: bool, same_encoder: bool,
+              seconds: float) -> dict[str, Any]:
+    short = [r for r in records if r["batch"] < setup.batch_size]
+
+    def worst(key: str, rows=records) -> float:
+        return max((r[key] for r in rows), default=float("nan"))
+
+    summary = {
+        "steps": len(records), "seconds": round(seconds, 1), "initial_weights_identical": same_init,
+        "initial_encoder_identical": same_encoder, "input_max_abs_diff": input_diff,
+        "loss_diff_max": worst("loss_diff"), "grad_rel_max": worst("grad_rel"), "grad_max_abs_max": worst("grad_max_abs"),
+        "weight_rel_final": records[-1]["weight_rel"] if records else float("nan"),
+        "weight_max_abs_final": records[-1]["weight_max_abs"] if records else float("nan"),
+        "first_step_grad_rel": records[0]["grad_rel"] if records else float("nan"),
+        "short_batches": len(short), "short_batch_branches": [r["branch"] for r in short],
+        "short_batch_branches_actual_limit": [r["branch_actual_limit"] for r in short],
+        "short_batch_loss_diff_max": worst("loss_diff", short),
+    }
+    if records and "control_weight_rel" in records[-1]:
+        summary["control_weight_rel_final"] = records[-1]["control_weight_rel"]
+        summary["control_loss_diff_max"] = worst("control_loss_diff")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--authors-code", type=Path,
+                    default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", "/tmp/authors_code")),
+                    help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or /tmp/authors_code)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an MVTec-layout category folder of real photos")
+    ap.add_argument("--variant", default="f", choices=list("fpnt"), help="the authors build no bottleneck for A")
+    ap.add_argument("--loss", default="adc", choices=sorted(SCRIPT_FOR_LOSS))
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--images", type=int, help="only the first N training images (shorter epochs)")
+    ap.add_argument("--seed", type=int, default=111)
+    ap.add_argument("--mode", default="free", choices=["free", "resync"])
+    ap.add_argument("--inputs", default="ours", choices=["ours", "authors"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--control", action="store_true", help="also their step from rounding-perturbed weights")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="write the records and the summary here")
+    args = ap.parse_args(argv)
+    if not args.authors_code.is_dir():
+        print(f"skipped: the authors' code is not at {args.authors_code} (give --authors-code DIR)")
+        return 0
+    if not args.data.is_dir():
+        print(f"skipped: no data at {args.data} (give --data DIR, an MVTec-layout category folder)")
+        return 0
+    torch.set_num_threads(args.threads)
+    authors = import_authors(args.authors_code)
+    setup = Setup(variant=args.variant, loss=args.loss, image_size=args.image_size, batch_size=args.batch_size,
+                  steps=args.steps, seed=args.seed, mode=args.mode, inputs=args.inputs, dtype=args.dtype,
+                  control=args.control, images=args.images, data=args.data)
+    result = compare(authors, setup)
+    print(json.dumps(result["summary"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
