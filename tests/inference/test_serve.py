@@ -338,6 +338,25 @@ def test_client_leaving_mid_upload_leaves_the_service_up(server, photos, expecte
     assert body["results"][0]["score"] == pytest.approx(expected["weave_good"]["score"], rel=TOL, abs=TOL)
 
 
+def test_serves_an_exported_onnx_file(trained_checkpoint, photos, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
+    from minimaxad.cli import main
+
+    model = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(model)]) == 0
+    onnx_predictor = Predictor.from_checkpoint(model)
+    names = ["washer_hole", "weave_good"]
+    truth = onnx_predictor.predict([Image.open(io.BytesIO(photos[n])) for n in names]).scores
+    with ThreadServer(build_service(model, settings=ServeSettings(workers_threads=1))) as running:
+        info = json.loads(request(running.port, "GET", "/v1/model")[2])
+        assert info["backend"] == "onnxruntime" and info["checkpoint"]["exported"] is True
+        assert info["checkpoint"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        for name, score in zip(names, truth):
+            status, _, body = post_png(running.port, photos[name])
+            assert status == 200
+            assert body["results"][0]["score"] == pytest.approx(float(score), rel=TOL, abs=TOL)
+
+
 class GatedBackend(Backend):
     """The real backend, but a batch waits at a gate while ``closed`` (queue-full test)."""
 
