@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minimaxad.engine.paths import atomic_write
+
 
 @dataclass
 class RunConfig:
@@ -89,4 +91,4 @@ class RunConfig:
         return RunConfig.from_dict(merged)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")  # never half-written
