@@ -345,6 +345,10 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
     train_full = open_dataset(config, "train")
     categories = list(train_full.categories)
     echo(f"      {len(train_full)} training images, categories: {', '.join(categories)}")
+    echo(f"      protocol {run_protocol(config).describe()}")
+    if run_protocol(config).name == "aebad-mvtec" and not config.extra_datasets:
+        echo("      WARNING: the aebad-mvtec protocol trains on AeBAD-S merged with MVTec AD; without "
+             "--extra-data mvtec=ROOT this is AeBAD-S alone")
     if config.encoder_weights is None or str(config.encoder_weights).lower() == "none":
         echo("      WARNING: random encoder (--encoder-weights none): results are NOT comparable to the paper")
     if context.enabled:
