@@ -46,6 +46,7 @@ def test_presets_carry_their_scripts_protocol(preset, drop_last, top_ratio, eval
     config = RunConfig().updated(**get_preset(preset))
     protocol = get_protocol(config.protocol)
     assert config.drop_last is drop_last and config.top_ratio == top_ratio
+    assert config.augment is preset.startswith("aebad")  # RandomResizedCrop + flip of AeBAD-S photos only
     assert config.adc_limit_batch == "nominal"  # every script compares against the nominal batch's limit
     assert protocol.evaluation == evaluation
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).protocol == config.protocol

@@ -70,9 +70,10 @@ class Protocol:
 
     def run_settings(self) -> dict[str, Any]:
         """The ``RunConfig`` keys this protocol sets (a preset applies them; the command line
-        may still override each)."""
+        may still override each). ``augment`` switches the augmentation of the run's own
+        dataset (AeBAD-S); datasets merged with ``--extra-data`` are never augmented."""
         return {"protocol": self.to_dict(), "drop_last": self.drop_last, "adc_limit_batch": self.adc_limit_batch,
-                "top_ratio": self.top_ratio}
+                "top_ratio": self.top_ratio, "augment": self.augmentation != "none"}
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

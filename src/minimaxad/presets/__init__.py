@@ -4,8 +4,8 @@ Each preset is a partial :class:`~minimaxad.engine.config.RunConfig`; command-li
 override it. ``describe`` holds what the preset reproduces (shown by ``minimaxad presets``);
 ``protocol`` names the authors' script it follows (:mod:`minimaxad.engine.protocol`): its rules
 (train batches, ADC limit, augmentation, masks, map, image score, AUPRO, what is reported) are
-stored whole in the run's configuration, and its training rules set ``drop_last``,
-``adc_limit_batch`` and ``top_ratio``.
+stored whole in the run's configuration, and its rules set ``drop_last``, ``adc_limit_batch``,
+``top_ratio`` and ``augment``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def get_preset(name: str) -> dict[str, Any]:
     """The preset's settings (without its description), its protocol expanded into the
     ``RunConfig`` keys it sets (``protocol`` as data, ``drop_last``, ``adc_limit_batch``,
-    ``top_ratio``)."""
+    ``top_ratio``, ``augment``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     settings = {k: v for k, v in PRESETS[name].items() if k != "describe"}
