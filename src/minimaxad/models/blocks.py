@@ -78,7 +78,9 @@ def pointwise_linear(
         acc = acc if bias is None else acc + bias[:, None]
     elif bias is not None:
         acc = bias[:, None]
-    if n == 1:  # a plain matrix product: cheaper dispatch than a batch of one
+    # a plain matrix product: cheaper dispatch than a batch of one (not while tracing for export:
+    # the branch would fix the exported graph's batch size at 1)
+    if n == 1 and not torch.jit.is_tracing():
         w0 = weight[0] if per_image else weight
         y = torch.mm(w0, flat[0]) if acc is None else torch.addmm(acc.reshape(out_channels, -1), w0, flat[0])
         return y.view(1, out_channels, h, w)
