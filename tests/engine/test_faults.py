@@ -73,7 +73,7 @@ def bad_checkpoints(folder: Path, good: Path, marker: Path) -> dict[str, tuple[P
 @pytest.fixture(scope="module")
 def good_checkpoint(synthetic_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("good") / "run"
-    assert main(["fit", "--data", str(synthetic_root), "--output", str(out), *TINY, "--unified",
+    assert main(["fit", "--data", str(synthetic_root), "--output", str(out), *TINY, "--image-size", "32", "--unified",
                  "--max-steps", "1", "--no-eval", "--val-fraction", "0"]) == 0
     return out / "checkpoint.pt"
 
@@ -198,7 +198,7 @@ def test_disk_full_during_fit_then_resume(synthetic_root, tmp_path, monkeypatch,
             os.fdopen = real_fdopen
 
     monkeypatch.setattr(checkpoint_module, "atomic_torch_save", second_save_fails)
-    fit = ["fit", "--data", str(synthetic_root), "--format", "mvtec", *TINY, *args]
+    fit = ["fit", "--data", str(synthetic_root), "--format", "mvtec", *TINY, "--image-size", "32", *args]
     assert main([*fit, "--output", str(out)]) == 2
     out = out / "weave"  # one model per category
     err = capsys.readouterr().err

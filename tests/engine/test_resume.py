@@ -21,8 +21,8 @@ from .conftest import TINY
 
 
 def fit_args(root, out, *extra):
-    return ["fit", "--data", str(root), "--format", "mvtec", "--output", str(out), *TINY, "--categories", "weave",
-            "--val-fraction", "0", "--no-eval", *extra]
+    return ["fit", "--data", str(root), "--format", "mvtec", "--output", str(out), *TINY, "--image-size", "32",
+            "--categories", "weave", "--val-fraction", "0", "--no-eval", *extra]
 
 
 @pytest.fixture
