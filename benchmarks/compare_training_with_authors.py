@@ -296,6 +296,7 @@ class Setup:
     control: bool = False
     images: int | None = None  # use the first N training images (fewer steps per epoch)
     data: Path = DEFAULT_DATA
+    evaluate: bool = False  # score the test split with every final model (our common path)
 
 
 def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]:
@@ -362,9 +363,36 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
                     if training is not None:
                         training.end_epoch()
             epoch += 1
+        finals = {"authors": theirs.state(), "ours": ours.state(), **({"control": control.state()} if control else {})}
+        encoder_state = ours.model.encoder.state_dict()
     summary = summarise(records, setup, input_diff, same_init, same_encoder, time.perf_counter() - started)
+    if setup.evaluate:
+        summary["test_metrics"] = test_metrics(finals, encoder_state, setup)
+        log(json.dumps(summary["test_metrics"]))
     return {"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
             "summary": summary, "records": records}
+
+
+def test_metrics(states: dict[str, dict[str, torch.Tensor]], encoder_state: dict[str, torch.Tensor],
+                 setup: Setup) -> dict[str, dict[str, float]]:
+    """I-AUROC, P-AUROC and AUPRO-200 of each final network on the test split, all scored by our
+    common path (float32), so that only the trained weights differ."""
+    from minimaxad.engine.scoring import run_dataset
+    from minimaxad.metrics import evaluate
+    from minimaxad.models import MiniMaxAD
+
+    test_set = build_dataset("mvtec", setup.data, "test", image_size=setup.image_size, validate=False)
+    results = {}
+    for name, state in states.items():
+        model = MiniMaxAD(f"unireplknet_{setup.variant}")
+        model.encoder.load_state_dict(encoder_state)
+        for part in ("bottleneck", "decoder"):
+            getattr(model, part).load_state_dict({k[len(part) + 1:]: v for k, v in state.items()
+                                                  if k.startswith(part + ".")})
+        outputs = run_dataset(model.eval(), test_set, batch_size=16, device="cpu")
+        metrics = evaluate(outputs.scores, outputs.labels, outputs.maps, outputs.masks, aupro_exact=False)
+        results[name] = {key: round(float(metrics[key]), 4) for key in ("i_auroc", "p_auroc", "aupro_200")}
+    return results
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -417,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--inputs", default="ours", choices=["ours", "authors"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--control", action="store_true", help="also their step from rounding-perturbed weights")
+    ap.add_argument("--evaluate", action="store_true", help="score the test split with each final network")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the records and the summary here")
     args = ap.parse_args(argv)
@@ -430,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     authors = import_authors(args.authors_code)
     setup = Setup(variant=args.variant, loss=args.loss, image_size=args.image_size, batch_size=args.batch_size,
                   steps=args.steps, seed=args.seed, mode=args.mode, inputs=args.inputs, dtype=args.dtype,
-                  control=args.control, images=args.images, data=args.data)
+                  control=args.control, images=args.images, data=args.data, evaluate=args.evaluate)
     result = compare(authors, setup)
     print(json.dumps(result["summary"], indent=2))
     if args.json:
