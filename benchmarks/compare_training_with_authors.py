@@ -25,8 +25,10 @@ Each step records the loss of both, the largest gradient and weight differences 
 branch the authors' rule takes. ``--mode free`` lets both run on their own (differences
 accumulate); ``--mode resync`` copies their weights, BatchNorm statistics and AdamW moments into
 ours after every step, so each row is one step's difference. ``--control`` runs a second copy of
-their step from their weights perturbed by float32 rounding (relative 2**-24): how much two runs
-of the SAME code drift apart from a rounding-level difference, the yardstick for the free mode.
+their step from their weights perturbed by float32 rounding (relative 2**-24; ``--control
+every-step``: again after every step, as a different but equally exact implementation's rounding
+would): how much two runs of the SAME code drift apart from rounding-level differences, the
+yardstick for the free mode.
 """
 
 from __future__ import annotations
@@ -174,12 +176,16 @@ class AuthorsTraining:
         twin = AuthorsTraining(self.authors, self.variant, **settings)
         for mine, source in ((twin.encoder, self.encoder), (twin.bn, self.bn), (twin.decoder, self.decoder)):
             mine.load_state_dict(source.state_dict())
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in twin.named_trainables().values():
-                signs = torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1
-                p.mul_(1 + relative * signs)
+        twin.perturb(relative, seed)
         return twin
+
+    @torch.no_grad()
+    def perturb(self, relative: float, seed: int) -> None:
+        """Multiply every trainable weight by ``1 + relative`` or ``1 - relative`` (random signs)."""
+        generator = torch.Generator().manual_seed(seed)
+        for p in self.named_trainables().values():
+            signs = torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1
+            p.mul_(1 + relative * signs)
 
 
 class OurTraining:
@@ -293,7 +299,7 @@ class Setup:
     mode: str = "free"  # free | resync
     inputs: str = "ours"  # which pipeline's tensors both steps get: ours | authors
     dtype: str = "float32"
-    control: bool = False
+    control: str = "none"  # none | initial (perturbed start) | every-step (perturbed after every step)
     images: int | None = None  # use the first N training images (fewer steps per epoch)
     data: Path = DEFAULT_DATA
     evaluate: bool = False  # score the test split with every final model (our common path)
@@ -314,7 +320,8 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
         same_encoder = all(torch.equal(v, theirs.encoder.state_dict()[k]) for k, v in ours.model.encoder.state_dict().items())
         ours.copy_from(theirs)
         control = theirs.perturbed_twin(2.0 ** -24, loss=setup.loss, image_size=setup.image_size,
-                                        batch_size=setup.batch_size, seed=setup.seed, dtype=dtype) if setup.control else None
+                                        batch_size=setup.batch_size, seed=setup.seed, dtype=dtype) \
+            if setup.control != "none" else None
         names = list(theirs.named_trainables())
         records, input_diff, started = [], 0.0, time.perf_counter()
         step, epoch = 0, 0
@@ -348,6 +355,8 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
                 }
                 if control is not None:
                     control_loss, _ = control.step(images)
+                    if setup.control == "every-step":  # a rounding-level error in every weight, every step
+                        control.perturb(2.0 ** -24, seed=step + 1)
                     record["control_loss_diff"] = abs(control_loss - their_loss)
                     record["control_weight_rel"] = relative_difference(control.state(), theirs.state(), state_keys)
                 records.append(record)
@@ -444,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mode", default="free", choices=["free", "resync"])
     ap.add_argument("--inputs", default="ours", choices=["ours", "authors"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--control", action="store_true", help="also their step from rounding-perturbed weights")
+    ap.add_argument("--control", nargs="?", const="initial", default="none", choices=["none", "initial", "every-step"],
+                    help="also run their step from weights perturbed by float32 rounding (2**-24 relative): at the "
+                         "start only ('initial', the default of a bare --control) or after every step")
     ap.add_argument("--evaluate", action="store_true", help="score the test split with each final network")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the records and the summary here")
