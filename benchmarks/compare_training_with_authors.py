@@ -284,6 +284,27 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
     return math.sqrt(num / den) if den > 0 else math.sqrt(num)
 
 
+def parameter_group(key: str) -> str:
+    """Which kind of state ``key`` is. 'zero-gradient': parameters whose exact gradient is 0 in
+    training mode because a BatchNorm right after them removes any per-channel constant - GRN's
+    beta (-> Linear -> BatchNorm) and the biases of the Dilated Reparam block's branch BatchNorms
+    (summed, then the block's BatchNorm). In float32 their gradient is rounding noise, which
+    AdamW's normalisation turns into steps of up to lr once it exceeds eps."""
+    if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+        return "batchnorm statistics"
+    if key.endswith("act.1.beta") or (("origin_bn" in key or "dil_bn" in key) and key.endswith(".bias")):
+        return "zero-gradient parameters"
+    return "other parameters"
+
+
+def difference_by_group(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """relative_difference per :func:`parameter_group`."""
+    groups: dict[str, list[str]] = {}
+    for key in b:
+        groups.setdefault(parameter_group(key), []).append(key)
+    return {group: relative_difference(a, b, keys) for group, keys in sorted(groups.items())}
+
+
 def gradients(training) -> dict[str, torch.Tensor | None]:
     return {name: p.grad for name, p in training.named_trainables().items()}
 
@@ -375,6 +396,8 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
         finals = {"authors": theirs.state(), "ours": ours.state(), **({"control": control.state()} if control else {})}
         encoder_state = ours.model.encoder.state_dict()
     summary = summarise(records, setup, input_diff, same_init, same_encoder, time.perf_counter() - started)
+    summary["final_difference_by_group"] = {
+        name: difference_by_group(state, finals["authors"]) for name, state in finals.items() if name != "authors"}
     if setup.evaluate:
         summary["test_metrics"] = test_metrics(finals, encoder_state, setup)
         log(json.dumps(summary["test_metrics"]))
