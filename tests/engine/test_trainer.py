@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minimaxad.data import build_dataset, collate
-from minimaxad.engine import trainer as trainer_module
+from minimaxad.engine import distributed as distributed_module
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.trainer import TrainingError, seed_everything, train
 from minimaxad.losses import adc_loss, global_cosine_loss
@@ -61,7 +61,7 @@ def test_one_engine_step_equals_the_authors_step(synthetic_root, tmp_path, loss)
 
 
 def test_nonfinite_loss_skips_then_stops(synthetic_root, tmp_path, monkeypatch):
-    real = trainer_module.compute_loss
+    real = distributed_module.compute_loss  # the one-process loss of engine.distributed.DataParallel
     calls = {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
@@ -69,14 +69,14 @@ def test_nonfinite_loss_skips_then_stops(synthetic_root, tmp_path, monkeypatch):
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 2 else value
 
-    monkeypatch.setattr(trainer_module, "compute_loss", sometimes_nan)
+    monkeypatch.setattr(distributed_module, "compute_loss", sometimes_nan)
     dataset = build_dataset("mvtec", synthetic_root, split="train", categories=["weave"], image_size=64)
     with pytest.warns(RuntimeWarning, match="non-finite loss .* step skipped"):
         result = train(tiny_config(synthetic_root, max_steps=3), dataset, None, tmp_path / "a",
                        categories=["weave"], progress=False)
     assert result.steps == 3 and torch.isfinite(torch.tensor(result.final_loss))
 
-    monkeypatch.setattr(trainer_module, "compute_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    monkeypatch.setattr(distributed_module, "compute_loss", lambda *a, **k: real(*a, **k) * float("inf"))
     with pytest.warns(RuntimeWarning), pytest.raises(TrainingError, match="non-finite for 5 steps in a row"):
         train(tiny_config(synthetic_root, max_steps=20), dataset, None, tmp_path / "b", categories=["weave"],
               progress=False)
