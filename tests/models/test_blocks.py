@@ -97,3 +97,36 @@ def test_bottleneck_shapes_and_fusion():
     b.reparameterize()
     assert rel_err(b(feats), out) < 1e-5
     assert b.conv1.bias is not None and isinstance(b.bn1, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pointwise_linear_equals_a_linear_over_channels_in_both_layouts(batch):
+    from minimaxad.models.blocks import pointwise_linear
+
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 6, 5, 4, generator=g)
+    weight, bias = torch.randn(10, 6, generator=g), torch.randn(10, generator=g)
+    residual = torch.randn(batch, 10, 5, 4, generator=g)
+    expected = torch.nn.functional.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(pointwise_linear(x, weight, bias), expected)
+    torch.testing.assert_close(pointwise_linear(x, weight, bias, residual=residual), expected + residual)
+    last = pointwise_linear(x.contiguous(memory_format=torch.channels_last), weight, bias)
+    assert last.is_contiguous(memory_format=torch.channels_last)  # no layout change on the way
+    torch.testing.assert_close(last, expected)
+    per_image = torch.randn(batch, 10, 6, generator=g)
+    torch.testing.assert_close(pointwise_linear(x, per_image),
+                               torch.einsum("noc,nchw->nohw", per_image, x))
+
+
+def test_fused_block_keeps_a_channels_first_map_channels_first():
+    block = randomize(UniRepLKNetBlock(8, 13), seed=2)
+    block.reparameterize()
+    out = block(torch.randn(2, 8, 16, 16))
+    assert out.is_contiguous()  # what the next depthwise conv runs fastest on
+
+
+def test_block_gives_the_same_result_on_a_channels_last_map():
+    block = randomize(UniRepLKNetBlock(8, 3), seed=4)
+    x = torch.randn(2, 8, 16, 16)
+    torch.testing.assert_close(block(x.contiguous(memory_format=torch.channels_last)), block(x),
+                               rtol=1e-5, atol=1e-6)
