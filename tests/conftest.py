@@ -88,3 +88,15 @@ def no_weights_from_the_internet(monkeypatch):
     """Tests never download: the hub points at a closed local port unless a test serves one."""
     if "MINIMAXAD_HUB_URL" not in os.environ:
         monkeypatch.setenv("MINIMAXAD_HUB_URL", "http://127.0.0.1:9")
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny runs on shared cores: one PyTorch thread is many times faster than two threads
+    that wait for each other (measured 90 s -> 5 s for three 6-step fits under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

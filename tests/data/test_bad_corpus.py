@@ -23,6 +23,8 @@ from minimaxad.data.io import BadImageError, load_image, probe_image
 from .bad_corpus import BAD, GOOD, build_corpus
 from .helpers import photo
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):

@@ -22,6 +22,8 @@ from minimaxad.engine.paths import atomic_write
 
 from .conftest import TINY
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MARKER_ENV = "MINIMAXAD_TEST_CODE_RAN"
 
 

@@ -11,6 +11,8 @@ from minimaxad.engine.runner import close_run_logging, setup_logging, with_run_l
 
 log = logging.getLogger("minimaxad")
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def run_handlers() -> list[logging.Handler]:
     return [h for h in log.handlers if getattr(h, "minimaxad_run_log", False)]

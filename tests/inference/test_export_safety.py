@@ -21,6 +21,7 @@ from minimaxad.models import MiniMaxAD
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 HAS_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
+pytestmark = pytest.mark.usefixtures("single_thread")
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed (pip install 'minimaxad[onnx]')")
 
 

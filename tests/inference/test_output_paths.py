@@ -18,6 +18,8 @@ from minimaxad.engine.paths import (
 )
 from minimaxad.inference.predict import collect_inputs
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize("text,expected", [
     ("x", "x"), ("a/b\\c", "a_b_c"), ("..", "_"), (".hidden", "hidden"), ("...", "_"), ("", "_"),
