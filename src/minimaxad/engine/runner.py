@@ -19,7 +19,7 @@ from minimaxad.engine.checkpoint import (
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
 from minimaxad.engine.loggers import RunLogger, create_logger
-from minimaxad.engine.paths import check_writable_folder
+from minimaxad.engine.paths import check_writable_folder, inside
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
@@ -359,6 +359,7 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
     trained = []  # distributed runs evaluate once every model is trained
     for name, job_categories in jobs:
         job_dir = output if config.unified else output / name
+        inside(output, name)  # a category's folder never leads out of --output (UnsafePathError)
         if config.unified:
             train_set = train_full
         else:
@@ -465,6 +466,7 @@ def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str
                                     progress=progress, **threshold_overrides)
         per_category.update(evaluation.summary["categories"])
         job_dir = output if len(find_checkpoints(checkpoint)) == 1 else output / path.parent.name
+        inside(output, path.parent.name)
         write_evaluation_report(evaluation, {"categories": evaluation.summary["categories"]}, job_dir,
                                 config.to_dict(), title=f"minimaxad test - {', '.join(wanted)}")
     if not per_category:
