@@ -133,6 +133,12 @@ def _two_process_worker(rank: int, world_size: int, init_file: str, out_dir: str
                                          adc_mode=mode)
                 share.backward()
                 results[(batch, name, mode)] = (share.item(), [d.grad for d in local])
+            # the ADC pixel limit of a nominal batch of 8 (the authors' num_lim), exact form
+            local = [d[start:stop].clone().requires_grad_(True) for d in decoder]
+            share = distributed_loss("adc", [e[start:stop] for e in encoder], local, 64, global_batch=batch,
+                                     adc_mode="global", limit_batch_size=8)
+            share.backward()
+            results[(batch, "adc", "global-nominal-8")] = (share.item(), [d.grad for d in local])
             x, weights = make_bn_input(batch)
             bn = SyncBatchNorm2d(4)
             with torch.no_grad():
@@ -168,6 +174,20 @@ def test_global_distributed_loss_equals_the_one_process_loss(two_process_results
     # the loss of the global batch is the mean of the shares ...
     assert (shares[0][0] + shares[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
     # ... and DDP's averaged gradient (1/N of each rank's) is the one-process gradient
+    for level in range(3):
+        joined = torch.cat([shares[r][1][level] / 2 for r in range(2)])
+        torch.testing.assert_close(joined, decoder[level].grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch", GLOBAL_BATCHES)
+def test_global_adc_with_the_nominal_limit_equals_the_one_process_loss(two_process_results, batch):
+    """With a nominal batch of 8 the global batch of 5 takes the 'lim' branch ('hard' with its own limit)."""
+    encoder, decoder = make_features(batch, seed=batch)
+    decoder = [d.clone().requires_grad_(True) for d in decoder]
+    expected = compute_loss("adc", encoder, decoder, 64, limit_batch_size=8)
+    expected.backward()
+    shares = [two_process_results[r][(batch, "adc", "global-nominal-8")] for r in range(2)]
+    assert (shares[0][0] + shares[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
     for level in range(3):
         joined = torch.cat([shares[r][1][level] / 2 for r in range(2)])
         torch.testing.assert_close(joined, decoder[level].grad, rtol=1e-5, atol=1e-9)
