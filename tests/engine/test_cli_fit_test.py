@@ -216,7 +216,7 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
     assert not (tmp_path / "a" / "weave").exists()
 
     donor = MiniMaxAD("unireplknet_f")
-    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache").mkdir(exist_ok=True)  # the failed download attempt may have made it
     torch.save({"model": encoder_to_official(donor.encoder.state_dict(), donor.spec)},
                tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.6.pth")
     assert main([*args, "--output", str(tmp_path / "b")]) == 0
