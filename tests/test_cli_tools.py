@@ -101,6 +101,6 @@ def test_demo_reduced(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == ["minimaxad-demo"]
     demo = tmp_path / "minimaxad-demo"
     for path in ("run/report.html", "run/metrics.json", "run/checkpoint.pt", "predictions/grain/scores.csv",
-                 "predictions/washer/heatmaps/good__000.png", "predictions/weave/masks/scratch__000.png"):
+                 "predictions/grain/heatmaps/good__000.png", "predictions/weave/masks/scratch__000.png"):
         assert (demo / path).is_file(), path
     assert "RANDOM encoder" in out and "report:" in out and "I-AUROC" in out

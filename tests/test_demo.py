@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimaxad.demo import choose_encoder, decision_counts
+from minimaxad.demo import DEMO_CATEGORIES, DEMO_DEFECTS, choose_encoder, decision_counts
 
 from .http_server import ServedFiles, start_file_server
 
@@ -94,12 +94,13 @@ def test_demo_report_shows_the_decisions_in_chromium(tmp_path, monkeypatch, caps
     run = tmp_path / "minimaxad-demo" / "run"
     counts = decision_counts(run)
     total = counts["all"]
-    assert total["defective"] == 3 * 6 * 3 and total["normal"] == 3 * 12  # the demo's test set
+    n = len(DEMO_CATEGORIES)
+    assert total["defective"] == n * len(DEMO_DEFECTS) * 3 and total["normal"] == n * 12  # the demo's test set
     said = f"{total['caught']} of {total['defective']} defective test images caught"
     assert said in out and "what the figures mean" in out and "Image AUROC" in out
     assert "RANDOM encoder" in out and "not the paper's accuracy" in out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["categories"]) == {"grain", "washer", "weave"}
+    assert set(metrics["categories"]) == set(DEMO_CATEGORIES) == {"grain", "weave"}
 
     shot = tmp_path / "demo-report.png"
     done = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, (run / "report.html").resolve().as_uri(),
@@ -135,3 +136,18 @@ def test_clear_defects_keep_the_images_aligned():
         from minimaxad.data import generate_synthetic_dataset
 
         generate_synthetic_dataset("unused", subtle_fraction=1.5)
+
+
+def test_demo_strength_range_only_grows_the_defects():
+    """clear_strength (the demo draws the upper range) changes the defects, not the normal images
+    nor where the defects are."""
+    from minimaxad.data import generate_synthetic_dataset
+    from minimaxad.data.synthetic import render_sample
+
+    assert np.array_equal(render_sample("grain", 0, 3, None, clear_strength=(0.6, 1.0))[0],
+                          render_sample("grain", 0, 3, None)[0])
+    areas = {rng: [int((render_sample(c, 0, 20_000 + i, "spot", subtle_fraction=0.0, clear_strength=rng)[1] > 0).sum())
+                   for c in DEMO_CATEGORIES for i in range(8)] for rng in ((0.25, 1.0), (0.6, 1.0), (1.0, 1.0))}
+    assert np.mean(areas[(1.0, 1.0)]) > np.mean(areas[(0.6, 1.0)]) > np.mean(areas[(0.25, 1.0)])
+    with pytest.raises(ValueError, match="clear_strength"):
+        generate_synthetic_dataset("unused", clear_strength=(0.8, 0.5))

@@ -261,13 +261,13 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
 
 
 def _apply_defect(scene: _Scene, defect: str, rng: np.random.Generator, size: int,
-                  subtle_fraction: float = 0.35) -> np.ndarray:
+                  subtle_fraction: float = 0.35, clear_strength: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
     """The scene's image with one defect (float32, before noise); ``subtle_fraction`` of the
-    defects are drawn faint (strength 0.08-0.3), the others clear (0.25-1.0)."""
+    defects are drawn faint (strength 0.08-0.3), the others clear (``clear_strength``, 0.25-1.0)."""
     img = scene.image.copy()
     k = size / 128.0
     clear = rng.uniform() < 1.0 - subtle_fraction  # the same draws whatever the fraction: images stay aligned
-    strength = rng.uniform(0.25, 1.0) if clear else rng.uniform(0.08, 0.3)
+    strength = rng.uniform(*clear_strength) if clear else rng.uniform(0.08, 0.3)
     support = scene.support
     margin = int(6 * k)
     cy, cx = _pick_point(rng, support, margin)
@@ -347,11 +347,13 @@ def render_sample(
     image_size: int = 128,
     split: str = "test",
     subtle_fraction: float = 0.35,
+    clear_strength: tuple[float, float] = (0.25, 1.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image (S, S, 3) uint8 and its mask (S, S) uint8 (0/255; zeros when normal).
 
     The mask marks exactly the pixels whose value differs from the defect-free render.
     ``subtle_fraction``: the chance that the defect is drawn faint (0: every defect clear).
+    ``clear_strength``: the range the strength (size, contrast) of a clear defect is drawn from.
     """
     if category not in _RENDERERS:
         raise ValueError(f"unknown synthetic category {category!r}; expected one of {', '.join(_RENDERERS)}")
@@ -363,7 +365,7 @@ def render_sample(
     if defect is None:
         return clean, np.zeros((image_size, image_size), np.uint8)
     for _ in range(20):  # a defect too faint to change any pixel is drawn again
-        bad = _quantise(_apply_defect(scene, defect, rng, image_size, subtle_fraction), light, noise)
+        bad = _quantise(_apply_defect(scene, defect, rng, image_size, subtle_fraction, clear_strength), light, noise)
         changed = np.any(bad != clean, axis=-1)
         if changed.sum() >= 4:
             return bad, changed.astype(np.uint8) * 255
@@ -381,13 +383,15 @@ def generate_synthetic_dataset(
     defects: Sequence[str] = DEFECT_TYPES,
     overwrite: bool = False,
     subtle_fraction: float = 0.35,
+    clear_strength: tuple[float, float] = (0.25, 1.0),
 ) -> Path:
     """Write an MVTec-layout dataset and return ``root``.
 
     ``<root>/<category>/train/good/000.png``, ``test/good/``, ``test/<defect>/`` and
     ``ground_truth/<defect>/000_mask.png``; ``n_test_defect`` images per defect type.
     ``subtle_fraction``: share of faint defects (a few pixels, low contrast); 0 draws every
-    defect clearly visible.
+    defect clearly visible. ``clear_strength``: the strength range of the clear defects (the
+    demo draws them in the upper part).
     Readable with ``build_dataset("mvtec", root)``. A category folder that exists is
     replaced only with ``overwrite=True`` and only if this function wrote it.
     """
@@ -402,6 +406,8 @@ def generate_synthetic_dataset(
         raise ValueError("counts must be >= 0 and image_size >= 32")
     if not 0.0 <= subtle_fraction <= 1.0:
         raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
+    if not 0.0 < clear_strength[0] <= clear_strength[1] <= 1.0:
+        raise ValueError(f"clear_strength must be a range (low, high) with 0 < low <= high <= 1, got {clear_strength}")
     for cat in categories:
         cat_dir = root / cat
         if cat_dir.exists() and any(cat_dir.iterdir()):
@@ -428,10 +434,12 @@ def generate_synthetic_dataset(
             for i in range(n_test_defect):
                 # Each defect type has its own index range: counts do not shift other images.
                 index = 10_000 * (1 + DEFECT_TYPES.index(d)) + i
-                image, mask = render_sample(cat, seed, index, d, image_size, subtle_fraction=subtle_fraction)
+                image, mask = render_sample(cat, seed, index, d, image_size, subtle_fraction=subtle_fraction,
+                                            clear_strength=clear_strength)
                 save(image, cat_dir / "test" / d / f"{i:03d}.png")
                 save(mask, cat_dir / "ground_truth" / d / f"{i:03d}_mask.png")
         params = dict(seed=seed, image_size=image_size, n_train=n_train, n_test_good=n_test_good,
-                      n_test_defect=n_test_defect, defects=list(defects), subtle_fraction=subtle_fraction)
+                      n_test_defect=n_test_defect, defects=list(defects), subtle_fraction=subtle_fraction,
+                      clear_strength=list(clear_strength))
         (cat_dir / _MARKER).write_text(json.dumps(params, indent=1))
     return root
