@@ -79,7 +79,7 @@ def decision_counts(run_dir: Path) -> dict[str, dict[str, int]]:
 
 
 def explain(summary: dict[str, Any], counts: dict[str, dict[str, int]], encoder: str, random_encoder: bool,
-            image_fpr: float = 0.01) -> list[str]:
+            image_fpr: float = 0.01, image_size: int = 96) -> list[str]:
     """Plain sentences: what the figures are, what they say here, and what they do not."""
     mean = summary.get("mean") or {}
     total = counts["all"]
@@ -102,7 +102,7 @@ def explain(summary: dict[str, Any], counts: dict[str, dict[str, int]], encoder:
                      "(MVTec AD, VisA, ...) the paper's figures need the ImageNet encoder: "
                      "'minimaxad fit --encoder-weights hub ...' downloads it (or pass the file's path).")
     else:
-        lines.append("A short CPU run of a small variant (F, 128 px, a few hundred steps) on synthetic data: "
+        lines.append(f"A short CPU run of a small variant (F, {image_size} px, a few hundred steps) on synthetic textures: "
                      "the paper's figures come from variant N trained for the full schedule on the benchmarks.")
     return lines
 
@@ -138,7 +138,7 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
     summary = fit(config, run_dir, progress=progress, echo=lambda line: echo("          " + line.strip("\n")
                                                                                 if "\n" not in line else line))
     counts = decision_counts(run_dir)
-    about = explain(summary, counts, encoder, random_encoder, config.image_fpr)
+    about = explain(summary, counts, encoder, random_encoder, config.image_fpr, config.image_size)
     render_saved_evaluation(run_dir / "evaluation.npz", run_dir / "report.html", title="minimaxad demo", about=about)
     echo("          what the figures mean:")
     for line in about:
