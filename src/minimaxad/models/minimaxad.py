@@ -75,13 +75,7 @@ class MiniMaxAD(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         encoder_features = self.encode(images)
-        reconstruct_from = encoder_features
-        if torch.is_grad_enabled() and self.decoder.training:
-            # Measured on oneDNN (CPU): backward of the depthwise convolutions runs about 2x faster
-            # on channels-last maps, their forward alone faster on NCHW; so the trained part runs
-            # channels-last while it learns, and every no-grad pass (encoder, inference) NCHW.
-            reconstruct_from = [f.contiguous(memory_format=torch.channels_last) for f in encoder_features]
-        decoder_features = self.decoder(self.bottleneck(reconstruct_from))
+        decoder_features = self.decoder(self.bottleneck(encoder_features))
         # Sizes that are not multiples of 32 (MAD-Sim at 400 px) leave the decoder off by a
         # pixel or two: the authors resize its maps to the encoder's with nearest.
         decoder_features = [
