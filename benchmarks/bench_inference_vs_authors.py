@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with torch.no_grad():
                 t_ours, t_theirs, ratios = interleaved_ratios(lambda: ours(x), lambda: theirs(x), args.rounds, calls)
             print(f"  batch {batch:>3}: ours {1e3 * statistics.median(t_ours) / batch:7.1f} ms/image, theirs "
-                  f"{1e3 * statistics.median(t_theirs) / batch:7.1f} ms/image, ratio {summary(ratios)}")
+                  f"{1e3 * statistics.median(t_theirs) / batch:7.1f} ms/image, ratio {summary(ratios)}", flush=True)
     return 0
 
 
