@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from minimaxad.demo import DEMO_CATEGORIES, DEMO_DEFECTS, choose_encoder, decision_counts
+from tests.browser import CHROME
 
 from .http_server import ServedFiles, start_file_server
 
@@ -49,18 +50,9 @@ def test_demo_offline_says_random_encoder_plainly(tmp_path, monkeypatch):
     assert "127.0.0.1:9" in sentence and "unireplknet_f_in1k_224_acc78.6.pth" in sentence
 
 
-BROWSER_SCRIPT = """
-import json, sys, time
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+BROWSER_SCRIPT = CHROME + """
 page, profile, shot = sys.argv[1:4]
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--user-data-dir=" + profile, "--window-size=1300,1000"):
-    opts.add_argument(arg)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = start_chrome(profile, "1300,1000")
 try:
     driver.set_page_load_timeout(60)
     driver.get(page)

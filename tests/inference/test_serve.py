@@ -35,6 +35,7 @@ from minimaxad.inference.backends import Backend  # noqa: E402
 from minimaxad.inference.predict import Predictor  # noqa: E402
 from minimaxad.inference.serve import ServeSettings, build_service, create_app, describe_model  # noqa: E402
 from minimaxad.reporting.heatmaps import defect_mask  # noqa: E402
+from tests.browser import CHROME  # noqa: E402
 
 TOL = 1e-6
 
@@ -484,20 +485,9 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(trained_checkpoint, phot
 
 
 # -- the web page in headless Chromium ----------------------------------------------------------
-BROWSER_SCRIPT = """
-import json, sys, time
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
+BROWSER_SCRIPT = CHROME + """
 url, photo, profile, shot = sys.argv[1:5]
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--user-data-dir=" + profile, "--window-size=1280,1100"):
-    opts.add_argument(arg)
-opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = start_chrome(profile, "1280,1100")
 try:
     driver.set_page_load_timeout(60)
     driver.get(url)

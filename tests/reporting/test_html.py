@@ -15,6 +15,7 @@ from PIL import Image
 
 from minimaxad import __version__
 from minimaxad.reporting.html import ReportItem, _roc_pr, write_report
+from tests.browser import CHROME
 
 WEIRD = "we<ir&d>.png"  # a real file name with HTML special characters
 THR = 0.5
@@ -233,19 +234,9 @@ def test_roc_pr_helper_matches_brute_force() -> None:
 # --------------------------------------------------------------------------- browser
 
 
-BROWSER_SCRIPT = """
-import json, sys, time
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+BROWSER_SCRIPT = CHROME + """
 page, profile, shot = sys.argv[1:4]
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--user-data-dir=" + profile, "--window-size=1400,1000"):
-    opts.add_argument(arg)
-opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = start_chrome(profile, "1400,1000")
 try:
     driver.set_page_load_timeout(60)
     driver.get(page)
