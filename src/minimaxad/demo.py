@@ -144,13 +144,13 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
     for line in about:
         echo("          - " + line)
 
-    echo("step 3/4: predicting on a few test photos (heatmaps, masks, scores.csv)")
+    echo("step 3/4: predicting on every test photo, as on new ones (heatmaps, masks, scores.csv)")
     prediction = {}
     for category in sorted(p.name for p in data_root.iterdir() if p.is_dir()):
+        # all of them, not a hand-picked few: the decisions then match the evaluation's counts
         test_dir = data_root / category / "test"
-        picks = [sorted((test_dir / sub).iterdir())[0] for sub in ("good", "scratch", "spot")]
         prediction[category] = predict_paths(
-            run_dir / "checkpoint.pt", picks, output / "predictions" / category, progress=False,
+            run_dir / "checkpoint.pt", [test_dir], output / "predictions" / category, progress=False,
             category=category, echo=lambda line: echo(f"          {category}: " + line))
 
     elapsed = time.perf_counter() - started
