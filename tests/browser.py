@@ -20,4 +20,12 @@ def start_chrome(profile, window_size):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+
+
+def open_page(driver, url, seconds=20):
+    driver.set_page_load_timeout(60)
+    driver.get(url)
+    deadline = time.time() + seconds
+    while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
+        time.sleep(0.1)
 '''

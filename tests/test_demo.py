@@ -54,11 +54,7 @@ BROWSER_SCRIPT = CHROME + """
 page, profile, shot = sys.argv[1:4]
 driver = start_chrome(profile, "1300,1000")
 try:
-    driver.set_page_load_timeout(60)
-    driver.get(page)
-    deadline = time.time() + 20
-    while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
-        time.sleep(0.1)
+    open_page(driver, page)
     out = {"about": driver.execute_script("const s = document.querySelector('#about'); return s ? s.innerText : '';"),
            "summary": driver.execute_script("return document.querySelector('#summary').innerText;"),
            "badges": driver.execute_script(

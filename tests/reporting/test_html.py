@@ -238,11 +238,7 @@ BROWSER_SCRIPT = CHROME + """
 page, profile, shot = sys.argv[1:4]
 driver = start_chrome(profile, "1400,1000")
 try:
-    driver.set_page_load_timeout(60)
-    driver.get(page)
-    deadline = time.time() + 20
-    while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
-        time.sleep(0.1)
+    open_page(driver, page)
     out = {}
     out["imgs"] = driver.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);")
