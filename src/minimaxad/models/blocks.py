@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minimaxad.models.depthwise import DepthwiseConv2d
 from minimaxad.models.reparam import (
     Reparameterizable,
     dilated_to_dense,
@@ -166,15 +167,10 @@ class DilatedReparamBlock(nn.Module, Reparameterizable):
             )
         self.kernel_size = kernel_size
         self.kernel_sizes, self.dilations = DILATED_BRANCHES[kernel_size]
-        self.lk_origin = nn.Conv2d(
-            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
-        )
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size)
         self.origin_bn = nn.BatchNorm2d(channels)
         for k, r in zip(self.kernel_sizes, self.dilations):
-            conv = nn.Conv2d(
-                channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
-                groups=channels, bias=False,
-            )
+            conv = DepthwiseConv2d(channels, k, dilation=r)
             self.add_module(f"dil_conv_k{k}_{r}", conv)
             self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
         self.fused = False
@@ -226,9 +222,7 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
         if kernel_size >= 7:
             self.dwconv: nn.Module = DilatedReparamBlock(dim, kernel_size)
         elif kernel_size in (3, 5):
-            self.dwconv = nn.Conv2d(
-                dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False
-            )
+            self.dwconv = DepthwiseConv2d(dim, kernel_size)
         else:
             raise ValueError(f"UniRepLKNetBlock kernel_size must be 3, 5 or >= 7, got {kernel_size}")
         self.norm: nn.Module = nn.BatchNorm2d(dim)
