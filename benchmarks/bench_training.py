@@ -31,7 +31,7 @@ import torch
 
 from bench_inference_vs_authors import DEFAULT_AUTHORS_CODE, AuthorsNetwork, import_authors_models
 from compare_training_with_authors import script_functions
-from minimaxad.engine.trainer import autocast_context, cpu_supports_bf16
+from minimaxad.engine.trainer import autocast_context, build_optimizer, cpu_supports_bf16
 from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
@@ -41,7 +41,7 @@ P_HARD, P_LIM, LR, WEIGHT_DECAY = 0.9999, 0.9995, 5e-3, 1e-5
 def our_step(backbone: str, images: torch.Tensor, precision: str, seed: int = 0) -> tuple[Callable[[], float], MiniMaxAD]:
     torch.manual_seed(seed)
     model = MiniMaxAD(backbone).train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY)
+    optimizer = build_optimizer(model.trainable_parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY)
     device, size = torch.device("cpu"), images.shape[-1]
 
     def step() -> float:

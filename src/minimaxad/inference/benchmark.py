@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from minimaxad.engine.scoring import resolve_device
+from minimaxad.engine.trainer import build_optimizer
 from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
@@ -317,7 +318,7 @@ def training_images_per_second(backbone: str, batch: int, size: int, device: tor
                                min_seconds: float = 3.0) -> float:
     """Training steps (forward, ADC loss, backward, AdamW) images/second."""
     model = MiniMaxAD(backbone).train().to(device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=0.005, weight_decay=1e-5)
+    optimizer = build_optimizer(model.trainable_parameters())
     x = torch.randn(batch, 3, size, size, device=device)
 
     def step():
