@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimaxad.models.depthwise import DepthwiseConv2d
+from minimaxad.models.convolutions import DepthwiseConv2d
 from minimaxad.models.reparam import (
     Reparameterizable,
     dilated_to_dense,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimaxad.models.depthwise import DepthwiseConv2d
+from minimaxad.models.convolutions import DepthwiseConv2d
 
 
 def reference_grads(conv: DepthwiseConv2d, x: torch.Tensor, upstream: torch.Tensor):
