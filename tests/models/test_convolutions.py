@@ -1,4 +1,4 @@
-"""DepthwiseConv2d: the forward-conv backward equals autograd's through F.conv2d."""
+"""Convolutions with a hand-made CPU backward: gradients equal autograd through F.conv2d."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimaxad.models.convolutions import DepthwiseConv2d
+from minimaxad.models.convolutions import DepthwiseConv2d, StridedConv2d
 
 
 def reference_grads(conv: DepthwiseConv2d, x: torch.Tensor, upstream: torch.Tensor):
@@ -95,3 +95,41 @@ def test_bf16_autocast_backward_keeps_parameter_dtypes():
 def test_rejects_even_kernels():
     with pytest.raises(ValueError, match="odd kernel size"):
         DepthwiseConv2d(4, 4)
+
+
+@pytest.mark.parametrize("shape, out_channels, uses_gemm", [
+    ((1, 12, 8, 8), 10, True),     # batch of one, 4x4 output: the GEMM weight gradient
+    ((3, 6, 7, 9), 5, True),       # odd, non-square map
+    ((2, 4, 32, 32), 6, False),    # a 16x16 output: oneDNN's own
+])
+def test_strided_conv_gradients_equal_autograd(shape, out_channels, uses_gemm):
+    torch.manual_seed(2)
+    conv = StridedConv2d(shape[1], out_channels, 3).double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    assert ("GemmWeightGradConv" in type(out.grad_fn).__name__) == uses_gemm
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = conv.weight.detach().clone().requires_grad_(True)
+    ref = F.conv2d(x_ref, w_ref, stride=2, padding=1)
+    ref.backward(upstream)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(conv.weight.grad, w_ref.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_strided_conv_plain_without_grad_and_under_bf16_autocast():
+    conv = StridedConv2d(8, 4, 3)
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x.requires_grad_(True))
+    assert out.dtype == torch.bfloat16 and "GemmWeightGradConv" in type(out.grad_fn).__name__
+    out.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = conv.weight.detach().clone().requires_grad_(True)
+    F.conv2d(x_ref, w_ref, stride=2, padding=1).sum().backward()
+    torch.testing.assert_close(conv.weight.grad, w_ref.grad, rtol=3e-2, atol=3e-2 * w_ref.grad.abs().max().item())

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from minimaxad.models.blocks import UniRepLKNetBlock
+from minimaxad.models.convolutions import StridedConv2d
 from minimaxad.models.reparam import Reparameterizable, fuse_conv_bn, replace_with_conv
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 2) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+    return StridedConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
 def init_reconstruction_weights(module: nn.Module) -> None:

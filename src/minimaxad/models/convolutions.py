@@ -1,4 +1,6 @@
-"""Depthwise "same" convolution whose CPU backward is made of forward convolutions.
+"""Convolutions whose CPU backward avoids oneDNN's slow weight gradients.
+
+Depthwise "same" convolution (:class:`DepthwiseConv2d`): backward made of forward convolutions.
 
 On oneDNN (PyTorch's CPU convolutions) the backward of a depthwise convolution is far slower
 than its forward: measured with torch 2.13 on 2 cores, the weight gradient of a 13x13 depthwise
@@ -82,3 +84,66 @@ class DepthwiseConv2d(nn.Conv2d):
         ):
             return _DepthwiseSameConv.apply(x, self.weight, self.bias, self.padding[0], self.dilation[0])
         return super().forward(x)
+
+
+# oneDNN's weight gradient of a dense conv is slow when the batch-times-output-positions it sums
+# over is short and the channels many: 4.5 ms against 0.35 ms for the same sum as one GEMM on
+# im2col columns ((1, 576, 8, 8) -> (1, 384, 4, 4), 3x3, stride 2). Measured crossover: the GEMM
+# wins up to 256 summed positions when the output map has at most 64 positions.
+GEMM_WEIGHT_GRAD_MAX_POSITIONS = 256
+GEMM_WEIGHT_GRAD_MAX_MAP = 64
+
+
+class _GemmWeightGradConv(torch.autograd.Function):
+    """``F.conv2d(x, weight, None, stride, padding)`` (no bias, no groups, no dilation), whose
+    weight gradient is ``grad_out (C_out, N*L) @ im2col(x)^T (N*L, C_in*k*k)``; the input
+    gradient is PyTorch's own."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride=stride, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        g = grad_output.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                g, x.to(g.dtype), weight.to(g.dtype), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                [True, False, False])[0].to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            n, c_out = g.shape[:2]
+            columns = F.unfold(x.to(g.dtype), weight.shape[-2:], padding=p, stride=s)  # (N, C_in*k*k, L)
+            columns = columns.transpose(0, 1).reshape(columns.shape[1], -1)  # (C_in*k*k, N*L)
+            flat = g.reshape(n, c_out, -1).transpose(0, 1).reshape(c_out, -1)  # (C_out, N*L)
+            grad_w = (flat @ columns.t()).view(weight.shape).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+class StridedConv2d(nn.Conv2d):
+    """``nn.Conv2d(in, out, k, stride, padding, bias=False)`` whose CPU weight gradient is one
+    GEMM when oneDNN's is slow (short batches on small maps: the bottleneck's convs).
+    ``(N, C_in, H, W) -> (N, C_out, H', W')``; keys and initialisation of ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,
+                 padding: int = 1, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False,
+                         device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None and self._gemm_weight_grad(x):
+            return _GemmWeightGradConv.apply(x, self.weight, self.stride[0], self.padding[0])
+        return super().forward(x)
+
+    def _gemm_weight_grad(self, x: torch.Tensor) -> bool:
+        if not (x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
+            return False
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_h, out_w = ((x.shape[-2] + 2 * p - k) // s + 1), ((x.shape[-1] + 2 * p - k) // s + 1)
+        positions = out_h * out_w
+        return positions <= GEMM_WEIGHT_GRAD_MAX_MAP and x.shape[0] * positions <= GEMM_WEIGHT_GRAD_MAX_POSITIONS
