@@ -36,11 +36,10 @@ def test_one_engine_step_equals_the_authors_step(synthetic_root, tmp_path, loss)
     # the engine's first batch: the first 4 of a permutation seeded by (seed, epoch 0) only
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 100_003 + 0))
     images = collate([dataset[int(i)] for i in order[:4]])["image"]
-    model.encoder.eval()
-    model.bottleneck.train()
-    model.decoder.train()
-    with torch.no_grad():
-        encoder_features = model.encoder(images)
+    model.train()  # the encoder stays in eval mode
+    # the frozen encoder as the trainer runs it (fused, no autograd): the same function as
+    # model.encoder up to float32 rounding, which AdamW's first step could amplify
+    encoder_features = model.encode(images)
     decoder_features = model.decoder(model.bottleneck(encoder_features))
     if loss == "adc":
         value = adc_loss(encoder_features, decoder_features, image_size=64, p_hard=0.9999, p_lim=0.9995)

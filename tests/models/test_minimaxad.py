@@ -111,3 +111,34 @@ def test_reparameterize_is_exact_for_every_variant(backbone):
         enc1, dec1 = model(x)
     for a, b in zip(enc1 + dec1, enc0 + dec0):
         assert rel_err(a, b) < 1e-10
+
+
+def test_training_encodes_with_a_fused_copy_that_follows_the_encoder():
+    torch.manual_seed(0)
+    model = MiniMaxAD("unireplknet_micro").train()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model.encoder(images)
+    fused = model.encode(images)
+    copy_used = model._frozen_encoder()
+    assert copy_used is not model.encoder and copy_used is model._frozen_encoder()  # built once
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not any(k.startswith("_fused") for k in model.state_dict())
+
+    # new encoder weights through the model: the copy is rebuilt and follows them
+    other = MiniMaxAD("unireplknet_micro")
+    with torch.no_grad():
+        for p in other.encoder.parameters():
+            p.mul_(1.5)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        expected = other.encoder(images)
+    for a, b in zip(model.encode(images), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    model.double()  # dtype (and device) changes drop the copy too
+    assert model.encode(images.double())[0].dtype == torch.float64
+
+    model.eval()  # not training: the encoder itself
+    assert model._frozen_encoder() is model.encoder
