@@ -133,3 +133,11 @@ def test_strided_conv_plain_without_grad_and_under_bf16_autocast():
     w_ref = conv.weight.detach().clone().requires_grad_(True)
     F.conv2d(x_ref, w_ref, stride=2, padding=1).sum().backward()
     torch.testing.assert_close(conv.weight.grad, w_ref.grad, rtol=3e-2, atol=3e-2 * w_ref.grad.abs().max().item())
+
+
+def test_plain_3x3_keeps_pytorchs_own_backward():
+    conv = DepthwiseConv2d(4, 3)
+    out = conv(torch.randn(1, 4, 8, 8, requires_grad=True))
+    assert "DepthwiseSameConv" not in type(out.grad_fn).__name__
+    dilated = DepthwiseConv2d(4, 3, dilation=2)(torch.randn(1, 4, 8, 8, requires_grad=True))
+    assert "DepthwiseSameConv" in type(dilated.grad_fn).__name__
