@@ -51,10 +51,12 @@ class _DepthwiseSameConv(torch.autograd.Function):
             kernel = weight.to(g.dtype).flip(-1, -2)
             grad_x = F.conv2d(g, kernel, padding=p, dilation=d, groups=c).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            padded = F.pad(x.to(g.dtype), (p, p, p, p)).reshape(1, n * c, h + 2 * p, w + 2 * p)
-            per_image = F.conv2d(padded, g.reshape(n * c, 1, h, w), stride=d, groups=n * c)
+            # the conv's own zero padding pads x: output k x k, one map per image and channel
+            per_image = F.conv2d(x.to(g.dtype).reshape(1, n * c, h, w), g.reshape(n * c, 1, h, w),
+                                 padding=p, stride=d, groups=n * c)
             k = weight.shape[-1]
-            grad_w = per_image.view(n, c, k, k).sum(0).unsqueeze(1).to(weight.dtype)
+            grad_w = per_image.view(n, c, 1, k, k)
+            grad_w = (grad_w[0] if n == 1 else grad_w.sum(0)).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
