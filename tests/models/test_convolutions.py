@@ -141,3 +141,11 @@ def test_plain_3x3_keeps_pytorchs_own_backward():
     assert "DepthwiseSameConv" not in type(out.grad_fn).__name__
     dilated = DepthwiseConv2d(4, 3, dilation=2)(torch.randn(1, 4, 8, 8, requires_grad=True))
     assert "DepthwiseSameConv" in type(dilated.grad_fn).__name__
+
+
+def test_empty_batch_trains_through_both_convolutions():
+    # a DDP rank's empty slice of a short last batch still runs forward and backward
+    depthwise, strided = DepthwiseConv2d(4, 13), StridedConv2d(4, 6, 3)
+    x = torch.zeros(0, 4, 8, 8, requires_grad=True)
+    (depthwise(x).sum() + strided(x).sum()).backward()
+    assert torch.count_nonzero(depthwise.weight.grad) == 0 and torch.count_nonzero(strided.weight.grad) == 0

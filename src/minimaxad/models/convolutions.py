@@ -80,6 +80,7 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             x.device.type == "cpu"
+            and x.shape[0] > 0  # an empty DDP slice: groups = N * C would be 0
             # plain 3x3: oneDNN's own backward is fast there (measured 0.7x the time of this one)
             and (self.kernel_size[0] > 3 or self.dilation[0] > 1)
             and torch.is_grad_enabled()
@@ -145,7 +146,7 @@ class StridedConv2d(nn.Conv2d):
         return super().forward(x)
 
     def _gemm_weight_grad(self, x: torch.Tensor) -> bool:
-        if not (x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
+        if not (x.device.type == "cpu" and x.shape[0] > 0 and torch.is_grad_enabled() and self.weight.requires_grad
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
             return False
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
