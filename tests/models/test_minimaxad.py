@@ -137,6 +137,13 @@ def test_training_encodes_with_a_fused_copy_that_follows_the_encoder():
     for a, b in zip(model.encode(images), expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
+    model.encode(images)
+    model.encoder.load_state_dict(MiniMaxAD("unireplknet_micro").encoder.state_dict())  # a direct load
+    with torch.no_grad():
+        expected = model.encoder(images)
+    for a, b in zip(model.encode(images), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
     model.double()  # dtype (and device) changes drop the copy too
     assert model.encode(images.double())[0].dtype == torch.float64
 

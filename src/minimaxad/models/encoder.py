@@ -41,6 +41,7 @@ class UniRepLKNetEncoder(nn.Module):
         super().__init__()
         d = spec.dims
         self.dims = tuple(d[:3])
+        self.loads = 0  # state-dict loads so far: whoever caches a function of the weights checks it
         self.downsample_layers = nn.ModuleList([
             nn.Sequential(
                 nn.Conv2d(3, d[0] // 2, 3, stride=2, padding=1),
@@ -59,6 +60,10 @@ class UniRepLKNetEncoder(nn.Module):
         )
         for i in range(3):
             self.add_module(f"norm{i}", LayerNorm2d(d[i]))
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.loads += 1  # runs for encoder.load_state_dict and for any parent's
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
