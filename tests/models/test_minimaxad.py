@@ -149,3 +149,20 @@ def test_training_encodes_with_a_fused_copy_that_follows_the_encoder():
 
     model.eval()  # not training: the encoder itself
     assert model._frozen_encoder() is model.encoder
+
+
+def test_fused_training_copy_is_not_pickled_or_deep_copied():
+    import copy
+    import io
+
+    model = MiniMaxAD("unireplknet_micro").train()
+    images = torch.randn(1, 3, 64, 64)
+    expected = model.encode(images)
+    assert "_fused_encoder" in model.__dict__
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)  # our own object, written just above
+    for clone in (restored, copy.deepcopy(model)):
+        assert "_fused_encoder" not in clone.__dict__
+        torch.testing.assert_close(clone.encode(images)[0], expected[0])
