@@ -17,8 +17,8 @@ themselves depthwise convolutions, which oneDNN runs fast:
 
 Same numbers up to float32 rounding (about 1e-6 relative). Used only where it helps: a CPU
 tensor, a kernel larger than 3x3 or dilated, gradients wanted, and an eager (not traced or
-scripted) call; everything else, the
-frozen encoder, inference and export included, runs the plain ``nn.Conv2d``.
+scripted) call; everything else, the frozen encoder, inference and export included, runs the
+plain ``nn.Conv2d``.
 """
 
 from __future__ import annotations

@@ -91,17 +91,13 @@ class MiniMaxAD(nn.Module):
             cached = self.__dict__["_fused_encoder"] = (self.encoder.loads, fused)
         return cached[1]
 
-    def _forget_fused_encoder(self) -> None:
-        """Drop the fused copy: the encoder's weights, device or dtype may have changed."""
-        self.__dict__.pop("_fused_encoder", None)
-
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_fused_encoder", None)  # a cache: not pickled with the model
         return state
 
     def _apply(self, fn, *args, **kwargs):
-        self._forget_fused_encoder()
+        self.__dict__.pop("_fused_encoder", None)  # device or dtype changes (loads: encoder.loads)
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -128,7 +124,6 @@ class MiniMaxAD(nn.Module):
         from minimaxad.models.weights import load_encoder_weights
 
         self.encoder_weights_id = load_encoder_weights(self.encoder, self.spec, source)
-        self._forget_fused_encoder()
         self.freeze_encoder()
         return self
 
@@ -145,10 +140,8 @@ class MiniMaxAD(nn.Module):
         from minimaxad.models.weights import load_official_parts
 
         load_official_parts(self, encoder=encoder, bottleneck=bottleneck, decoder=decoder)
-        self._forget_fused_encoder()
         self.freeze_encoder()
         return self
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone}, reparameterized={self.reparameterized}"
-
