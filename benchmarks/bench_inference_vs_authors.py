@@ -1,6 +1,6 @@
 """Our fused model against the authors' fused model: same weights, same process, interleaved.
 
-    python benchmarks/bench_inference_vs_authors.py --authors-code /tmp/authors_code
+    python benchmarks/bench_inference_vs_authors.py --authors-code ../shared/authors_code
     python benchmarks/bench_inference_vs_authors.py --authors-code DIR --batches 1 16 --rounds 9 --form training
 
 Ours is the public form ``MiniMaxAD(backbone).eval().reparameterize()`` called on a
@@ -36,7 +36,7 @@ from minimaxad.models import MiniMaxAD
 
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO.parent / "shared" / "tools" / "authors_shim.py"
-DEFAULT_AUTHORS_CODE = os.environ.get("MINIMAXAD_AUTHORS_CODE", "/tmp/authors_code")
+DEFAULT_AUTHORS_CODE = os.environ.get("MINIMAXAD_AUTHORS_CODE", str(REPO.parent / "shared" / "authors_code"))
 VARIANT_LETTER = {"unireplknet_a": "a", "unireplknet_f": "f", "unireplknet_p": "p", "unireplknet_n": "n",
                   "unireplknet_t": "t"}
 

@@ -1,6 +1,6 @@
 """One training step, ours against the authors', same process, interleaved; and our bf16 step.
 
-    python benchmarks/bench_training.py --authors-code /tmp/authors_code
+    python benchmarks/bench_training.py --authors-code ../shared/authors_code
     python benchmarks/bench_training.py --authors-code DIR --variants unireplknet_f --sizes 128 --batches 8
     python benchmarks/bench_training.py --authors-code DIR --precision bf16   # adds our bf16 step
 

@@ -1,6 +1,6 @@
 """Our ``fit --preset aebad`` against the authors' ``evaluate()`` on the very same trained weights.
 
-    python benchmarks/compare_aebad_with_authors.py --authors-code /tmp/authors_code
+    python benchmarks/compare_aebad_with_authors.py --authors-code ../shared/authors_code
     python benchmarks/compare_aebad_with_authors.py --authors-code DIR --data AeBAD_ROOT --steps 20
 
 1. Trains our model with the ``aebad`` preset (random encoder, a few steps) on an AeBAD-S tree:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import warnings
@@ -152,7 +153,9 @@ def load_into_authors(checkpoint: dict, unireplknet, de_unireplknet):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--authors-code", type=Path, default=Path("/tmp/authors_code"))
+    parser.add_argument("--authors-code", type=Path,
+                        default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", REPO.parent / "shared" / "authors_code")),
+                        help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)")
     parser.add_argument("--data", type=Path, help="an AeBAD-S root (default: a generated tree in --output)")
     parser.add_argument("--output", type=Path, default=Path("runs/compare-aebad"))
     parser.add_argument("--backbone", default="unireplknet_f")

@@ -1,6 +1,6 @@
 """The authors' training step and ours, side by side, from the same weights on the same batches.
 
-    python benchmarks/compare_training_with_authors.py --authors-code /tmp/authors_code
+    python benchmarks/compare_training_with_authors.py --authors-code ../shared/authors_code
     python benchmarks/compare_training_with_authors.py --authors-code DIR --steps 300 --mode free --control
     python benchmarks/compare_training_with_authors.py --authors-code DIR --dtype float64 --steps 20
 
@@ -463,8 +463,8 @@ def summarise(records: list[dict[str, Any]], setup: Setup, input_diff: float, sa
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--authors-code", type=Path,
-                    default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", "/tmp/authors_code")),
-                    help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or /tmp/authors_code)")
+                    default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", SHARED / "authors_code")),
+                    help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an MVTec-layout category folder of real photos")
     ap.add_argument("--variant", default="f", choices=list("fpnt"), help="the authors build no bottleneck for A")
     ap.add_argument("--loss", default="adc", choices=sorted(SCRIPT_FOR_LOSS))

@@ -16,11 +16,11 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 REFERENCE_DIR = SHARED_DIR / "reference"
 # The authors' code (WangFengJiee/MiniMaxAD) to compare against, when present on this machine.
 AUTHORS_CODE_ENV = "MINIMAXAD_AUTHORS_CODE"
-DEFAULT_AUTHORS_CODE = Path("/tmp/authors_code")
+DEFAULT_AUTHORS_CODE = SHARED_DIR / "authors_code"
 
 
 def authors_code_dir() -> Path | None:
-    """``$MINIMAXAD_AUTHORS_CODE`` or /tmp/authors_code, if it holds the authors' model files."""
+    """``$MINIMAXAD_AUTHORS_CODE`` or ../shared/authors_code, if it holds the authors' model files."""
     path = Path(os.environ.get(AUTHORS_CODE_ENV, DEFAULT_AUTHORS_CODE))
     return path if (path / "models" / "unireplknet.py").is_file() else None
 

@@ -1,6 +1,6 @@
 """Our training step is the authors' (benchmarks/compare_training_with_authors.py, a short run).
 
-Needs the authors' code ($MINIMAXAD_AUTHORS_CODE or /tmp/authors_code) and, for the real-photo
+Needs the authors' code ($MINIMAXAD_AUTHORS_CODE or ../shared/authors_code) and, for the real-photo
 runs, ../shared/data/magnetic_tile; skipped with the reason otherwise.
 """
 
