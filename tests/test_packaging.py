@@ -1,8 +1,9 @@
 """The set-up scripts on a Python that refuses system installs (PEP 668), and the built wheel in a
 clean virtual environment (not editable: missing package data shows up here).
 
-Both run offline: the stand-in interpreter already has torch and the dependencies (as CI's does),
-pip is told ``--no-index``, and the wheel is built without build isolation.
+Both run offline: the stand-in interpreter and the wheel's environment see the packages of the
+environment running the tests (torch and the dependencies, as CI's machine has them), pip is told
+``--no-index``, and the wheel is built without build isolation.
 """
 
 from __future__ import annotations
@@ -35,23 +36,49 @@ def copy_checkout(target: Path) -> Path:
     return target
 
 
+def site_directories() -> list[str]:
+    """This interpreter's site-packages folders (those of its virtual environment included): where
+    torch, numpy and the other dependencies were installed, whichever Python made the environment."""
+    return [p for p in dict.fromkeys(sys.path) if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
+def see_these_packages(site_dir: Path) -> None:
+    """Make ``site_dir``'s interpreter see this interpreter's installed packages, through a .pth file
+    of plain path entries: the .pth files inside them (this checkout's editable install) are not run."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    (site_dir / "zz-test-packages.pth").write_text("".join(f"{p}\n" for p in site_directories()))
+
+
 def externally_managed_python(folder: Path) -> Path:
-    """A stand-in for Debian's /usr/bin/python3: this interpreter's binary with a prefix of its own
-    whose stdlib holds an EXTERNALLY-MANAGED marker (so pip refuses to install into it) and whose
-    site-packages are this interpreter's (torch included). Not a virtual environment."""
+    """A stand-in for Debian's /usr/bin/python3 as CI's machine might have it: this interpreter's base
+    binary with a prefix of its own whose stdlib holds an EXTERNALLY-MANAGED marker (so pip refuses to
+    install into it), and whose site-packages see the packages of the environment running the tests
+    (torch and pip included). Not a virtual environment. Built from what is installed, so it works on a
+    test environment made from any Python (Debian's own has neither pip nor torch of its own)."""
     real = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     stdlib = Path(sysconfig.get_paths(vars={"base": sys.base_prefix, "installed_base": sys.base_prefix})["stdlib"])
-    purelib = Path(sysconfig.get_paths(vars={"base": sys.base_prefix})["purelib"])
     (folder / "bin").mkdir(parents=True)
     shutil.copy2(real, folder / "bin" / "python3")
     lib = folder / "lib" / stdlib.name
     lib.mkdir(parents=True)
     for entry in stdlib.iterdir():
-        if entry.name != "site-packages":
+        if entry.name not in ("site-packages", "dist-packages"):  # never the real ones: they must not change
             (lib / entry.name).symlink_to(entry)
-    (lib / "site-packages").symlink_to(purelib)
     (lib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=a stand-in for a distribution's Python\n")
-    return folder / "bin" / "python3"
+    python = folder / "bin" / "python3"
+    # its own site-packages folder, wherever this build of Python looks for it (Debian: dist-packages)
+    listed = subprocess.run([str(python), "-c", "import site; print('\\n'.join(site.getsitepackages()))"],
+                            capture_output=True, text=True, env=clean_env(), check=True).stdout.split()
+    own = [Path(p) for p in listed if Path(p).is_relative_to(folder)]
+    assert own, f"the stand-in {python} looks for site-packages only outside its prefix: {listed}"
+    see_these_packages(own[0])
+    return python
+
+
+def tree_listing(folder: Path) -> list[str]:
+    """Every path under ``folder``, symlinks listed but not followed."""
+    return sorted(str(Path(root, name).relative_to(folder)) for root, dirs, files in os.walk(folder)
+                  for name in dirs + files)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -63,6 +90,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_demo_script_sets_up_a_venv_on_an_externally_managed_python(tmp_path):
     stock = externally_managed_python(tmp_path / "stock")
+    if subprocess.run([str(stock), "-m", "pip", "--version"], capture_output=True, env=clean_env()).returncode:
+        pytest.skip(f"no pip among this environment's packages ({site_directories()}): the stand-in needs one")
+    before = tree_listing(tmp_path / "stock")
     refused = subprocess.run([str(stock), "-m", "pip", "install", "--dry-run", "tqdm"], capture_output=True,
                              text=True, env=clean_env())
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr  # the stand-in is real
@@ -78,7 +108,7 @@ def test_demo_script_sets_up_a_venv_on_an_externally_managed_python(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path, env=env)
     package, prefix = where.stdout.split()
     assert package.startswith(str(checkout / "src")) and prefix == str(checkout / ".venv")
-    assert sorted(p.name for p in (tmp_path / "stock" / "lib").iterdir()) == [Path(sysconfig.get_path("stdlib")).name]
+    assert tree_listing(tmp_path / "stock") == before  # nothing was installed into the system's Python
     # the second run finds everything in place: no pip at all
     second = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True,
                             env=env, timeout=300)
@@ -110,10 +140,13 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, trained_check
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("minimaxad-*.whl")
     venv = tmp_path / "venv"
-    # torch and the other dependencies come from this interpreter (--system-site-packages); the
-    # package itself only from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    # torch and the other dependencies (and pip) come from this environment's packages; the package
+    # itself only from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    (own_site,) = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+    see_these_packages(Path(own_site))
     installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
                                capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
