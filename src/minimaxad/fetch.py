@@ -36,7 +36,8 @@ class Downloaded:
     fetched: bool  # False: the file was already there
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path | str) -> str:
+    """The SHA-256 of a file's content, as hex, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK), b""):

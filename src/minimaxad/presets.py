@@ -94,6 +94,3 @@ def get_preset(name: str) -> dict[str, Any]:
         settings.update(get_protocol(settings.pop("protocol")).run_settings())
     return settings
 
-
-def list_presets() -> dict[str, str]:
-    return {name: preset["describe"] for name, preset in PRESETS.items()}

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from minimaxad.inference.backends import BACKENDS, BackendUnavailable, available_backends, create_backend, cpu_has_bf16
+from minimaxad.engine.trainer import cpu_supports_bf16
+from minimaxad.inference.backends import BACKENDS, BackendUnavailable, available_backends, create_backend
 from minimaxad.inference.benchmark import randomize_batchnorm
 from minimaxad.cli import main
 from minimaxad.inference.export import ExportError, check_parity, export, export_pipeline, relative_error
@@ -37,7 +38,7 @@ def needs(name: str) -> None:
         pytest.skip("onnx/onnxruntime not installed (pip install 'minimaxad[onnx]')")
     if name.startswith("openvino") and not HAS_OV:
         pytest.skip("openvino not installed (pip install 'minimaxad[openvino]')")
-    if name in ("bf16", "openvino-bf16") and not cpu_has_bf16():
+    if name in ("bf16", "openvino-bf16") and not cpu_supports_bf16():
         pytest.skip("this CPU has no native bfloat16 (AVX-512 BF16 / AMX)")
 
 

@@ -272,10 +272,6 @@ def safe_extract(archive: Path, target: Path, *, strip_single_top: bool = True,
 
 
 # -- the command -----------------------------------------------------------------------------------
-def dataset_names() -> list[str]:
-    return list(DATASETS)
-
-
 def download_dataset(name: str, root: Path, *, url: str | None = None, keep_archive: bool = False,
                      progress: bool = True, echo: Echo = print) -> Path | None:
     """Download, check, unpack and convert dataset ``name`` into ``root``; returns the folder to

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from minimaxad.engine.config import RunConfig
+from minimaxad.fetch import sha256_of
 
 # settings that do not change what is trained (how long, where, how fast, what is evaluated):
 # they may differ when resuming; every other RunConfig field must be the same
@@ -50,11 +51,7 @@ def data_fingerprint(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
     relative = [os.path.relpath(p, root) if root else p for p in paths]
     total = hashlib.sha256()
     for name, path in zip(relative, paths):
-        content = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                content.update(block)
-        total.update(f"{name}\0{content.hexdigest()}\n".encode("utf-8", "surrogateescape"))
+        total.update(f"{name}\0{sha256_of(path)}\n".encode("utf-8", "surrogateescape"))
     return {"count": len(paths), "sha256": total.hexdigest(), "files": relative}
 
 

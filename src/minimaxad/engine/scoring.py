@@ -25,9 +25,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 @torch.inference_mode()
-def infer_batch(
-    model: MiniMaxAD, images: torch.Tensor, image_size: int, top_ratio: float = 0.01
-) -> tuple[torch.Tensor, torch.Tensor]:
+def infer_batch(model: MiniMaxAD, images: torch.Tensor, top_ratio: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation maps ``(B, H, W)`` and image scores ``(B,)`` for a normalised batch."""
     encoder_features, decoder_features = model(images)
     size = images.shape[-2:]
@@ -110,7 +108,7 @@ def run_dataset(
     for batch in iterator:
         images = batch["image"].to(device, non_blocking=True)
         if protocol_map is None:
-            maps, batch_scores = infer_batch(model, images, images.shape[-1], top_ratio)
+            maps, batch_scores = infer_batch(model, images, top_ratio)
             other = None
         else:
             maps, batch_scores, other = _infer_with_protocol_map(model, images, top_ratio, *protocol_map)

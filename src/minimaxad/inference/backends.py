@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from minimaxad.engine.scoring import resolve_device
+from minimaxad.engine.trainer import cpu_supports_bf16
 from minimaxad.inference.graph_files import compare_with_pipeline, write_pipeline_file
 from minimaxad.inference.pipeline import InferencePipeline, build_pipeline, fused_copy  # noqa: F401 (re-export)
 from minimaxad.models import MiniMaxAD
@@ -40,7 +41,6 @@ BACKENDS: dict[str, str] = {
     "torchscript": "the traced TorchScript pipeline, float32",
 }
 TORCH_BACKENDS = ("eager", "fused", "compiled", "bf16", "fp16")
-FILE_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16", "torchscript")
 
 
 class BackendUnavailable(RuntimeError):
@@ -314,8 +314,6 @@ class TorchScriptBackend(Backend):
         return outputs[0][:, 0], outputs[1]
 
 
-_resolve = resolve_device
-
 
 def create_backend(
     name: str,
@@ -338,13 +336,13 @@ def create_backend(
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    dev = _resolve(device)
+    dev = resolve_device(device)
     if channels_last is None:
         channels_last = dev.type == "cuda"
     if name in TORCH_BACKENDS:
         if name == "fp16" and dev.type != "cuda":
             raise BackendUnavailable("fp16 is a CUDA backend (CPU float16 kernels are slow); on the CPU use bf16")
-        if name == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        if name == "bf16" and dev.type == "cpu" and not cpu_supports_bf16():
             raise BackendUnavailable("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
                                      "than float32 here; use fused, compiled or onnxruntime")
         form = "fused" if name == "compiled" else name
@@ -383,7 +381,7 @@ def load_backend(path: str | Path, name: str | None = None, *, device: str | tor
     suffix = path.suffix.lower()
     if name is None:
         name = {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torchscript")
-    dev = _resolve(device)
+    dev = resolve_device(device)
     if name == "onnxruntime":
         if suffix != ".onnx":
             raise ValueError(f"the onnxruntime backend runs .onnx files, got {path}")
@@ -398,22 +396,13 @@ def load_backend(path: str | Path, name: str | None = None, *, device: str | tor
                      f"or torchscript")
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as oneDNN sees it."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def available_backends(device: str | torch.device = "auto") -> list[str]:
     """Backends that can run here (packages installed, hardware present)."""
     import importlib.util
 
-    dev = _resolve(device)
+    dev = resolve_device(device)
     names = ["eager", "fused", "compiled"]
-    if dev.type == "cuda" or cpu_has_bf16():
+    if dev.type == "cuda" or cpu_supports_bf16():
         names.append("bf16")
     if dev.type == "cuda":
         names.append("fp16")
@@ -421,7 +410,7 @@ def available_backends(device: str | torch.device = "auto") -> list[str]:
         names.append("onnxruntime")
         if dev.type == "cpu" and importlib.util.find_spec("openvino"):
             names.append("openvino")
-            if cpu_has_bf16():
+            if cpu_supports_bf16():
                 names.append("openvino-bf16")
     names.append("torchscript")
     return names

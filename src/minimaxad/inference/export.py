@@ -26,9 +26,6 @@ from minimaxad.inference.graph_files import (  # noqa: F401 (public names of thi
 )
 from minimaxad.inference.pipeline import InferencePipeline, pipeline_from_checkpoint
 
-# kept for code written against the first export API
-AnomalyScorer = InferencePipeline
-
 
 def export_pipeline(pipeline: InferencePipeline, output: Path, format: str, image_size: int,
                     check: bool = True, overwrite: bool = False) -> dict[str, float] | None:
@@ -84,11 +81,11 @@ def export_metadata(state: dict[str, Any], format: str, parity: dict[str, float]
 
 
 def export(checkpoint: Path, output: Path, format: str | None = None, encoder_weights: str | None = None,
-           batch_size: int = 1, check: bool = True, overwrite: bool = False) -> Path:
+           check: bool = True, overwrite: bool = False) -> Path:
     """Export a trained checkpoint's re-parameterized pipeline to ``output`` (format from the
     suffix unless given: ``.onnx``, ``.xml`` for OpenVINO, else TorchScript) and its metadata to
-    ``<output>.json``. Existing files are refused unless ``overwrite``. ``batch_size`` is kept
-    for compatibility: the batch axis of ONNX/OpenVINO files is dynamic."""
+    ``<output>.json``. Existing files are refused unless ``overwrite``. The batch axis of the
+    exported graph is dynamic."""
     output = Path(output)
     format = format or {".onnx": "onnx", ".xml": "openvino"}.get(output.suffix.lower(), "torchscript")
     meta_path = metadata_path(output)

@@ -15,7 +15,6 @@ in-flight requests finish. Needs the ``serve`` extra: ``pip install "minimaxad[s
 # and their types are imported inside create_app (FastAPI is an optional extra).
 import asyncio
 import base64
-import hashlib
 import hmac
 import io
 import os
@@ -31,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from minimaxad.data.io import load_image
 from minimaxad.engine.thresholds import normalize_scores
+from minimaxad.fetch import sha256_of
 from minimaxad.inference.batching import BatcherClosed, MicroBatcher, QueueFull, ScoredImage
 from minimaxad.inference.predict import MapStyle, Predictor, is_exported_model
 
@@ -175,14 +175,6 @@ def png_base64(image: Image.Image) -> str:
 
 
 # -- the model's description -------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_model(checkpoint: str | Path, predictor: Predictor) -> dict[str, Any]:
     """What ``GET /v1/model`` tells: backbone, sizes, categories, thresholds, the file's hash."""
     path = Path(checkpoint)
@@ -196,7 +188,7 @@ def describe_model(checkpoint: str | Path, predictor: Predictor) -> dict[str, An
         from minimaxad.engine.checkpoint import read_checkpoint
 
         stored = read_checkpoint(path)
-    sha = file_sha256(path)
+    sha = sha256_of(path)
     thresholds = {"image": predictor.thresholds["image"], "pixel": predictor.thresholds["pixel"]}
     per_category = {c: predictor.thresholds_for(c) for c in predictor.categories}
     return {

@@ -8,7 +8,6 @@ between the two layouts (the second fills the unused entries with neutral values
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from minimaxad.fetch import sha256_of
 from minimaxad.models.registry import BackboneSpec
 
 log = logging.getLogger(__name__)
@@ -157,11 +157,7 @@ def resolve_weights_source(spec: BackboneSpec, source: str | Path, *, progress: 
 
 def file_identity(path: Path) -> str:
     """``name@sha256[:16]``: stored in checkpoints so a run knows which encoder it was trained on."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return f"{path.name}@sha256:{digest.hexdigest()[:16]}"
+    return f"{path.name}@sha256:{sha256_of(path)[:16]}"
 
 
 def load_encoder_weights(
