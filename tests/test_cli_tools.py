@@ -30,6 +30,29 @@ def test_report_missing_evaluation_is_clear(tmp_path, capsys):
     assert "no evaluation.npz" in capsys.readouterr().err
 
 
+def test_debug_shows_the_traceback_that_the_one_line_error_hides(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    assert main(["report", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minimaxad report: error: ") and "--debug shows the traceback" in err
+    assert "Traceback" not in err
+    with pytest.raises(OSError) as raised:  # the exception itself, for the traceback
+        main(["report", str(missing), "--debug"])
+    assert str(missing) in str(raised.value)
+
+
+def test_every_command_takes_debug_and_the_shared_options_once():
+    from minimaxad.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if a.choices and "fit" in a.choices]
+    for name, command in commands.choices.items():
+        flags = [f for action in command._actions for f in action.option_strings]
+        assert "--debug" in flags, name
+        assert len(flags) == len(set(flags)), f"{name}: an option defined twice"
+    assert commands.choices["export"].parse_known_args(["--checkpoint", "c", "--output", "o"])[0].debug is False
+
+
 def test_export_torchscript_matches_predictor(trained_checkpoint, synthetic_root, tmp_path):
     out = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(out)]) == 0

@@ -14,6 +14,7 @@ from minimaxad import __version__
 
 # -- fit --------------------------------------------------------------------------------------
 def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    """The training options of ``fit`` (device, encoder and --quiet come from the shared parents)."""
     p.add_argument("--data", help="dataset root folder")
     p.add_argument("--format", help="mvtec | visa | goodsad | aebad | mad | realiad | folder (default mvtec)")
     group = p.add_mutually_exclusive_group()
@@ -28,8 +29,6 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", help="follow this script's protocol instead of the preset's (see 'minimaxad "
                                       "presets -v'): train batches, ADC limit, image score, evaluation")
     p.add_argument("--backbone", help="unireplknet_a|f|p|n|t (paper: n)")
-    p.add_argument("--encoder-weights", help="PATH to the ImageNet checkpoint, 'hub' (cache, then download; "
-                                             "the default) or 'none' (random encoder, not comparable to the paper)")
     p.add_argument("--loss", choices=["adc", "global", "local", "local-hm"],
                    help="adc (MiniMaxAD-fr) or global (MiniMaxAD-fp); local, local-hm for ablations")
     p.add_argument("--p-hard", type=float)
@@ -48,7 +47,6 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="one run per seed (in OUTPUT/seed-<N>), then mean ± std per metric and category "
                         "(the paper's error bars: --seeds 1 11 111)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision: fp32 | bf16 (CUDA, or CPUs with AVX-512 BF16/AMX) | fp16 (CUDA)")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory on CUDA")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
@@ -73,7 +71,6 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
                    help="train only; do not evaluate at the end")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--logger", nargs="+", choices=["csv", "tensorboard", "mlflow"],
                    help="also log loss, learning rate and images/s per step and the final metrics to CSV files, "
                         "TensorBoard or MLflow (pip install 'minimaxad[tensorboard]' / 'minimaxad[mlflow]')")
@@ -191,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from minimaxad.inference.export import export
 
     path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
-                  batch_size=args.batch_size, check=not args.no_check, overwrite=args.overwrite)
+                  check=not args.no_check, overwrite=args.overwrite)
     meta = json.loads(Path(str(path) + ".json").read_text())
     parity = meta.get("parity_relative_error")
     checked = (f"; matches PyTorch (relative error: map {parity['map']:.1e}, score {parity['score']:.1e})"
@@ -204,8 +201,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from minimaxad.demo import run_demo
 
+    # hub by default: the cached or downloaded ImageNet weights, else (offline) a random encoder
+
     run_demo(Path(args.output), steps=args.steps, backbone=args.backbone, seed=args.seed,
-             progress=not args.quiet, encoder_weights=args.encoder_weights)
+             progress=not args.quiet, encoder_weights=args.encoder_weights or "hub")
     return 0
 
 
@@ -268,17 +267,58 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minimaxad", description="MiniMaxAD anomaly detection: train on normal "
-                                     "images, flag defective ones and show where the defect is.")
-    parser.add_argument("--version", action="version", version=f"minimaxad {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- options that several commands share ------------------------------------------------------
+def _options(*arguments: tuple[tuple[str, ...], dict[str, Any]]) -> argparse.ArgumentParser:
+    """A parent parser holding ``arguments`` (``(flags, keywords)`` pairs), for ``parents=[...]``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for flags, keywords in arguments:
+        parent.add_argument(*flags, **keywords)
+    return parent
 
-    fit = sub.add_parser("fit", help="train (and evaluate) models", description="Train MiniMaxAD; evaluate at the end.")
+
+COMMON = _options((("--debug",), dict(action="store_true", help="on an error, show the whole traceback")))
+QUIET = _options((("--quiet",), dict(action="store_true", help="no progress bar")))
+DEVICE = _options((("--device",), dict(help="auto (the default: CUDA when there is one) | cpu | cuda | cuda:N")))
+ENCODER = _options((("--encoder-weights",), dict(
+    help="the ImageNet encoder: PATH to its checkpoint, 'hub' (cache, then download) or 'none' (random, not "
+         "comparable to the paper); for a trained model, where its encoder file is now if it moved")))
+DECISION = _options(
+    (("--threshold",), dict(type=float, help="image score threshold (overrides the calibrated one)")),
+    (("--false-positive-rate",), dict(type=float, help="choose the image threshold for this rate of false alarms "
+                                                        "on the held-out normal images")),
+)
+# predict, serve and watch: a trained model as a checkpoint or an exported file, and how it decides
+DEPLOYED_MODEL = _options(
+    (("--checkpoint",), dict(required=True, help="checkpoint.pt, or a file from 'minimaxad export' "
+                                                 "(.onnx, .xml, TorchScript)")),
+    (("--backend",), dict(default="fused", help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | "
+                                                "openvino | openvino-bf16 | torchscript (see 'minimaxad benchmark')")),
+    (("--pixel-threshold",), dict(type=float, help="threshold of the defect masks")),
+    (("--recheck-margin",), dict(type=float, help="reduced-precision backends: re-score in float32 the images "
+                                                  "whose score is within this fraction of the threshold "
+                                                  "(default 0.01; 0 turns it off)")),
+    (("--trust-torchscript",), dict(action="store_true", help="allow a TorchScript --checkpoint: loading one runs "
+                                    "the code stored in it, so only for files you made or trust (checkpoints, ONNX "
+                                    "and OpenVINO files need no trust)")),
+)
+PHOTOS = _options(
+    (("--category",), dict(help="unified model: use this category's calibrated thresholds")),
+    (("--batch-size",), dict(type=int, default=16)),
+    (("--alpha",), dict(type=float, default=0.5, help="heatmap opacity")),
+)
+
+
+# -- one function per command's options ---------------------------------------------------------
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    fit = sub.add_parser("fit", parents=[COMMON, QUIET, DEVICE, ENCODER], help="train (and evaluate) models",
+                         description="Train MiniMaxAD; evaluate at the end.")
     add_fit_arguments(fit)
     fit.set_defaults(func=cmd_fit)
 
-    test = sub.add_parser("test", help="evaluate a trained checkpoint on a test set")
+
+def add_test_parser(sub: argparse._SubParsersAction) -> None:
+    test = sub.add_parser("test", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION],
+                          help="evaluate a trained checkpoint on a test set")
     test.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run folder")
     test.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     test.add_argument("--format")
@@ -287,45 +327,24 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--protocol", help="evaluate under this script's protocol instead of the one stored in "
                                          "the checkpoint (see 'minimaxad presets -v')")
     test.add_argument("--output", required=True)
-    test.add_argument("--encoder-weights", help="where the ImageNet encoder file is now, if it moved")
-    test.add_argument("--threshold", type=float, help="image threshold for the report's decisions")
-    test.add_argument("--false-positive-rate", type=float, help="re-calibrate the image threshold to this FPR")
-    test.add_argument("--device")
     test.add_argument("--batch-size", type=int)
     test.add_argument("--workers", type=int)
     test.add_argument("--bootstrap", type=int)
     test.add_argument("--skip-bad-images", action="store_true")
-    test.add_argument("--quiet", action="store_true")
     test.set_defaults(func=cmd_test)
 
-    pred = sub.add_parser("predict", help="score new photos: heatmaps, masks, scores.csv/json")
-    pred.add_argument("--checkpoint", required=True,
-                      help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    pred = sub.add_parser("predict", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+                          help="score new photos: heatmaps, masks, scores.csv/json")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--output", required=True)
-    pred.add_argument("--threshold", type=float, help="image score threshold (overrides the calibrated one)")
-    pred.add_argument("--false-positive-rate", type=float,
-                      help="choose the image threshold for this rate of false alarms on normal images")
-    pred.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
-    pred.add_argument("--category", help="unified model: use this category's calibrated thresholds")
-    pred.add_argument("--batch-size", type=int, default=16)
-    pred.add_argument("--backend", default="fused",
-                      help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | openvino | "
-                           "openvino-bf16 | torchscript (see 'minimaxad benchmark')")
-    pred.add_argument("--recheck-margin", type=float,
-                      help="reduced-precision backends: re-score in float32 the images whose score is within "
-                           "this fraction of the threshold (default 0.01; 0 turns it off)")
-    pred.add_argument("--device")
-    pred.add_argument("--encoder-weights")
-    pred.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     pred.add_argument("--report", action="store_true", help="also write report.html")
-    pred.add_argument("--trust-torchscript", action="store_true",
-                      help="allow a TorchScript --checkpoint: loading one runs the code stored in it, so only "
-                           "for files you made or trust (checkpoints, ONNX and OpenVINO files need no trust)")
-    pred.add_argument("--quiet", action="store_true")
     pred.set_defaults(func=cmd_predict)
 
-    rep = sub.add_parser("report", help="(re)write the HTML report of a test run")
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser("report", parents=[COMMON], help="(re)write the HTML report of a test run")
     rep.add_argument("run", help="run folder (with evaluation.npz) or the .npz file")
     rep.add_argument("--output", help="HTML file (default: RUN/report.html)")
     rep.add_argument("--threshold", type=float)
@@ -334,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default="minimaxad report")
     rep.set_defaults(func=cmd_report)
 
-    bench = sub.add_parser("benchmark", help="images/second and latency of every inference backend",
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("benchmark", parents=[COMMON, DEVICE],
+                           help="images/second and latency of every inference backend",
                            description="Time every inference backend (PyTorch training form, fused, compiled, "
                                        "bf16, ONNX Runtime, OpenVINO, TorchScript) at each image and batch size, "
                                        "against this machine's float32 matrix-multiply limit; prints a table "
@@ -345,37 +367,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-sizes", nargs="+", type=int, help="default: 224 256")
     bench.add_argument("--image-size", type=int, help="a single image size (same as --image-sizes N)")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    bench.add_argument("--device", help="auto | cpu | cuda")
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
     bench.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, i.e. the cores)")
     bench.add_argument("--output", default="benchmark.json", help="JSON file with every measurement")
     bench.add_argument("--train", action="store_true", help="also time training steps")
     bench.set_defaults(func=cmd_benchmark)
 
-    exp = sub.add_parser("export", help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("export", parents=[COMMON, ENCODER],
+                         help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--output", required=True,
-                     help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript")
+                     help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript; the batch "
+                          "axis is dynamic")
     exp.add_argument("--format", choices=["torchscript", "onnx", "openvino"], help="default: from the file suffix")
     exp.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     exp.add_argument("--overwrite", action="store_true",
                      help="replace existing files of that name (without it, export refuses to touch them)")
-    exp.add_argument("--encoder-weights")
-    exp.add_argument("--batch-size", type=int, default=1, help="ignored: the batch axis is dynamic")
     exp.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", parents=[COMMON, QUIET, ENCODER],
+                          help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")
     demo.add_argument("--output", default="minimaxad-demo")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
     demo.add_argument("--backbone", default=None)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--encoder-weights", default="hub",
-                      help="hub (the default: the cached or downloaded ImageNet weights, else a random encoder), "
-                           "none (random encoder, no download tried) or PATH")
-    demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    down = sub.add_parser("download", help="download a benchmark dataset (checked, resumable, safely unpacked)",
+
+def add_download_parser(sub: argparse._SubParsersAction) -> None:
+    down = sub.add_parser("download", parents=[COMMON, QUIET],
+                          help="download a benchmark dataset (checked, resumable, safely unpacked)",
                           description="Download a public benchmark into ROOT, check its SHA-256, unpack it "
                                       "(refusing members outside ROOT and links) and convert it to the layout the "
                                       "readers expect; for datasets behind a form, print where to get them.")
@@ -384,21 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--root", required=True, help="folder to put the dataset in (created if needed)")
     down.add_argument("--url", help="another location of the same archive (a mirror); size and hash still checked")
     down.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
-    down.add_argument("--quiet", action="store_true", help="no progress bar")
     down.set_defaults(func=cmd_download)
 
-    pres = sub.add_parser("presets", help="list the named presets")
+
+def add_presets_parser(sub: argparse._SubParsersAction) -> None:
+    pres = sub.add_parser("presets", parents=[COMMON], help="list the named presets")
     pres.add_argument("--verbose", "-v", action="store_true")
     pres.set_defaults(func=cmd_presets)
 
-    srv = sub.add_parser("serve", help="HTTP service and web page for an inspection station",
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("serve", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL],
+                         help="HTTP service and web page for an inspection station",
                          description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
                                      "heatmaps, masks), GET /v1/model, /v1/health, /v1/ready, /metrics "
                                      "(Prometheus), a web page at /, the API documented at /docs. Concurrent "
                                      "requests are micro-batched. Needs: pip install \"minimaxad[serve]\".")
-    srv.add_argument("--checkpoint", required=True,
-                     help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
-    srv.add_argument("--backend", default="fused", help="inference backend, as for 'minimaxad predict'")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                          "machine only; 0.0.0.0 for the network)")
     srv.add_argument("--port", type=int, default=8000)
@@ -413,28 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers-threads", type=int,
                      help="threads decoding uploads and drawing heatmaps (default: the cores, at most 8)")
     srv.add_argument("--api-key-file", help="file holding the API key clients must send (X-API-Key header)")
-    srv.add_argument("--threshold", type=float, help="image threshold (overrides the calibrated one)")
-    srv.add_argument("--false-positive-rate", type=float, help="choose the image threshold for this false-alarm rate")
-    srv.add_argument("--pixel-threshold", type=float, help="threshold of the defect masks")
-    srv.add_argument("--recheck-margin", type=float, help="as for 'minimaxad predict'")
-    srv.add_argument("--trust-torchscript", action="store_true",
-                     help="allow a TorchScript --checkpoint (loading one runs the code stored in it)")
-    srv.add_argument("--device")
-    srv.add_argument("--encoder-weights")
     srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     srv.set_defaults(func=cmd_serve)
 
-    wat = sub.add_parser("watch", help="score images as a line camera drops them into a folder",
+
+def add_watch_parser(sub: argparse._SubParsersAction) -> None:
+    wat = sub.add_parser("watch", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+                         help="score images as a line camera drops them into a folder",
                          description="Watch IN_DIR: score each new image once it is completely written, append "
                                      "it to OUT/results.jsonl and OUT/results.csv, write its heatmap and mask; a "
                                      "journal makes a restart neither skip nor repeat a file. IN_DIR is only read.")
     wat.add_argument("input_dir", metavar="IN_DIR")
-    wat.add_argument("--checkpoint", required=True,
-                     help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)")
     wat.add_argument("--output", required=True, metavar="OUT", help="results folder (not inside IN_DIR)")
-    wat.add_argument("--backend", default="fused")
-    wat.add_argument("--category", help="unified model: use this category's calibrated thresholds")
-    wat.add_argument("--batch-size", type=int, default=16)
     wat.add_argument("--interval", type=float, default=0.5, help="seconds between looks at IN_DIR")
     wat.add_argument("--settle-seconds", type=float, default=1.0,
                      help="a file counts as completely written when its size and time stamp have not changed "
@@ -442,20 +458,27 @@ def build_parser() -> argparse.ArgumentParser:
     wat.add_argument("--give-up-seconds", type=float, default=10.0,
                      help="a settled file that still does not decode after this long is reported as unreadable")
     wat.add_argument("--once", action="store_true", help="score what is in IN_DIR (once settled), then exit")
-    wat.add_argument("--threshold", type=float)
-    wat.add_argument("--false-positive-rate", type=float)
-    wat.add_argument("--pixel-threshold", type=float)
-    wat.add_argument("--recheck-margin", type=float)
-    wat.add_argument("--trust-torchscript", action="store_true",
-                     help="allow a TorchScript --checkpoint (loading one runs the code stored in it)")
-    wat.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
-    wat.add_argument("--device")
-    wat.add_argument("--encoder-weights")
     wat.set_defaults(func=cmd_watch)
+
+
+COMMANDS = (add_fit_parser, add_test_parser, add_predict_parser, add_report_parser, add_benchmark_parser,
+            add_export_parser, add_demo_parser, add_download_parser, add_presets_parser, add_serve_parser,
+            add_watch_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minimaxad`` parser: one sub-command per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="minimaxad", description="MiniMaxAD anomaly detection: train on normal "
+                                     "images, flag defective ones and show where the defect is.")
+    parser.add_argument("--version", action="version", version=f"minimaxad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (2 for an error the user can fix, said in one line)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -463,9 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError, RuntimeError) as exc:
-        if getattr(args, "debug", False):
+        if args.debug:
             raise
-        print(f"minimaxad {args.command}: error: {exc}", file=sys.stderr)
+        print(f"minimaxad {args.command}: error: {exc} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 
