@@ -85,6 +85,7 @@ FIT_KEYS = ("data", "format", "categories", "unified", "backbone", "encoder_weig
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's :class:`RunConfig`: defaults, then the preset, then ``--protocol``, then the options given."""
     from minimaxad.engine.config import RunConfig
     from minimaxad.presets import get_preset
 
@@ -111,6 +112,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    """``minimaxad fit``: train (one run, or one per ``--seeds``) and evaluate at the end."""
     from minimaxad.engine.runner import fit
 
     config = config_from_args(args)
@@ -125,6 +127,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 # -- test -------------------------------------------------------------------------------------
 def cmd_test(args: argparse.Namespace) -> int:
+    """``minimaxad test``: evaluate a checkpoint on a test set, under its stored protocol or ``--protocol``."""
     from minimaxad.engine.runner import test
 
     overrides = {k: v for k, v in {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
@@ -138,6 +141,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 # -- predict ----------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``minimaxad predict``: score photos and folders; exit code 1 when no photo could be scored."""
     from minimaxad.inference.predict import predict_paths
 
     result = predict_paths(
@@ -153,6 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # -- report -----------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    """``minimaxad report``: re-render ``report.html`` from a run's saved ``evaluation.npz``."""
     from minimaxad.reporting.saved import render_saved_evaluation
 
     run = Path(args.run)
@@ -165,6 +170,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- benchmark --------------------------------------------------------------------------------
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``minimaxad benchmark``: time each backend (one JSON file per backbone), optionally training too."""
     from minimaxad.inference.benchmark import print_training_table, run_benchmark
 
     sizes = args.image_sizes or ([args.image_size] if args.image_size else [224, 256])
@@ -185,6 +191,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # -- export -----------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
+    """``minimaxad export``: write the fused pipeline as ONNX, OpenVINO IR or TorchScript, with its ``.json``."""
     from minimaxad.inference.export import export
 
     path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
@@ -199,6 +206,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- demo -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``minimaxad demo``: synthetic data -> train -> evaluate -> predict -> report."""
     from minimaxad.demo import run_demo
 
     # hub by default: the cached or downloaded ImageNet weights, else (offline) a random encoder
@@ -209,6 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    """``minimaxad download``: fetch and unpack a dataset; exit code 1 when it needs a manual step."""
     from minimaxad.data.download import download_dataset
 
     data = download_dataset(args.dataset, Path(args.root), url=args.url, keep_archive=args.keep_archive,
@@ -217,6 +226,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    """``minimaxad presets``: list the presets; ``-v`` adds their settings, protocols and rules."""
     from minimaxad.presets import PRESETS
 
     from minimaxad.engine.protocol import PROTOCOLS, RULES, get_protocol
@@ -240,6 +250,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # -- serve / watch (the inspection station) ---------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``minimaxad serve``: the HTTP service, until stopped."""
     from minimaxad.inference.serve import ServeSettings, read_api_key, serve
 
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -255,6 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """``minimaxad watch``: score the photos dropped into a folder, until stopped (or once with ``--once``)."""
     from minimaxad.inference.watch import watch
 
     watch(Path(args.input_dir), Path(args.output), args.checkpoint, backend=args.backend,
@@ -310,6 +322,7 @@ PHOTOS = _options(
 
 # -- one function per command's options ---------------------------------------------------------
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``fit`` command's parser."""
     fit = sub.add_parser("fit", parents=[COMMON, QUIET, DEVICE, ENCODER], help="train (and evaluate) models",
                          description="Train MiniMaxAD; evaluate at the end.")
     add_fit_arguments(fit)
@@ -317,6 +330,7 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_test_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``test`` command's parser."""
     test = sub.add_parser("test", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION],
                           help="evaluate a trained checkpoint on a test set")
     test.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run folder")
@@ -335,6 +349,7 @@ def add_test_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``predict`` command's parser."""
     pred = sub.add_parser("predict", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
                           help="score new photos: heatmaps, masks, scores.csv/json")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -344,6 +359,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``report`` command's parser."""
     rep = sub.add_parser("report", parents=[COMMON], help="(re)write the HTML report of a test run")
     rep.add_argument("run", help="run folder (with evaluation.npz) or the .npz file")
     rep.add_argument("--output", help="HTML file (default: RUN/report.html)")
@@ -355,6 +371,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``benchmark`` command's parser."""
     bench = sub.add_parser("benchmark", parents=[COMMON, DEVICE],
                            help="images/second and latency of every inference backend",
                            description="Time every inference backend (PyTorch training form, fused, compiled, "
@@ -375,6 +392,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``export`` command's parser."""
     exp = sub.add_parser("export", parents=[COMMON, ENCODER],
                          help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
     exp.add_argument("--checkpoint", required=True)
@@ -389,6 +407,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` command's parser."""
     demo = sub.add_parser("demo", parents=[COMMON, QUIET, ENCODER],
                           help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")
     demo.add_argument("--output", default="minimaxad-demo")
@@ -399,6 +418,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_download_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``download`` command's parser."""
     down = sub.add_parser("download", parents=[COMMON, QUIET],
                           help="download a benchmark dataset (checked, resumable, safely unpacked)",
                           description="Download a public benchmark into ROOT, check its SHA-256, unpack it "
@@ -413,12 +433,14 @@ def add_download_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_presets_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``presets`` command's parser."""
     pres = sub.add_parser("presets", parents=[COMMON], help="list the named presets")
     pres.add_argument("--verbose", "-v", action="store_true")
     pres.set_defaults(func=cmd_presets)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``serve`` command's parser."""
     srv = sub.add_parser("serve", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL],
                          help="HTTP service and web page for an inspection station",
                          description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
@@ -444,6 +466,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_watch_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``watch`` command's parser."""
     wat = sub.add_parser("watch", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
                          help="score images as a line camera drops them into a folder",
                          description="Watch IN_DIR: score each new image once it is completely written, append "

@@ -109,6 +109,9 @@ def explain(summary: dict[str, Any], counts: dict[str, dict[str, int]], encoder:
 
 def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None, backbone: str | None = None,
              seed: int = 0, progress: bool = True, encoder_weights: str = "hub", echo: Echo = print) -> dict:
+    """Generate synthetic data in ``output``, train a small model, evaluate it, predict on a few photos
+    and write the report, printing a short summary with ``echo``; returns the summary, the prediction,
+    the seconds taken and the run folder."""
     from minimaxad.data import generate_synthetic_dataset
     from minimaxad.engine.runner import fit
     from minimaxad.inference.predict import predict_paths

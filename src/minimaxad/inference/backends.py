@@ -67,6 +67,7 @@ class Backend(ABC):
 
     @abstractmethod
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A normalised batch ``(B, 3, S, S)`` -> anomaly maps ``(B, S, S)`` and image scores ``(B,)``, float32."""
         ...
 
     def synchronize(self) -> None:
@@ -100,6 +101,7 @@ class TorchBackend(Backend):
             self.runner = torch.compile(self.pipeline, dynamic=False, options=options)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps ``(B, S, S)`` and scores ``(B,)`` of a normalised batch ``(B, 3, S, S)``, on this backend's device."""
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -160,6 +162,7 @@ class OnnxRuntimeBackend(Backend):
         return self.ort.InferenceSession(self.model_bytes, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps ``(B, S, S)`` and scores ``(B,)``: one session for short batches, parallel streams for long ones."""
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         if self.streams == 1 or len(array) < self.streams:
             if self._latency_session is None:
@@ -194,7 +197,8 @@ class OnnxRuntimeBackend(Backend):
         scores = np.concatenate([r[1] for r in results])
         return torch.from_numpy(maps[:, 0]), torch.from_numpy(scores)
 
-    def synchronize(self) -> None:  # session.run returns when the outputs are on the host
+    def synchronize(self) -> None:
+        """Nothing to wait for: ``session.run`` returns when the outputs are on the host."""
         pass
 
 
@@ -256,6 +260,7 @@ class OpenVinoBackend(Backend):
         return self._throughput, self._queue
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps ``(B, S, S)`` and scores ``(B,)``: one request for short batches, parallel streams for long ones."""
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         if self.streams == 1 or len(array) < self.streams:
             compiled, request = self._latency_model()
@@ -281,6 +286,7 @@ class OpenVinoBackend(Backend):
                 torch.from_numpy(np.array(scores, dtype=np.float32)))
 
     def synchronize(self) -> None:
+        """Nothing to wait for: inference requests return when the outputs are on the host."""
         pass
 
     def close(self) -> None:
@@ -309,6 +315,7 @@ class TorchScriptBackend(Backend):
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps ``(B, S, S)`` and scores ``(B,)`` of a normalised batch ``(B, 3, S, S)``."""
         with torch.inference_mode():
             outputs = self.module(images.to(self.device))
         return outputs[0][:, 0], outputs[1]

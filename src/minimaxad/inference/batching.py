@@ -98,6 +98,8 @@ class MicroBatcher:
         return self._ready.is_set() and not self._closing
 
     def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once the worker has tried its warm-up batch (see ``warmup_error``); False if ``timeout``
+        seconds pass first."""
         return self._ready.wait(timeout)
 
     def close(self, timeout: float | None = None) -> None:

@@ -77,6 +77,7 @@ def _sync(device: torch.device) -> None:
 
 
 def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere), for the benchmark's header."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -96,6 +97,7 @@ def peak_rss_reset() -> None:
 
 
 def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (VmHWM), or None where /proc is not there."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -292,6 +294,7 @@ def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, 
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The benchmark's rows as a fixed-width text table, one line per backend, size and batch."""
     header = (f"{'backend':<15}{'size':>5}{'batch':>6}{'img/s':>9}{'vs eager':>9}{'% limit':>8}"
               f"{'median ms':>11}{'p95 ms':>9}{'peak MB':>9}{'1st call s':>11}{'map err':>9}")
     lines = [header, "-" * len(header)]
@@ -307,6 +310,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 # -- sizes and training speed (kept from the first benchmark) --------------------------------------
 def model_sizes(model: MiniMaxAD) -> dict[str, float]:
+    """Parameter counts of the encoder and of the trained part, and the trained part's size in MB."""
     return {
         "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),

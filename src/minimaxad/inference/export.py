@@ -63,6 +63,8 @@ def check_parity(pipeline: InferencePipeline, path: Path, format: str, image_siz
 
 def export_metadata(state: dict[str, Any], format: str, parity: dict[str, float] | None,
                     output_names: list[str]) -> dict[str, Any]:
+    """The ``<file>.json`` written beside an exported file: input and outputs, preprocessing, the
+    thresholds with their calibration data, and the parity check's relative errors."""
     size = state.get("crop_size") or state["image_size"]
     return {
         "format": format,

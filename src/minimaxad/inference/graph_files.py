@@ -62,6 +62,7 @@ def written_files(output: Path, format: str) -> list[Path]:
 
 
 def refuse_to_overwrite(paths: list[Path]) -> None:
+    """Raise :class:`FileExistsError` naming every one of ``paths`` that exists (a dangling link too)."""
     existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
@@ -106,6 +107,7 @@ def write_pipeline_file(pipeline: InferencePipeline, output: Path, format: str, 
 
 
 def remove_files(paths: list[Path]) -> None:
+    """Delete ``paths`` that exist; missing ones are fine."""
     for path in paths:
         Path(path).unlink(missing_ok=True)
 

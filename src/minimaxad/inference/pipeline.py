@@ -47,9 +47,12 @@ class InferencePipeline(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
+        """The graph's outputs, in order: ``is_anomalous`` only when a threshold is built in."""
         return ["anomaly_map", "image_score"] + (["is_anomalous"] if self.has_threshold else [])
 
     def forward(self, images: torch.Tensor):
+        """Normalised images ``(B, 3, S, S)`` -> ``anomaly_map (B, 1, S, S)``, ``image_score (B,)``
+        and, with a threshold, ``is_anomalous (B,)``; maps and scores in float32 whatever the compute dtype."""
         if images.dtype != self.compute_dtype:
             images = images.to(self.compute_dtype)
         encoder_features, decoder_features = self.model(images)

@@ -158,10 +158,12 @@ class Predictor:
 
     @property
     def image_threshold(self) -> float | None:
+        """The image-score threshold in force (calibrated, or set by the user), or None."""
         return self.thresholds["image"]["value"]
 
     @property
     def pixel_threshold(self) -> float | None:
+        """The pixel threshold of the defect masks in force, or None."""
         return self.thresholds["pixel"]["value"]
 
     def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -210,6 +212,9 @@ class Predictor:
 
     def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]],
                category: str | None = None) -> Prediction:
+        """A :class:`Prediction` from a batch's ``scores (B,)`` and ``maps``: decisions and defect masks
+        against ``category``'s thresholds, and scores normalised by its calibration; ``sizes`` are the
+        photos' own (W, H), kept for painting."""
         thresholds = self.thresholds_for(category)
         image_thr, pixel_thr = thresholds["image"]["value"], thresholds["pixel"]["value"]
         calibration = (self.calibration.get("per_category") or {}).get(category, self.calibration)
@@ -301,9 +306,11 @@ class PredictionFiles:
             inside(self.output, folder).mkdir(exist_ok=True)
 
     def path(self, *parts: str) -> Path:
+        """``output / parts...``, refused if it would lie outside ``output``."""
         return inside(self.output, *parts)
 
     def write_tables(self, summary: dict[str, Any]) -> None:
+        """Write ``scores.csv`` and ``scores.json`` (the rows and ``summary``) atomically."""
         fields = ["path", "name", "score", "normalized_score", "decision", "width", "height", "heatmap", "mask"]
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=fields)
@@ -323,17 +330,21 @@ class MapStyle:
 
     @classmethod
     def of(cls, predictor: Predictor, category: str | None, alpha: float) -> "MapStyle":
+        """How to paint ``category``'s maps: its pixel threshold, and the low end of the colour scale from
+        the normal images' pixel quantiles."""
         calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
         quantiles = calibration.get("normal_pixel_quantiles")
         return cls(predictor.thresholds_for(category)["pixel"]["value"],
                    float(quantiles[10]) if quantiles else None, alpha)
 
     def heatmap(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
+        """``amap`` over ``photo``, coloured from the normal pixels' level to 1.5 x the pixel threshold."""
         hi = self.pixel_threshold * 1.5 if self.pixel_threshold is not None else float(amap.max())
         lo = self.low if self.low is not None else float(amap.min())
         return heatmap_overlay(photo, amap, vmin=lo, vmax=max(hi, lo + 1e-6), alpha=self.alpha)
 
     def mask(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
+        """The defect mask of ``amap`` at the pixel threshold, at ``photo``'s size (empty without one)."""
         threshold = self.pixel_threshold if self.pixel_threshold is not None else float("inf")
         return defect_mask(amap, threshold, size=photo.size)
 

@@ -169,6 +169,7 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[list[tuple[str | No
 
 
 def png_base64(image: Image.Image) -> str:
+    """``image`` as base64 PNG text for a JSON answer (fast compression: it travels over a LAN)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # speed over size: it travels over a LAN
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -228,6 +229,7 @@ class ServiceMetrics:
         self.images = Counter("minimaxad_images", "images scored, by decision", ["decision"], registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
+        """The Prometheus exposition of these metrics and its content type, for ``GET /metrics``."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
