@@ -5,7 +5,9 @@ base64 ``data:`` URIs, plots as inline SVG, CSS in a ``<style>`` block, no
 JavaScript and no external resource, so the file can be mailed, archived as a CI
 artefact or opened offline (``file://``) in any browser.
 
-Only numpy and Pillow are needed (the package's torch code is not imported).
+The plots are drawn by :mod:`minimaxad.reporting.plots`, the heatmaps by
+:mod:`minimaxad.reporting.heatmaps`; this module lays out the page and the gallery.
+Importing it loads numpy and Pillow only (torch comes with the curves, when a report is written).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from PIL import Image
 
 from minimaxad import __version__
 from minimaxad.engine.paths import atomic_write
-from minimaxad.reporting.heatmaps import _as_2d, colorize, defect_mask, get_colormap, heatmap_overlay, to_data_uri
+from minimaxad.reporting.heatmaps import _as_2d, colorize, defect_mask, heatmap_overlay, to_data_uri
+from minimaxad.reporting.plots import Marker, ScoreGroup, Series, colorbar, histogram, line_plot, series_style
 
 __all__ = ["ReportItem", "write_report"]
 
@@ -67,11 +70,6 @@ _METRIC_COLUMNS = (
     ("aupro", "AUPRO"),
     ("aupro_200", "AUPRO-200 (paper)"),
 )
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)
-_DASHES = ("", "6 3", "2 2", "8 3 2 3")
 _OVERALL = "all categories"
 
 
@@ -109,10 +107,6 @@ def _thr_for(thr: Threshold, category: str) -> float | None:
         v = thr.get(category)
         return float(v) if _finite(v) else None
     return float(thr) if _finite(thr) else None
-
-
-def _color(i: int) -> tuple[str, str]:
-    return _PALETTE[i % len(_PALETTE)], _DASHES[(i // len(_PALETTE)) % len(_DASHES)]
 
 
 # ---------------------------------------------------------------------------
@@ -157,190 +151,6 @@ def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict
     tp = int((pred & y).sum())
     fp = int((pred & ~y).sum())
     return {"fpr": fp / n_neg, "tpr": tp / n_pos, "precision": tp / (tp + fp) if tp + fp else 1.0}
-
-
-# ---------------------------------------------------------------------------
-# SVG plots
-# ---------------------------------------------------------------------------
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(1, n)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = mag
-    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
-        step = m * mag
-        if step >= raw * 0.999:
-            break
-    start = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    v = start
-    while v <= hi + step * 1e-6:
-        ticks.append(0.0 if abs(v) < step * 1e-9 else v)
-        v += step
-    return ticks
-
-
-def _tick_label(v: float) -> str:
-    s = f"{v:.4g}"
-    return "0" if s in ("-0", "0") else s
-
-
-def _downsample(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    if x.size <= max_points:
-        return x, y
-    idx = np.unique(np.r_[np.linspace(0, x.size - 1, max_points).astype(np.intp), x.size - 1])
-    return x[idx], y[idx]
-
-
-class _Frame:
-    """Coordinate frame of one plot: data -> SVG pixels."""
-
-    def __init__(self, x0: float, y0: float, w: float, h: float,
-                 xlim: tuple[float, float], ylim: tuple[float, float]):
-        self.x0, self.y0, self.w, self.h = x0, y0, w, h
-        self.xlim, self.ylim = xlim, ylim
-
-    def px(self, x: Any) -> Any:
-        lo, hi = self.xlim
-        return self.x0 + (np.asarray(x, dtype=np.float64) - lo) / (hi - lo) * self.w
-
-    def py(self, y: Any) -> Any:
-        lo, hi = self.ylim
-        return self.y0 + self.h - (np.asarray(y, dtype=np.float64) - lo) / (hi - lo) * self.h
-
-    def axes(self, title: str, xlabel: str, ylabel: str, xticks: Sequence[float],
-             yticks: Sequence[float]) -> list[str]:
-        out = [f'<rect x="{self.x0}" y="{self.y0}" width="{self.w}" height="{self.h}" class="pa"/>']
-        for t in xticks:
-            x = float(self.px(t))
-            out.append(f'<line x1="{x:.1f}" y1="{self.y0}" x2="{x:.1f}" y2="{self.y0 + self.h}" class="grid"/>')
-            out.append(f'<line x1="{x:.1f}" y1="{self.y0 + self.h}" x2="{x:.1f}" y2="{self.y0 + self.h + 4}" class="ax"/>')
-            out.append(f'<text x="{x:.1f}" y="{self.y0 + self.h + 16}" text-anchor="middle">{_E(_tick_label(t))}</text>')
-        for t in yticks:
-            y = float(self.py(t))
-            out.append(f'<line x1="{self.x0}" y1="{y:.1f}" x2="{self.x0 + self.w}" y2="{y:.1f}" class="grid"/>')
-            out.append(f'<line x1="{self.x0 - 4}" y1="{y:.1f}" x2="{self.x0}" y2="{y:.1f}" class="ax"/>')
-            out.append(f'<text x="{self.x0 - 7}" y="{y + 4:.1f}" text-anchor="end">{_E(_tick_label(t))}</text>')
-        out.append(f'<line x1="{self.x0}" y1="{self.y0 + self.h}" x2="{self.x0 + self.w}" y2="{self.y0 + self.h}" class="ax"/>')
-        out.append(f'<line x1="{self.x0}" y1="{self.y0}" x2="{self.x0}" y2="{self.y0 + self.h}" class="ax"/>')
-        out.append(f'<text x="{self.x0 + self.w / 2:.1f}" y="{self.y0 - 10}" text-anchor="middle" class="ttl">{_E(title)}</text>')
-        out.append(f'<text x="{self.x0 + self.w / 2:.1f}" y="{self.y0 + self.h + 34}" text-anchor="middle" class="lbl">{_E(xlabel)}</text>')
-        cy = self.y0 + self.h / 2
-        out.append(f'<text x="{self.x0 - 40}" y="{cy:.1f}" text-anchor="middle" class="lbl" '
-                   f'transform="rotate(-90 {self.x0 - 40} {cy:.1f})">{_E(ylabel)}</text>')
-        return out
-
-
-def _legend(x: float, y: float, entries: Sequence[tuple[str, str, str, str]]) -> list[str]:
-    """entries: (label, colour, dash, kind) with kind 'line' or 'box'."""
-    out = []
-    for i, (label, color, dash, kind) in enumerate(entries):
-        yy = y + i * 18
-        if kind == "circle":
-            out.append(f'<circle cx="{x + 9}" cy="{yy - 4}" r="4" fill="white" stroke="{color}" stroke-width="2"/>')
-        elif kind == "box":
-            out.append(f'<rect x="{x}" y="{yy - 9}" width="18" height="10" fill="{color}" fill-opacity="0.55" stroke="{color}"/>')
-        else:
-            da = f' stroke-dasharray="{dash}"' if dash else ""
-            out.append(f'<line x1="{x}" y1="{yy - 4}" x2="{x + 18}" y2="{yy - 4}" stroke="{color}" stroke-width="2"{da}/>')
-        out.append(f'<text x="{x + 24}" y="{yy}">{_E(label)}</text>')
-    return out
-
-
-def _svg(width: float, height: float, body: list[str], label: str, cls: str = "plot") -> str:
-    return (f'<svg class="{cls}" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
-            f'role="img" aria-label="{_E(label)}"><title>{_E(label)}</title>' + "".join(body) + "</svg>")
-
-
-def _line_plot(title: str, xlabel: str, ylabel: str,
-               series: Sequence[dict[str, Any]], diagonal: bool = False,
-               points: Sequence[dict[str, Any]] = ()) -> str:
-    """Unit-square line plot. series: {label, x, y, color, dash, width}."""
-    fr = _Frame(58, 30, 300, 260, (0.0, 1.0), (0.0, 1.0))
-    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    body = fr.axes(title, xlabel, ylabel, ticks, ticks)
-    if diagonal:
-        body.append(f'<line x1="{fr.px(0):.1f}" y1="{fr.py(0):.1f}" x2="{fr.px(1):.1f}" y2="{fr.py(1):.1f}" class="chance"/>')
-    for s in series:
-        x, y = _downsample(np.clip(np.asarray(s["x"], float), 0, 1), np.clip(np.asarray(s["y"], float), 0, 1))
-        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(fr.px(x), fr.py(y)))
-        da = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
-        body.append(f'<polyline points="{pts}" fill="none" stroke="{s["color"]}" '
-                    f'stroke-width="{s.get("width", 1.8)}"{da}><title>{_E(s["label"])}</title></polyline>')
-    for p in points:
-        body.append(f'<circle cx="{float(fr.px(p["x"])):.1f}" cy="{float(fr.py(p["y"])):.1f}" r="4" '
-                    f'fill="white" stroke="{p["color"]}" stroke-width="2"><title>{_E(p["label"])}</title></circle>')
-    entries = [(s["label"], s["color"], s.get("dash", ""), "line") for s in series]
-    if points:
-        entries.append(("operating point at the image threshold", "#444", "", "circle"))
-    return _with_legend(fr, body, entries, title, gap=18)
-
-
-def _with_legend(fr: "_Frame", body: list[str], entries: list, title: str, gap: float) -> str:
-    """Add the legend right of the plot frame and size the SVG to fit both."""
-    leg_x = fr.x0 + fr.w + gap
-    body += _legend(leg_x, fr.y0 + 12, entries)
-    longest = max((len(e[0]) for e in entries), default=10)
-    width = leg_x + 30 + 6.4 * longest
-    height = max(fr.y0 + fr.h + 46, fr.y0 + 12 + 18 * len(entries))
-    return _svg(width, height, body, title)
-
-
-def _histogram(title: str, groups: Sequence[tuple[str, np.ndarray, str]], threshold: float | None,
-               bins: int = 24) -> str:
-    vals = [np.asarray(g[1], float) for g in groups]
-    allv = np.concatenate([v[np.isfinite(v)] for v in vals] + [np.zeros(0)])
-    if threshold is not None:
-        allv = np.r_[allv, threshold]
-    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = (hi - lo) * 0.03
-    lo, hi = lo - pad, hi + pad
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = [np.histogram(v[np.isfinite(v)], bins=edges)[0] for v in vals]
-    cmax = max([int(c.max()) for c in counts if c.size] + [1])
-    yticks = [t for t in _nice_ticks(0, cmax, 4) if abs(t - round(t)) < 1e-9]
-    ytop = max(cmax, yticks[-1] if yticks else cmax)
-    fr = _Frame(50, 30, 300, 170, (lo, hi), (0.0, float(ytop)))
-    body = fr.axes(title, "image anomaly score", "images", _nice_ticks(lo, hi, 5), yticks)
-    for (label, _, color), c in zip(groups, counts):
-        for i, n in enumerate(c):
-            if n == 0:
-                continue
-            x0, x1 = float(fr.px(edges[i])), float(fr.px(edges[i + 1]))
-            y = float(fr.py(n))
-            body.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
-                        f'height="{fr.y0 + fr.h - y:.1f}" fill="{color}" fill-opacity="0.55" stroke="{color}" '
-                        f'stroke-width="0.6"><title>{_E(label)}: {int(n)} in [{edges[i]:.4g}, {edges[i + 1]:.4g})</title></rect>')
-    entries = [(f"{g[0]} (n={int(np.isfinite(v).sum())})", g[2], "", "box") for g, v in zip(groups, vals)]
-    if threshold is not None:
-        x = float(fr.px(threshold))
-        body.append(f'<line x1="{x:.1f}" y1="{fr.y0}" x2="{x:.1f}" y2="{fr.y0 + fr.h}" class="thr">'
-                    f'<title>image threshold {threshold:.6g}</title></line>')
-        entries.append((f"threshold {threshold:.4g}", "#000", "5 3", "line"))
-    return _with_legend(fr, body, entries, title, gap=14)
-
-
-def _colorbar(cmap: Any, vmin: float, vmax: float) -> str:
-    lut = get_colormap(cmap)
-    stops = []
-    for k in range(17):
-        i = round(k * (lut.shape[0] - 1) / 16)
-        r, g, b = (int(c) for c in lut[i])
-        stops.append(f'<stop offset="{k / 16:.4f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>')
-    w, x0 = 320, 10
-    body = [f'<defs><linearGradient id="mmad-cbar" x1="0" y1="0" x2="1" y2="0">{"".join(stops)}</linearGradient></defs>',
-            f'<rect x="{x0}" y="6" width="{w}" height="16" fill="url(#mmad-cbar)" stroke="#555" stroke-width="0.6"/>']
-    for frac, v in ((0.0, vmin), (0.5, (vmin + vmax) / 2), (1.0, vmax)):
-        x = x0 + frac * w
-        anchor = "start" if frac == 0 else ("end" if frac == 1 else "middle")
-        body.append(f'<line x1="{x:.1f}" y1="22" x2="{x:.1f}" y2="27" class="ax"/>')
-        body.append(f'<text x="{x:.1f}" y="39" text-anchor="{anchor}">{_E(_tick_label(v))}</text>')
-    return _svg(w + 2 * x0, 44, body, f"heatmap colour scale {vmin:.4g} to {vmax:.4g}", cls="cbar")
 
 
 # ---------------------------------------------------------------------------
@@ -603,13 +413,20 @@ def _as_xy(v: Any, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray] | None
 
 def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
                     image_threshold: Threshold, curves: Mapping[str, Any] | None) -> str:
+    """Image-level ROC and PR plots (one curve per category, plus all categories pooled) and
+    the plots of ``curves`` given by the caller."""
     lab = [(str(it.category), it.label, inf["score"]) for it, inf in zip(items, infos)
            if it.label in (0, 1) and math.isfinite(inf["score"])]
     cats = sorted({c for c, _, _ in lab})
     groups: list[tuple[str, list[int]]] = [(c, [i for i, t in enumerate(lab) if t[0] == c]) for c in cats]
     if len(cats) > 1:
         groups.append((_OVERALL, list(range(len(lab)))))
-    roc_series, pr_series, roc_pts, pr_pts, notes = [], [], [], [], []
+    # keyed by curve name, so that a given curve of the same name replaces a computed one
+    roc_series: dict[str, Series] = {}
+    pr_series: dict[str, Series] = {}
+    roc_pts: list[Marker] = []
+    pr_pts: list[Marker] = []
+    notes: list[str] = []
     for gi, (name, idx) in enumerate(groups):
         y = np.array([lab[i][1] for i in idx], dtype=int)
         s = np.array([lab[i][2] for i in idx], dtype=float)
@@ -619,57 +436,28 @@ def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]
                          f"{int((y == 1).sum())} anomalous)")
             continue
         overall = name == _OVERALL
-        color, dash = ("#111111", "5 3") if overall else _color(gi)
+        color, dash = ("#111111", "5 3") if overall else series_style(gi)
         width = 2.4 if overall else 1.8
-        roc_series.append({"label": f"{name} (AUROC {res['auroc'] * 100:.1f}%)", "x": res["fpr"], "y": res["tpr"],
-                           "color": color, "dash": dash, "width": width, "name": name})
-        pr_series.append({"label": f"{name} (AP {res['ap'] * 100:.1f}%)", "x": res["recall"], "y": res["precision"],
-                          "color": color, "dash": dash, "width": width, "name": name})
-        thr = None if overall else _thr_for(image_threshold, name)
-        if overall and image_threshold is not None and not isinstance(image_threshold, Mapping):
-            thr = _thr_for(image_threshold, name)
-        if thr is not None:
-            op = _operating_point(y, s, thr)
-            if op is not None:
-                txt = f"{name}: threshold {thr:.4g} → TPR {op['tpr'] * 100:.1f}%, FPR {op['fpr'] * 100:.1f}%"
-                roc_pts.append({"x": op["fpr"], "y": op["tpr"], "color": color, "label": txt})
-                pr_pts.append({"x": op["tpr"], "y": op["precision"], "color": color,
-                               "label": f"{name}: threshold {thr:.4g} → recall {op['tpr'] * 100:.1f}%, "
-                                        f"precision {op['precision'] * 100:.1f}%"})
-    # user-supplied curves replace/extend the computed ones
-    extra_plots = []
-    if curves:
-        for key, xk, yk, target, short in (("roc", "fpr", "tpr", roc_series, "AUROC"),
-                                           ("pr", "recall", "precision", pr_series, "AP")):
-            given = curves.get(key)
-            if not isinstance(given, Mapping):
-                continue
-            for j, (name, v) in enumerate(given.items()):
-                xy = _as_xy(v, xk, yk)
-                if xy is None:
-                    continue
-                target[:] = [t for t in target if t["name"] != str(name)]
-                color, dash = _color(len(target) + j)
-                target.append({"label": str(name), "x": xy[0], "y": xy[1], "color": color, "dash": dash,
-                               "name": str(name)})
-        for key, spec in curves.items():
-            if key in ("roc", "pr") or not isinstance(spec, Mapping) or not isinstance(spec.get("series"), Mapping):
-                continue
-            series = []
-            for j, (name, v) in enumerate(spec["series"].items()):
-                xy = _as_xy(v, "x", "y")
-                if xy is not None:
-                    color, dash = _color(j)
-                    series.append({"label": str(name), "x": xy[0], "y": xy[1], "color": color, "dash": dash})
-            if series:
-                extra_plots.append(_line_plot(str(spec.get("title", key)), str(spec.get("xlabel", "x")),
-                                              str(spec.get("ylabel", "y")), series))
+        roc_series[name] = Series(f"{name} (AUROC {res['auroc'] * 100:.1f}%)", res["fpr"], res["tpr"],
+                                  color, dash, width)
+        pr_series[name] = Series(f"{name} (AP {res['ap'] * 100:.1f}%)", res["recall"], res["precision"],
+                                 color, dash, width)
+        # the pooled curve has an operating point only when one threshold serves every category
+        thr = None if overall and isinstance(image_threshold, Mapping) else _thr_for(image_threshold, name)
+        op = None if thr is None else _operating_point(y, s, thr)
+        if op is not None:
+            roc_pts.append(Marker(op["fpr"], op["tpr"], color, f"{name}: threshold {thr:.4g} → "
+                                  f"TPR {op['tpr'] * 100:.1f}%, FPR {op['fpr'] * 100:.1f}%"))
+            pr_pts.append(Marker(op["tpr"], op["precision"], color, f"{name}: threshold {thr:.4g} → "
+                                 f"recall {op['tpr'] * 100:.1f}%, precision {op['precision'] * 100:.1f}%"))
+    extra_plots = _given_curves(curves or {}, roc_series, pr_series)
     parts = []
     if roc_series:
-        parts.append(_line_plot("ROC (image level)", "false positive rate", "true positive rate",
-                                roc_series, diagonal=True, points=roc_pts))
+        parts.append(line_plot("ROC (image level)", "false positive rate", "true positive rate",
+                               list(roc_series.values()), diagonal=True, markers=roc_pts))
     if pr_series:
-        parts.append(_line_plot("Precision-recall (image level)", "recall", "precision", pr_series, points=pr_pts))
+        parts.append(line_plot("Precision-recall (image level)", "recall", "precision",
+                               list(pr_series.values()), markers=pr_pts))
     parts += extra_plots
     out = ""
     if parts:
@@ -684,8 +472,39 @@ def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]
     return out
 
 
+def _given_curves(curves: Mapping[str, Any], roc_series: dict[str, Series], pr_series: dict[str, Series]) -> list[str]:
+    """Put the caller's ``roc``/``pr`` curves into the image-level plots (replacing same-named
+    series) and return one more plot per other key of ``curves``. Unusable entries are skipped."""
+    for key, xkey, ykey, target in (("roc", "fpr", "tpr", roc_series), ("pr", "recall", "precision", pr_series)):
+        given = curves.get(key)
+        if not isinstance(given, Mapping):
+            continue
+        for j, (name, v) in enumerate(given.items()):
+            xy = _as_xy(v, xkey, ykey)
+            if xy is None:
+                continue
+            target.pop(str(name), None)
+            color, dash = series_style(len(target) + j)
+            target[str(name)] = Series(str(name), xy[0], xy[1], color, dash)
+    plots = []
+    for key, spec in curves.items():
+        if key in ("roc", "pr") or not isinstance(spec, Mapping) or not isinstance(spec.get("series"), Mapping):
+            continue
+        series = []
+        for j, (name, v) in enumerate(spec["series"].items()):
+            xy = _as_xy(v, "x", "y")
+            if xy is not None:
+                color, dash = series_style(j)
+                series.append(Series(str(name), xy[0], xy[1], color, dash))
+        if series:
+            plots.append(line_plot(str(spec.get("title", key)), str(spec.get("xlabel", "x")),
+                                   str(spec.get("ylabel", "y")), series))
+    return plots
+
+
 def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
                        image_threshold: Threshold) -> str:
+    """One histogram of image scores per category: normal, anomalous and unlabelled images."""
     cats = sorted({str(it.category) for it in items})
     if not cats:
         return "<p class='note'>No images.</p>"
@@ -696,9 +515,9 @@ def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, An
         for lab, name, color in ((0, "normal", "#1f77b4"), (1, "anomalous", "#d62728"), (-1, "unknown label", "#7f7f7f")):
             v = np.array([inf["score"] for it, inf in sel if (it.label if it.label in (0, 1) else -1) == lab], float)
             if v.size:
-                groups.append((name, v, color))
+                groups.append(ScoreGroup(name, v, color))
         title = f"Scores: {c}" if len(cats) > 1 else "Image scores"
-        plots.append(_histogram(title, groups, _thr_for(image_threshold, c)))
+        plots.append(histogram(title, groups, _thr_for(image_threshold, c)))
     return "<div class='plots'>" + "".join(f"<div class='plotbox'>{p}</div>" for p in plots) + "</div>"
 
 
@@ -949,7 +768,7 @@ def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown
     omitted_note = (f"<p class='note omitted'>{omitted} more image(s) omitted (gallery limited to {max_gallery}; "
                     f"the omitted ones are the least problematic).</p>" if omitted else "")
     return (f"<p class='note'>{_E(order_note)}</p>"
-            f"<div class='cbarbox'>{_colorbar(cmap, heat.vmin, heat.vmax)}<div class='note'>heatmap colour scale "
+            f"<div class='cbarbox'>{colorbar(cmap, heat.vmin, heat.vmax)}<div class='note'>heatmap colour scale "
             f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(heat.vmin, 5))} – "
             f"{_E(_num(heat.vmax, 5))}, overlay opacity {alpha:g}</div></div>"
             + (f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
