@@ -110,36 +110,40 @@ def _thr_for(thr: Threshold, category: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------
-# curves (numpy only)
+# image-level curves
 # ---------------------------------------------------------------------------
 
 
 def _roc_pr(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
-    """ROC and precision-recall curves; ``None`` unless both classes are present."""
+    """The image-level ROC and precision-recall curves as drawn, with AUROC and AP, from
+    :mod:`minimaxad.metrics.ranking`; ``None`` unless both classes are present.
+
+    ROC: one point per distinct score from (0, 0). PR: the step curve that AP sums, precision
+    ``p_i`` held on the recall interval ``(r_{i-1}, r_i]``, from the highest threshold down to
+    the first one reaching full recall.
+    """
+    # torch-backed: loaded when a report is written, not when this module is imported
+    from minimaxad.metrics.ranking import auroc, average_precision, pr_curve, roc_curve
+
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    idx = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last index of each distinct score
-    tps = np.cumsum(y)[idx].astype(np.float64)
-    fps = (idx + 1) - tps
-    tpr = np.r_[0.0, tps / n_pos]
-    fpr = np.r_[0.0, fps / n_neg]
-    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-    last = int(np.searchsorted(tps, tps[-1]))  # stop once full recall is reached (as sklearn)
-    tps_pr, fps_pr = tps[: last + 1], fps[: last + 1]
-    precision = tps_pr / (tps_pr + fps_pr)
-    recall = tps_pr / n_pos
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    # step curve (precision p_i holds on (r_{i-1}, r_i]) to match the AP definition
-    pr_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
-    pr_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
-    return {"fpr": fpr, "tpr": tpr, "auroc": auroc, "recall": pr_x, "precision": pr_y, "ap": ap,
-            "n_pos": n_pos, "n_neg": n_neg}
+    fpr, tpr, _ = roc_curve(s, y)
+    precision, recall, _ = pr_curve(s, y)
+    # pr_curve goes from the lowest threshold up and ends with the threshold-less point
+    # (recall 0, precision 1): drop that point and walk from the highest threshold down
+    precision, recall = precision[-2::-1], recall[-2::-1]
+    # below the first threshold with full recall only false positives are added: the curve
+    # would drop straight down along recall = 1, a segment that adds nothing to AP
+    last = int(np.argmax(recall >= 1.0))
+    precision, recall = precision[: last + 1], recall[: last + 1]
+    steps_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
+    steps_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
+    return {"fpr": fpr, "tpr": tpr, "auroc": auroc(s, y), "recall": steps_x, "precision": steps_y,
+            "ap": average_precision(s, y), "n_pos": n_pos, "n_neg": n_neg}
 
 
 def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict[str, float] | None:
