@@ -47,6 +47,7 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``, normalised over ``C``, in the input's memory layout."""
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2).contiguous(memory_format=layout)
@@ -94,6 +95,7 @@ class ToChannelsLast(nn.Module):
     """``(N, C, H, W) -> (N, H, W, C)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, H, W, C)``: a permuted view, nothing copied."""
         return x.permute(0, 2, 3, 1)
 
 
@@ -101,6 +103,7 @@ class ToChannelsFirst(nn.Module):
     """``(N, H, W, C) -> (N, C, H, W)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, C) -> (N, C, H, W)``: a permuted view, nothing copied."""
         return x.permute(0, 3, 1, 2)
 
 
@@ -120,6 +123,7 @@ class GRN(nn.Module):
             self.beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, C) -> (N, H, W, C)``, the authors' form; the block itself uses :meth:`channel_scale`."""
         gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
         out = (self.gamma * nx + 1) * x
@@ -146,6 +150,7 @@ class SEBlock(nn.Module):
         self.up = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``: ``x`` times a gate in ``(0, 1)`` per image and channel."""
         # The 1x1 convs act on a (N, C) vector: as Linears they skip the convolution machinery.
         gate = x.mean(dim=(2, 3))
         gate = F.relu(F.linear(gate, self.down.weight.flatten(1), self.down.bias))
@@ -176,6 +181,7 @@ class DilatedReparamBlock(nn.Module, Reparameterizable):
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``: the sum of the branches, or ``lk_origin`` alone once fused."""
         if self.fused:
             return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
@@ -187,6 +193,7 @@ class DilatedReparamBlock(nn.Module, Reparameterizable):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
+        """Fold each branch's BatchNorm into its conv and every branch into ``lk_origin`` (idempotent)."""
         if self.fused:
             return
         weight, bias = fuse_conv_bn(self.lk_origin.weight, None, self.origin_bn)
@@ -237,6 +244,7 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``: depthwise conv, norm, SE, then :meth:`pointwise_ffn` and the residual."""
         y = self.se(self.norm(self.dwconv(x)))
         return self.pointwise_ffn(y, x)
 
@@ -269,6 +277,10 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
+        """Fuse for inference, in place (idempotent); ``norm`` becomes ``nn.Identity``, ``gamma`` None.
+
+        ``norm`` goes into the depthwise conv; GRN ``beta``, the last BatchNorm and ``gamma`` into the second Linear.
+        """
         if self.fused:
             return
         # 1. depthwise conv (branches already merged) + BatchNorm -> one conv with bias

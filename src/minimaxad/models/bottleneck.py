@@ -11,6 +11,7 @@ from minimaxad.models.reparam import Reparameterizable, fuse_conv_bn, replace_wi
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 2) -> nn.Conv2d:
+    """A 3x3 :class:`StridedConv2d`, padding 1, no bias: with the default stride 2 it halves ``H`` and ``W``."""
     return StridedConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
@@ -47,6 +48,7 @@ class Bottleneck(nn.Module, Reparameterizable):
             init_reconstruction_weights(module)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The encoder's ``[(N, d0, H/4, W/4), (N, d1, H/8, W/8), (N, d2, H/16, W/16)]`` -> ``(N, d3, H/32, W/32)``."""
         f0, f1, f2 = features
         l1 = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(f0))))))
         l2 = self.relu(self.bn3(self.conv3(f1)))
@@ -55,6 +57,10 @@ class Bottleneck(nn.Module, Reparameterizable):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
+        """Fold ``bn1``-``bn3`` into ``conv1``-``conv3`` and replace them by ``nn.Identity`` (idempotent).
+
+        The blocks are not touched here: :func:`reparameterize_module` fuses them on their own.
+        """
         for i in (1, 2, 3):
             bn = getattr(self, f"bn{i}")
             if isinstance(bn, nn.BatchNorm2d):

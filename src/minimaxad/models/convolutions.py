@@ -78,6 +78,7 @@ class DepthwiseConv2d(nn.Conv2d):
                          dilation=dilation, groups=channels, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``; the module docstring's backward where it helps, else ``nn.Conv2d``'s."""
         if (
             x.device.type == "cpu"
             and x.shape[0] > 0  # an empty DDP slice: groups = N * C would be 0
@@ -141,6 +142,7 @@ class StridedConv2d(nn.Conv2d):
                          device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W) -> (N, C_out, H', W')``; weight gradient as one GEMM where oneDNN's is slow."""
         if self.bias is None and self._gemm_weight_grad(x):
             return _GemmWeightGradConv.apply(x, self.weight, self.stride[0], self.padding[0])
         return super().forward(x)

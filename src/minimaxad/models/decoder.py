@@ -36,6 +36,7 @@ class Decoder(nn.Module):
         self.apply(init_reconstruction_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, d3, H/32, W/32)`` -> ``[(N, d0, H/4, W/4), (N, d1, H/8, W/8), (N, d2, H/16, W/16)]``."""
         outputs = []
         for i in range(3):
             x = self.stages[2 - i](self.upsample_layers[i](x))

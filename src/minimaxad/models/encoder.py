@@ -66,6 +66,7 @@ class UniRepLKNetEncoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, 3, H, W)`` -> ``[(N, d0, H/4, W/4), (N, d1, H/8, W/8), (N, d2, H/16, W/16)]``, LayerNorm-ed."""
         features = []
         for i in range(3):
             x = self.stages[i](self.downsample_layers[i](x))

@@ -49,10 +49,12 @@ class MiniMaxAD(nn.Module):
 
     # -- frozen encoder --------------------------------------------------------------------
     def freeze_encoder(self) -> None:
+        """No gradients and eval mode for the encoder: its ImageNet weights and BatchNorm statistics stay."""
         self.encoder.requires_grad_(False)
         self.encoder.eval()
 
     def train(self, mode: bool = True) -> "MiniMaxAD":
+        """``nn.Module.train``, but the encoder stays in eval mode; returns self."""
         super().train(mode)
         self.encoder.eval()  # BatchNorm statistics of the ImageNet encoder must never move
         return self
@@ -101,6 +103,11 @@ class MiniMaxAD(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(N, 3, H, W)`` -> ``(encoder_features, decoder_features)``, three maps each at 1/4, 1/8, 1/16.
+
+        The decoder's maps have the encoder's sizes exactly: when ``H`` or ``W`` is not a multiple of
+        32 they are resized to them (nearest), as the authors do.
+        """
         encoder_features = self.encode(images)
         decoder_features = self.decoder(self.bottleneck(encoder_features))
         # Sizes that are not multiples of 32 (MAD-Sim at 400 px) leave the decoder off by a
@@ -144,4 +151,5 @@ class MiniMaxAD(nn.Module):
         return self
 
     def extra_repr(self) -> str:
+        """The backbone and whether the model is re-parameterized, for ``print(model)``."""
         return f"backbone={self.backbone}, reparameterized={self.reparameterized}"

@@ -56,6 +56,7 @@ def list_backbones() -> list[str]:
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a name from :func:`list_backbones` (any case) or its letter ``a|f|p|n|t``."""
     key = name.lower()
     if key in ("a", "f", "p", "n", "t"):
         key = f"unireplknet_{key}"

@@ -75,6 +75,7 @@ class Reparameterizable:
     training-time structure (branches, BatchNorms) into plain layers."""
 
     def reparameterize(self) -> None:  # pragma: no cover - interface
+        """Fuse this module's own branches and BatchNorms in place; a second call does nothing."""
         raise NotImplementedError
 
 

@@ -117,6 +117,7 @@ def hub_base_url() -> str:
 
 
 def hub_file_url(file: str) -> str:
+    """The download URL of ``file`` in the authors' hub repository, under :func:`hub_base_url`."""
     return f"{hub_base_url()}/{HUB_REPOSITORY}/resolve/main/{file}"
 
 
