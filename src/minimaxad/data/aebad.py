@@ -30,6 +30,7 @@ EXPECTED = (
 
 
 def resolve_root(root: Path) -> Path:
+    """The ``AeBAD_S`` folder: ``root`` itself or its ``AeBAD_S`` sub-folder; it must hold ``train/`` or ``test/``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         kind = "is a file, not a folder" if root.exists() else "does not exist"
@@ -42,6 +43,7 @@ def resolve_root(root: Path) -> Path:
 
 
 def list_categories(root: Path) -> list[str]:
+    """``["AeBAD_S"]``, the one category, once ``root`` is checked to hold the dataset."""
     resolve_root(root)
     return [CATEGORY]
 

@@ -372,6 +372,7 @@ class AnomalyDataset(_RecordViews, Dataset):
     # -- cache
     @property
     def is_cached(self) -> bool:
+        """True once :meth:`preload` has filled the in-memory cache."""
         return self._rows is not None
 
     def cache_nbytes(self) -> int:
@@ -525,6 +526,7 @@ class UnifiedDataset(_RecordViews, Dataset):
 
     @property
     def records(self) -> list[Record]:  # type: ignore[override]
+        """Every part's records, in item order (a new list on each call)."""
         return [r for p in self.parts for r in p.records]
 
     @property
@@ -548,12 +550,15 @@ class UnifiedDataset(_RecordViews, Dataset):
 
     @property
     def is_cached(self) -> bool:
+        """True when every part is cached."""
         return all(p.is_cached for p in self.parts)
 
     def cache_nbytes(self) -> int:
+        """Bytes the cache of every part takes (or would take)."""
         return sum(p.cache_nbytes() for p in self.parts)
 
     def preload(self, num_threads: Optional[int] = None, progress: bool = False) -> "UnifiedDataset":
+        """Cache every part (see :meth:`AnomalyDataset.preload`); parts may lose unreadable images. Returns ``self``."""
         for p in self.parts:
             p.preload(num_threads, progress)
         self._offsets = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
@@ -573,6 +578,7 @@ class UnifiedDataset(_RecordViews, Dataset):
         return UnifiedDataset(parts)
 
     def with_augment(self, augment: Union[bool, RandomResizedCropFlip]) -> "UnifiedDataset":
+        """The same items with augmentation switched on or off in every part."""
         return UnifiedDataset([p.with_augment(augment) for p in self.parts])
 
 

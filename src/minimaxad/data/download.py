@@ -60,6 +60,7 @@ class DatasetSource:
 
     @property
     def archive_name(self) -> str:
+        """File name of the archive: the last part of ``url``, else ``<name>.archive``."""
         return PurePosixPath(self.url or "").name or f"{self.name}.archive"
 
 

@@ -50,6 +50,7 @@ def _category_dirs(root: Path, category: Optional[str]) -> dict[str, Path]:
 
 
 def list_categories(root: Path, category: Optional[str] = None) -> list[str]:
+    """Category names: the root's name (or ``category``) for one category, else its category sub-folders."""
     return sorted(_category_dirs(root, category))
 
 

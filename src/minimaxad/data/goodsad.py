@@ -28,6 +28,7 @@ EXPECTED = (
 
 
 def list_categories(root: Path) -> list[str]:
+    """Category names found under ``root``."""
     return sorted(category_dirs(root, "goodsad", EXPECTED))
 
 

@@ -105,10 +105,15 @@ class Problems:
         self.missing_masks: list[str] = []
 
     def missing_mask(self, image: Path, expected: Sequence[Path]) -> None:
+        """Note an anomalous ``image`` without a mask, and the first two places looked in."""
         where = " or ".join(str(p) for p in expected[:2])
         self.missing_masks.append(f"{image} (expected {where})")
 
     def raise_or_warn(self, allow_missing_masks: bool) -> None:
+        """Report the missing masks, if any: a ``DataWarning`` under ``allow_missing_masks``, else a
+        ``DatasetError`` listing the first ten.
+
+        """
         n = len(self.missing_masks)
         if not n:
             return

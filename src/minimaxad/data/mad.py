@@ -48,6 +48,7 @@ def resolve_root(root: Path, subset: Optional[str] = None) -> Path:
 
 
 def list_categories(root: Path, subset: Optional[str] = None) -> list[str]:
+    """Category names of MAD-Sim or MAD-Real (``subset``; see :func:`resolve_root`)."""
     return sorted(category_dirs(resolve_root(root, subset), "mad", EXPECTED))
 
 

@@ -77,6 +77,7 @@ def resolve_dirs(
 
 
 def list_categories(root: Path, resolution: Union[str, int, None] = None, json_dir=None) -> list[str]:
+    """Category names: one per ``<category>.json`` split file of the JSON folder."""
     _, jd = resolve_dirs(root, resolution, json_dir)
     return sorted(p.stem for p in jd.glob("*.json"))
 

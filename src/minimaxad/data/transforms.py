@@ -237,6 +237,7 @@ class RandomResizedCropFlip:
     def __call__(
         self, image: Image.Image, mask: Optional[Image.Image] = None
     ) -> tuple[Image.Image, Optional[Image.Image]]:
+        """Crop, resize to ``size`` and maybe flip ``image`` and ``mask`` alike; returns both (mask None if none)."""
         top, left, h, w = self.get_params(image.width, image.height)
         out_h, out_w = self.size
         box = (left, top, left + w, top + h)

@@ -39,6 +39,7 @@ _COLUMNS = ("object", "split", "label", "image", "mask")
 
 
 def is_released_layout(root: Path, split_file: str = "1cls.csv") -> bool:
+    """True when ``root`` is the released layout (``split_csv/<split_file>``), not the converted one."""
     return (Path(root) / "split_csv" / split_file).is_file()
 
 
@@ -63,6 +64,7 @@ def _read_split(csv_path: Path) -> list[dict[str, str]]:
 
 
 def list_categories(root: Path, split_file: str = "1cls.csv") -> list[str]:
+    """Category names: the split file's objects (released layout), else the category folders."""
     root = Path(root).expanduser()
     if is_released_layout(root, split_file):
         return sorted({r["object"] for r in _read_split(root / "split_csv" / split_file)})
