@@ -85,6 +85,7 @@ class PixelData:
 
     @property
     def table(self) -> PosTable:
+        """The :class:`PosTable` of the pixel scores, built on first use and kept."""
         if self._table is None:
             self._table = pos_table(self.ranked)
         return self._table

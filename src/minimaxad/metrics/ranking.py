@@ -82,6 +82,7 @@ class Ranked:
         return out
 
     def min_max(self) -> tuple[float, float]:
+        """The lowest and highest of all the scores, as floats: the range of the authors' AUPRO thresholds."""
         lo = [c[0] for c in self.neg if c.numel()] + ([self.pos[0]] if self.n_pos else [])
         hi = [c[-1] for c in self.neg if c.numel()] + ([self.pos[-1]] if self.n_pos else [])
         return float(torch.stack(lo).min()), float(torch.stack(hi).max())
@@ -136,6 +137,7 @@ class PosTable:
 
 
 def pos_table(r: Ranked) -> PosTable:
+    """Group the sorted positives by distinct value and count the negatives below each (see :class:`PosTable`)."""
     u, inverse, m = torch.unique_consecutive(r.pos, return_inverse=True, return_counts=True)
     lt = r.count_lt(u)
     le = r.count_le(u)
@@ -144,12 +146,14 @@ def pos_table(r: Ranked) -> PosTable:
 
 
 def auroc_from(r: Ranked, t: PosTable) -> float:
+    """Exact AUROC: the Mann-Whitney statistic, ties counted one half, over ``n_pos * n_neg``."""
     # Mann-Whitney U: each (pos, neg) pair counts 1 if pos > neg, 1/2 if tied; int64 exact
     twice_u = int((t.m * (t.lt + t.le)).sum())
     return twice_u / (2 * r.n_pos * r.n_neg)
 
 
 def ap_from(r: Ranked, t: PosTable) -> float:
+    """Exact average precision: scikit-learn's step sum, precision at each distinct positive value."""
     fp = r.n_neg - t.lt  # negatives >= u_k
     tp = t.tp.double()
     precision = tp / (tp + fp.double())
@@ -157,6 +161,7 @@ def ap_from(r: Ranked, t: PosTable) -> float:
 
 
 def f1max_from(r: Ranked, t: PosTable) -> tuple[float, float]:
+    """``(best F1, its threshold)`` over the distinct positive values; on exact ties, the lowest threshold."""
     fp = (r.n_neg - t.lt).double()
     tp = t.tp.double()
     f1 = 2 * tp / (tp + fp + r.n_pos)  # = 2PR / (P + R)
