@@ -6,19 +6,24 @@ JavaScript and no external resource, so the file can be mailed, archived as a CI
 artefact or opened offline (``file://``) in any browser.
 
 The plots are drawn by :mod:`minimaxad.reporting.plots`, the heatmaps by
-:mod:`minimaxad.reporting.heatmaps`; this module lays out the page and the gallery.
+:mod:`minimaxad.reporting.heatmaps`; the page skeleton and its style sheet are the package
+data ``static/report.html`` (a :class:`string.Template`) and ``static/report.css``. This
+module writes the sections and the gallery into them.
 Importing it loads numpy and Pillow only (torch comes with the curves, when a report is written).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import json
 import math
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
@@ -601,45 +606,6 @@ def _config_section(config: Mapping[str, Any] | None) -> str:
     return f"<table class='config'><tbody>{''.join(rows)}</tbody></table>"
 
 
-_CSS = """
-:root{--fg:#1d1d1f;--mut:#666;--bd:#d7d7db;--bg2:#f6f6f8}
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:var(--fg);margin:0;padding:0 24px 40px;line-height:1.4}
-header{border-bottom:1px solid var(--bd);padding:16px 0 8px;margin-bottom:8px}
-h1{margin:0 0 4px;font-size:1.6em}h2{margin-top:28px;border-bottom:1px solid var(--bd);padding-bottom:4px}
-nav a{margin-right:14px;color:#0b5cad;text-decoration:none}
-.meta,.note{color:var(--mut);font-size:.9em}
-table{border-collapse:collapse;margin:8px 0}
-th,td{border:1px solid var(--bd);padding:4px 8px;vertical-align:top;text-align:left}
-thead th{background:var(--bg2)}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.mean{font-weight:bold;background:#eef3fb}
-.ci{color:var(--mut);font-weight:normal;font-size:.85em}
-.plots{display:flex;flex-wrap:wrap;gap:12px}
-.plotbox{border:1px solid var(--bd);border-radius:6px;padding:4px;background:#fff}
-svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;font-size:11px;fill:#222}
-svg .ttl{font-size:13px;font-weight:600}svg .lbl{font-size:12px}
-svg .pa{fill:#fff;stroke:none}svg .grid{stroke:#e5e5e5;stroke-width:1}
-svg .ax{stroke:#333;stroke-width:1}svg .chance{stroke:#999;stroke-dasharray:4 4;stroke-width:1}
-svg .thr{stroke:#000;stroke-width:1.6;stroke-dasharray:5 3}
-table.gallery td{padding:4px}
-table.gallery figure{margin:0;width:180px}
-table.gallery img{display:block;width:180px;height:auto;max-height:220px;object-fit:contain;image-rendering:auto;border:1px solid #ccc}
-table.gallery figcaption{font-size:.75em;color:var(--mut)}
-.ph{width:180px;height:120px;display:flex;align-items:center;justify-content:center;text-align:center;
-background:repeating-linear-gradient(45deg,#eee,#eee 8px,#f8f8f8 8px,#f8f8f8 16px);border:1px dashed #bbb;color:#777;font-size:.85em;padding:6px}
-td.det{min-width:240px;font-size:.9em}td.rank{color:var(--mut)}
-.fname{font-weight:600;word-break:break-all}.fpath{color:var(--mut);font-size:.8em;word-break:break-all}
-.err{color:#a00;font-size:.8em;word-break:break-all}
-tr.miss{background:#fde4e1}tr.fa{background:#fff2d9}tr.ok{background:#eaf6ec}
-.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;font-weight:700;margin-top:3px}
-.b-miss{background:#c62828;color:#fff}.b-fa{background:#ef8f00;color:#fff}.b-ok{background:#2e7d32;color:#fff}
-.b-nd,.b-unk{background:#ddd;color:#333}
-code{font-size:.9em;word-break:break-all}
-footer{margin-top:32px;color:var(--mut);font-size:.85em;border-top:1px solid var(--bd);padding-top:8px}
-"""
-
-
 # ---------------------------------------------------------------------------
 # public entry point
 # ---------------------------------------------------------------------------
@@ -782,22 +748,19 @@ def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown
 
 def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportItem],
           metrics: Mapping[str, Any] | None) -> str:
-    """The whole HTML document: header with navigation, the sections, footer."""
+    """The whole HTML document: ``static/report.html`` filled with the header, the sections
+    and the footer, and ``static/report.css`` inlined."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    n_lab = sum(1 for it in items if it.label in (0, 1))
     cats = sorted({str(it.category) for it in items} | set(map(str, ((metrics or {}).get("categories") or {}).keys())))
     nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
-    body = "".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<meta name=\"generator\" content=\"minimaxad {_E(__version__)}\">"
-        "<link rel=\"icon\" href=\"data:,\">"
-        f"<title>{_E(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_E(title)}</h1>"
-        f"<div class='meta'>generated {_E(now)} · minimaxad {_E(__version__)} · {len(items)} images "
-        f"({n_lab} labelled) · categories: {_E(', '.join(cats) or '—')}</div>"
-        f"<nav>{nav}</nav></header>{body}"
-        f"<footer>minimaxad {_E(__version__)} · generated {_E(now)} · self-contained file: "
-        "no external resources, no scripts.</footer></body></html>\n"
-    )
+    body = "\n".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
+    return Template(_static_text("report.html")).substitute(
+        title=_E(title), version=_E(__version__), generated=_E(now), css=_static_text("report.css"),
+        n_images=len(items), n_labelled=sum(1 for it in items if it.label in (0, 1)),
+        categories=_E(", ".join(cats) or "—"), nav=nav, sections=body)
+
+
+@functools.cache
+def _static_text(name: str) -> str:
+    """A file of ``minimaxad/reporting/static`` (package data, so it is there in an installed wheel too)."""
+    return (resources.files("minimaxad.reporting") / "static" / name).read_text(encoding="utf-8")
