@@ -36,7 +36,10 @@ from minimaxad.reporting.plots import Marker, ScoreGroup, Series, colorbar, hist
 
 __all__ = ["ReportItem", "write_report"]
 
+# one threshold for every image, one per category, or none (no decisions: no misses or false alarms)
 Threshold = Union[float, Mapping[str, float], None]
+
+_E = html.escape
 
 
 @dataclass
@@ -60,255 +63,111 @@ class ReportItem:
 
 
 # ---------------------------------------------------------------------------
-# small helpers
-# ---------------------------------------------------------------------------
-
-_E = html.escape
-
-_METRIC_COLUMNS = (
-    ("i_auroc", "Image AUROC"),
-    ("i_ap", "Image AP"),
-    ("i_f1max", "Image F1-max"),
-    ("p_auroc", "Pixel AUROC"),
-    ("p_ap", "Pixel AP"),
-    ("p_f1max", "Pixel F1-max"),
-    ("aupro", "AUPRO"),
-    ("aupro_200", "AUPRO-200 (paper)"),
-)
-_OVERALL = "all categories"
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _finite(v: Any) -> bool:
-    return _is_num(v) and math.isfinite(float(v))
-
-
-def _pct(v: Any) -> str:
-    """Fraction -> percent with 1 decimal (values > 1 are taken as already in %)."""
-    if not _finite(v):
-        return "—"
-    v = float(v)
-    return f"{v * 100.0:.1f}" if abs(v) <= 1.0 + 1e-9 else f"{v:.1f}"
-
-
-def _num(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if _is_num(v):
-        v = float(v)
-        if math.isnan(v):
-            return "NaN"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def _thr_for(thr: Threshold, category: str) -> float | None:
-    if thr is None:
-        return None
-    if isinstance(thr, Mapping):
-        v = thr.get(category)
-        return float(v) if _finite(v) else None
-    return float(thr) if _finite(thr) else None
-
-
-# ---------------------------------------------------------------------------
-# image-level curves
+# the page
 # ---------------------------------------------------------------------------
 
 
-def _roc_pr(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
-    """The image-level ROC and precision-recall curves as drawn, with AUROC and AP, from
-    :mod:`minimaxad.metrics.ranking`; ``None`` unless both classes are present.
+def write_report(
+    path: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any] | None,
+    items: Iterable[ReportItem],
+    image_threshold: Threshold = None,
+    pixel_threshold: Threshold = None,
+    threshold_notes: Mapping[str, str] | None = None,
+    title: str = "minimaxad report",
+    config: Mapping[str, Any] | None = None,
+    max_gallery: int | None = 60,
+    curves: Mapping[str, Any] | None = None,
+    map_range: tuple[float, float] | None = None,
+    thumb_size: int = 256,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    jpeg_quality: int = 85,
+    about: Sequence[str] | None = None,
+) -> Path:
+    """Write a single self-contained HTML report and return its path.
 
-    ROC: one point per distinct score from (0, 0). PR: the step curve that AP sums, precision
-    ``p_i`` held on the recall interval ``(r_{i-1}, r_i]``, from the highest threshold down to
-    the first one reaching full recall.
+    ``about``: paragraphs of plain text shown first, under "What these results mean" (e.g.
+    which encoder was used and what the figures can and cannot show).
+
+    ``metrics``: ``{"categories": {name: {"i_auroc": 0.97, ..., "i_auroc_ci": [lo, hi]}}, "mean": {...}}``
+    (fractions; shown in percent). ``image_threshold`` / ``pixel_threshold``: one
+    float, or a ``{category: float}`` dict for per-category thresholds.
+    ``threshold_notes``: ``{"image": "how ...", "pixel": "how ..."}`` (other keys are
+    listed too). ``curves``: optional precomputed curves; ``{"roc": {name: (fpr, tpr)},
+    "pr": {name: (recall, precision)}}`` replace/extend the image-level curves
+    computed from ``items`` (same-named series are replaced); any other key with
+    ``{"title", "xlabel", "ylabel", "series": {name: (x, y)}}`` adds a unit-square
+    line plot (e.g. a pixel-level ROC or a PRO curve). ``map_range=(lo, hi)`` fixes
+    the heatmap colour range; by default it is the 1st-99.9th percentile of all
+    gallery maps. ``max_gallery=None`` shows every item. If ``path`` is an existing
+    directory, ``report.html`` is written inside it.
     """
-    # torch-backed: loaded when a report is written, not when this module is imported
-    from minimaxad.metrics.ranking import auroc, average_precision, pr_curve, roc_curve
+    items = _checked_items(items)
+    infos = _classify(items, image_threshold)
+    shown, omitted = _gallery_selection(items, infos, max_gallery)
+    heat = _heatmap_range(items, shown, map_range)
+    gallery = _gallery_section(items, infos, shown, omitted, max_gallery, heat, pixel_threshold, cmap=cmap,
+                               alpha=alpha, side=int(thumb_size), jpeg_quality=jpeg_quality)
+    has_thr = any(inf["thr"] is not None for inf in infos)
+    sections = [
+        ("metrics", "Metrics", _metrics_section(metrics)),
+        ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
+        ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
+        ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
+        ("thresholds", "How thresholds were chosen",
+         _threshold_section(image_threshold, pixel_threshold, threshold_notes, heat.vmin, heat.vmax, heat.source)),
+        ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
+        ("config", "Configuration", _config_section(config)),
+    ]
+    if about:
+        sections.insert(0, ("about", "What these results mean", "".join(f"<p>{_E(p)}</p>" for p in about)))
+    page = _page(title, sections, items, metrics)
+    out = Path(path)
+    if out.is_dir():
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, page)  # a full disk leaves the previous report complete
 
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return None
-    fpr, tpr, _ = roc_curve(s, y)
-    precision, recall, _ = pr_curve(s, y)
-    # pr_curve goes from the lowest threshold up and ends with the threshold-less point
-    # (recall 0, precision 1): drop that point and walk from the highest threshold down
-    precision, recall = precision[-2::-1], recall[-2::-1]
-    # below the first threshold with full recall only false positives are added: the curve
-    # would drop straight down along recall = 1, a segment that adds nothing to AP
-    last = int(np.argmax(recall >= 1.0))
-    precision, recall = precision[: last + 1], recall[: last + 1]
-    steps_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
-    steps_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
-    return {"fpr": fpr, "tpr": tpr, "auroc": auroc(s, y), "recall": steps_x, "precision": steps_y,
-            "ap": average_precision(s, y), "n_pos": n_pos, "n_neg": n_neg}
+
+def _checked_items(items: Iterable[ReportItem]) -> list[ReportItem]:
+    """The items as a list; a label other than 1, 0 or -1 is refused before anything is drawn."""
+    items = list(items)
+    for it in items:
+        if it.label not in (-1, 0, 1):
+            raise ValueError(f"ReportItem.label must be 1, 0 or -1, got {it.label!r} for {it.path!r}")
+    return items
 
 
-def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict[str, float] | None:
-    y = np.asarray(labels).astype(bool)
-    pred = np.asarray(scores, dtype=np.float64) >= thr
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    tp = int((pred & y).sum())
-    fp = int((pred & ~y).sum())
-    return {"fpr": fp / n_neg, "tpr": tp / n_pos, "precision": tp / (tp + fp) if tp + fp else 1.0}
+def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportItem],
+          metrics: Mapping[str, Any] | None) -> str:
+    """The whole HTML document: ``static/report.html`` filled with the header, the sections
+    and the footer, and ``static/report.css`` inlined."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    cats = sorted({str(it.category) for it in items} | set(map(str, ((metrics or {}).get("categories") or {}).keys())))
+    nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
+    body = "\n".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
+    return Template(_static_text("report.html")).substitute(
+        title=_E(title), version=_E(__version__), generated=_E(now), css=_static_text("report.css"),
+        n_images=len(items), n_labelled=sum(1 for it in items if it.label in (0, 1)),
+        categories=_E(", ".join(cats) or "—"), nav=nav, sections=body)
+
+
+@functools.cache
+def _static_text(name: str) -> str:
+    """A file of ``minimaxad/reporting/static`` (package data, so it is there in an installed wheel too)."""
+    return (resources.files("minimaxad.reporting") / "static" / name).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------
-# gallery
+# per-image decisions (the summary, the curves and the gallery share them)
 # ---------------------------------------------------------------------------
-
-
-def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
-    """Return (thumbnail RGB, original size, error)."""
-    try:
-        if item.image is not None:
-            im = item.image
-            size = im.size
-            thumb = im.convert("RGB")
-        else:
-            from PIL import ImageOps
-
-            from minimaxad.data.io import to_rgb
-
-            with Image.open(item.path) as im:
-                # upright (EXIF) and any mode (16-bit, palette...) decoded as the data loader does
-                width, height = im.size
-                rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-                size = (height, width) if rotated else (width, height)
-                try:
-                    im.draft("RGB", (side, side))  # fast JPEG decoding at reduced scale
-                except Exception:
-                    pass
-                thumb = to_rgb(ImageOps.exif_transpose(im))
-        if thumb is item.image:
-            thumb = thumb.copy()
-        thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
-        return thumb, size, None
-    except Exception as exc:  # never crash on a bad photo
-        return None, None, f"{type(exc).__name__}: {exc}"
-
-
-def _mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
-    m = _as_2d(mask, "mask", dtype=bool)
-    im = Image.fromarray(np.where(m, 255, 0).astype(np.uint8))
-    if im.size == size:
-        return im
-    # enlarging: keep crisp edges; shrinking: average so thin defects stay visible (grey)
-    enlarge = size[0] * size[1] >= im.size[0] * im.size[1]
-    return im.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.BOX)
-
-
-def _placeholder(text: str) -> str:
-    return f'<div class="ph">{_E(text)}</div>'
-
-
-def _fig(uri: str, alt: str, caption: str) -> str:
-    return (f'<figure><img src="{uri}" alt="{_E(alt)}" loading="eager">'
-            f'<figcaption>{_E(caption)}</figcaption></figure>')
-
-
-def _fig_ph(text: str, caption: str) -> str:
-    return f'<figure>{_placeholder(text)}<figcaption>{_E(caption)}</figcaption></figure>'
-
-
-_OUTCOME = {
-    "miss": ("miss", "MISSED DEFECT", "anomalous image scored below the threshold"),
-    "fa": ("fa", "FALSE ALARM", "normal image scored at or above the threshold"),
-    "tp": ("ok", "detected", "anomalous image correctly flagged"),
-    "tn": ("ok", "correct", "normal image correctly passed"),
-    "nodec": ("nd", "no threshold", "no image threshold: no decision"),
-    "unk": ("unk", "label unknown", "ground truth unknown"),
-}
-
-
-def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float, vmax: float,
-                 cmap: Any, alpha: float, side: int, pixel_thr: float | None, show_pred: bool,
-                 jpeg_quality: int) -> str:
-    cls, badge, why = _OUTCOME[info["outcome"]]
-    name = os.path.basename(str(it.path)) or str(it.path)
-    photo, orig_size, err = _load_photo(it, side)
-    try:
-        amap = _as_2d(it.anomaly_map)
-        map_ok = amap.size > 0
-    except Exception:
-        amap, map_ok = np.zeros((1, 1), np.float32), False
-    cells = []
-    # photo
-    if photo is not None:
-        cells.append(_fig(to_data_uri(photo, "JPEG", quality=jpeg_quality), f"photo {name}",
-                          f"photo {orig_size[0]}×{orig_size[1]}"))
-        target = photo.size
-    else:
-        cells.append(_fig_ph("image could not be read", "photo"))
-        target = None
-    # heatmap
-    if map_ok:
-        try:
-            if photo is not None:
-                ov = heatmap_overlay(photo, amap, vmin, vmax, alpha=alpha, cmap=cmap)
-                cap = "heatmap overlay"
-            else:
-                ov = Image.fromarray(colorize(amap, vmin, vmax, cmap))
-                ov.thumbnail((side, side), Image.Resampling.BILINEAR)
-                cap = "heatmap (no photo)"
-            if target is None:
-                target = ov.size
-            cells.append(_fig(to_data_uri(ov, "JPEG", quality=jpeg_quality), f"heatmap {name}", cap))
-        except Exception as exc:
-            map_ok = False
-            cells.append(_fig_ph(f"heatmap failed: {type(exc).__name__}", "heatmap"))
-    else:
-        cells.append(_fig_ph(f"invalid anomaly map shape {np.shape(it.anomaly_map)}", "heatmap"))
-    if target is None:
-        target = (side, side)
-    # ground truth
-    if it.mask is not None:
-        try:
-            cells.append(_fig(to_data_uri(_mask_image(it.mask, target), "PNG"), f"ground truth {name}",
-                              "ground-truth mask"))
-        except Exception as exc:
-            cells.append(_fig_ph(f"mask unusable: {type(exc).__name__}", "ground-truth mask"))
-    else:
-        cells.append(_fig_ph("no mask", "ground-truth mask"))
-    # prediction
-    extra = ""
-    if show_pred:
-        if pixel_thr is not None and map_ok:
-            pm = defect_mask(amap, pixel_thr, size=target)
-            cells.append(_fig(to_data_uri(pm, "PNG"), f"predicted mask {name}", "predicted mask"))
-            frac = float(np.mean(amap >= pixel_thr))
-            extra = f"<div>map ≥ pixel threshold: <b>{frac * 100:.1f}%</b> of pixels</div>"
-        else:
-            cells.append(_fig_ph("no pixel threshold" if pixel_thr is None else "no map", "predicted mask"))
-    label = {1: "anomalous", 0: "normal"}.get(it.label, "unknown")
-    thr = info["thr"]
-    decision = "—" if info["pred"] is None else ("anomalous" if info["pred"] else "normal")
-    details = (
-        f'<div class="fname" title="{_E(str(it.path))}">{_E(name)}</div>'
-        f'<div class="fpath">{_E(str(it.path))}</div>'
-        f'<div>category: <b>{_E(str(it.category))}</b></div>'
-        f'<div>score: <b>{_E(_num(info["score"], 5))}</b>'
-        + (f' (threshold {_E(_num(thr, 5))})' if thr is not None else "") + "</div>"
-        f'<div>label: <b>{label}</b> · decision: <b>{decision}</b></div>'
-        f'<div>map max: {_E(_num(float(np.nanmax(amap)) if map_ok and np.isfinite(amap).any() else None, 4))}</div>'
-        + extra
-        + (f'<div class="err">{_E(err)}</div>' if err else "")
-        + f'<div><span class="badge b-{cls}" title="{_E(why)}">{_E(badge)}</span></div>'
-    )
-    return (f'<tr class="item {cls}" data-rank="{rank}"><td class="rank">{rank}</td>'
-            + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="det">{details}</td></tr>')
 
 
 def _classify(items: Sequence[ReportItem], image_threshold: Threshold) -> list[dict[str, Any]]:
+    """Per item: its score (NaN if not a number), threshold, decision (``score >= thr``, or None)
+    and outcome: ``miss``, ``fa`` (false alarm), ``tp``, ``tn``, ``nodec`` (no threshold) or ``unk``."""
     infos = []
     for it in items:
         score = float(it.score) if _is_num(it.score) else float("nan")
@@ -326,40 +185,31 @@ def _classify(items: Sequence[ReportItem], image_threshold: Threshold) -> list[d
     return infos
 
 
-def _gallery_order(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]) -> list[int]:
-    """Worst first: misses (lowest scores first), false alarms (highest first),
-    the other labelled items by descending badness, then unlabelled by score."""
-    # threshold-free badness: fraction of the other class on the wrong side
-    by_cat: dict[str, dict[int, list[float]]] = {}
-    for it, inf in zip(items, infos):
-        if it.label in (0, 1) and math.isfinite(inf["score"]):
-            by_cat.setdefault(str(it.category), {0: [], 1: []})[it.label].append(inf["score"])
-    keys = []
-    group_of = {"miss": 0, "fa": 1, "tp": 2, "tn": 2, "nodec": 3, "unk": 4}
-    for i, (it, inf) in enumerate(zip(items, infos)):
-        s, thr, g = inf["score"], inf["thr"], group_of[inf["outcome"]]
-        if not math.isfinite(s):
-            bad = -math.inf
-        elif g in (0, 1, 2):
-            bad = (thr - s) if it.label == 1 else (s - thr)
-        elif g == 3:
-            other = np.asarray(by_cat.get(str(it.category), {}).get(1 - it.label, []), float)
-            if other.size == 0:
-                bad = 0.0
-            elif it.label == 1:
-                bad = float(np.mean(other >= s))
-            else:
-                bad = float(np.mean(other <= s))
-            bad += 1e-12 * ((-s) if it.label == 1 else s)  # tie-break: lower anomalous / higher normal first
-        else:
-            bad = s
-        keys.append((g, -bad, str(it.path), i))
-    return [k[3] for k in sorted(keys)]
+def _thr_for(thr: Threshold, category: str) -> float | None:
+    """The threshold of ``category``; None if there is none or it is not a finite number."""
+    if thr is None:
+        return None
+    if isinstance(thr, Mapping):
+        v = thr.get(category)
+        return float(v) if _finite(v) else None
+    return float(thr) if _finite(thr) else None
 
 
 # ---------------------------------------------------------------------------
-# sections
+# sections, in page order
 # ---------------------------------------------------------------------------
+
+
+_METRIC_COLUMNS = (
+    ("i_auroc", "Image AUROC"),
+    ("i_ap", "Image AP"),
+    ("i_f1max", "Image F1-max"),
+    ("p_auroc", "Pixel AUROC"),
+    ("p_ap", "Pixel AP"),
+    ("p_f1max", "Pixel F1-max"),
+    ("aupro", "AUPRO"),
+    ("aupro_200", "AUPRO-200 (paper)"),
+)
 
 
 def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
@@ -405,19 +255,30 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     return f"<table class='metrics'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>{ci_note}{other_html}"
 
 
-def _as_xy(v: Any, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        if isinstance(v, Mapping):
-            x = v.get(xkey, v.get("x"))
-            y = v.get(ykey, v.get("y"))
-        else:
-            x, y = v[0], v[1]
-        x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
-        if x.size == 0 or x.size != y.size:
-            return None
-        return x, y
-    except Exception:
-        return None
+def _summary_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]], has_thr: bool) -> str:
+    cats = sorted({str(it.category) for it in items})
+    head = "<tr><th>category</th><th>images</th><th>normal</th><th>anomalous</th><th>unknown</th>"
+    if has_thr:
+        head += "<th>missed defects</th><th>false alarms</th><th>accuracy (%)</th>"
+    head += "</tr>"
+    rows = []
+    for c in cats + (["all"] if len(cats) > 1 else []):
+        sel = [(it, inf) for it, inf in zip(items, infos) if c == "all" or str(it.category) == c]
+        n0 = sum(1 for it, _ in sel if it.label == 0)
+        n1 = sum(1 for it, _ in sel if it.label == 1)
+        cells = [len(sel), n0, n1, len(sel) - n0 - n1]
+        row = f"<tr><th>{_E(c)}</th>" + "".join(f"<td class='num'>{v}</td>" for v in cells)
+        if has_thr:
+            miss = sum(1 for _, inf in sel if inf["outcome"] == "miss")
+            fa = sum(1 for _, inf in sel if inf["outcome"] == "fa")
+            dec = sum(1 for _, inf in sel if inf["outcome"] in ("miss", "fa", "tp", "tn"))
+            acc = _pct((dec - miss - fa) / dec) if dec else "—"
+            row += f"<td class='num'>{miss}</td><td class='num'>{fa}</td><td class='num'>{acc}</td>"
+        rows.append(row + "</tr>")
+    return f"<table class='summary'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+_OVERALL = "all categories"
 
 
 def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
@@ -511,6 +372,65 @@ def _given_curves(curves: Mapping[str, Any], roc_series: dict[str, Series], pr_s
     return plots
 
 
+def _as_xy(v: Any, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        if isinstance(v, Mapping):
+            x = v.get(xkey, v.get("x"))
+            y = v.get(ykey, v.get("y"))
+        else:
+            x, y = v[0], v[1]
+        x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+        if x.size == 0 or x.size != y.size:
+            return None
+        return x, y
+    except Exception:
+        return None
+
+
+def _roc_pr(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
+    """The image-level ROC and precision-recall curves as drawn, with AUROC and AP, from
+    :mod:`minimaxad.metrics.ranking`; ``None`` unless both classes are present.
+
+    ROC: one point per distinct score from (0, 0). PR: the step curve that AP sums, precision
+    ``p_i`` held on the recall interval ``(r_{i-1}, r_i]``, from the highest threshold down to
+    the first one reaching full recall.
+    """
+    # torch-backed: loaded when a report is written, not when this module is imported
+    from minimaxad.metrics.ranking import auroc, average_precision, pr_curve, roc_curve
+
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    fpr, tpr, _ = roc_curve(s, y)
+    precision, recall, _ = pr_curve(s, y)
+    # pr_curve goes from the lowest threshold up and ends with the threshold-less point
+    # (recall 0, precision 1): drop that point and walk from the highest threshold down
+    precision, recall = precision[-2::-1], recall[-2::-1]
+    # below the first threshold with full recall only false positives are added: the curve
+    # would drop straight down along recall = 1, a segment that adds nothing to AP
+    last = int(np.argmax(recall >= 1.0))
+    precision, recall = precision[: last + 1], recall[: last + 1]
+    steps_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
+    steps_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
+    return {"fpr": fpr, "tpr": tpr, "auroc": auroc(s, y), "recall": steps_x, "precision": steps_y,
+            "ap": average_precision(s, y), "n_pos": n_pos, "n_neg": n_neg}
+
+
+def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict[str, float] | None:
+    """FPR, TPR and precision of the decision ``score >= thr``; None unless both classes are present."""
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores, dtype=np.float64) >= thr
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    return {"fpr": fp / n_neg, "tpr": tp / n_pos, "precision": tp / (tp + fp) if tp + fp else 1.0}
+
+
 def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
                        image_threshold: Threshold) -> str:
     """One histogram of image scores per category: normal, anomalous and unlabelled images."""
@@ -528,37 +448,6 @@ def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, An
         title = f"Scores: {c}" if len(cats) > 1 else "Image scores"
         plots.append(histogram(title, groups, _thr_for(image_threshold, c)))
     return "<div class='plots'>" + "".join(f"<div class='plotbox'>{p}</div>" for p in plots) + "</div>"
-
-
-def _summary_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]], has_thr: bool) -> str:
-    cats = sorted({str(it.category) for it in items})
-    head = "<tr><th>category</th><th>images</th><th>normal</th><th>anomalous</th><th>unknown</th>"
-    if has_thr:
-        head += "<th>missed defects</th><th>false alarms</th><th>accuracy (%)</th>"
-    head += "</tr>"
-    rows = []
-    for c in cats + (["all"] if len(cats) > 1 else []):
-        sel = [(it, inf) for it, inf in zip(items, infos) if c == "all" or str(it.category) == c]
-        n0 = sum(1 for it, _ in sel if it.label == 0)
-        n1 = sum(1 for it, _ in sel if it.label == 1)
-        cells = [len(sel), n0, n1, len(sel) - n0 - n1]
-        row = f"<tr><th>{_E(c)}</th>" + "".join(f"<td class='num'>{v}</td>" for v in cells)
-        if has_thr:
-            miss = sum(1 for _, inf in sel if inf["outcome"] == "miss")
-            fa = sum(1 for _, inf in sel if inf["outcome"] == "fa")
-            dec = sum(1 for _, inf in sel if inf["outcome"] in ("miss", "fa", "tp", "tn"))
-            acc = _pct((dec - miss - fa) / dec) if dec else "—"
-            row += f"<td class='num'>{miss}</td><td class='num'>{fa}</td><td class='num'>{acc}</td>"
-        rows.append(row + "</tr>")
-    return f"<table class='summary'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _fmt_thr(thr: Threshold) -> str:
-    if thr is None:
-        return "not set"
-    if isinstance(thr, Mapping):
-        return "<br>".join(f"{_E(str(k))}: {_E(_num(v, 6))}" for k, v in thr.items()) or "not set"
-    return _E(_num(thr, 6))
 
 
 def _threshold_section(image_threshold: Threshold, pixel_threshold: Threshold,
@@ -579,15 +468,12 @@ def _threshold_section(image_threshold: Threshold, pixel_threshold: Threshold,
             f"<tbody>{''.join(rows)}</tbody></table>{rule}{rng}")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out += _flatten(v, key + ".")
-        else:
-            out.append((key, v))
-    return out
+def _fmt_thr(thr: Threshold) -> str:
+    if thr is None:
+        return "not set"
+    if isinstance(thr, Mapping):
+        return "<br>".join(f"{_E(str(k))}: {_E(_num(v, 6))}" for k, v in thr.items()) or "not set"
+    return _E(_num(thr, 6))
 
 
 def _config_section(config: Mapping[str, Any] | None) -> str:
@@ -606,81 +492,20 @@ def _config_section(config: Mapping[str, Any] | None) -> str:
     return f"<table class='config'><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
 # ---------------------------------------------------------------------------
-# public entry point
+# gallery
 # ---------------------------------------------------------------------------
-
-
-def write_report(
-    path: str | os.PathLike[str],
-    *,
-    metrics: Mapping[str, Any] | None,
-    items: Iterable[ReportItem],
-    image_threshold: Threshold = None,
-    pixel_threshold: Threshold = None,
-    threshold_notes: Mapping[str, str] | None = None,
-    title: str = "minimaxad report",
-    config: Mapping[str, Any] | None = None,
-    max_gallery: int | None = 60,
-    curves: Mapping[str, Any] | None = None,
-    map_range: tuple[float, float] | None = None,
-    thumb_size: int = 256,
-    cmap: Any = "jet",
-    alpha: float = 0.5,
-    jpeg_quality: int = 85,
-    about: Sequence[str] | None = None,
-) -> Path:
-    """Write a single self-contained HTML report and return its path.
-
-    ``about``: paragraphs of plain text shown first, under "What these results mean" (e.g.
-    which encoder was used and what the figures can and cannot show).
-
-    ``metrics``: ``{"categories": {name: {"i_auroc": 0.97, ..., "i_auroc_ci": [lo, hi]}}, "mean": {...}}``
-    (fractions; shown in percent). ``image_threshold`` / ``pixel_threshold``: one
-    float, or a ``{category: float}`` dict for per-category thresholds.
-    ``threshold_notes``: ``{"image": "how ...", "pixel": "how ..."}`` (other keys are
-    listed too). ``curves``: optional precomputed curves; ``{"roc": {name: (fpr, tpr)},
-    "pr": {name: (recall, precision)}}`` replace/extend the image-level curves
-    computed from ``items`` (same-named series are replaced); any other key with
-    ``{"title", "xlabel", "ylabel", "series": {name: (x, y)}}`` adds a unit-square
-    line plot (e.g. a pixel-level ROC or a PRO curve). ``map_range=(lo, hi)`` fixes
-    the heatmap colour range; by default it is the 1st-99.9th percentile of all
-    gallery maps. ``max_gallery=None`` shows every item. If ``path`` is an existing
-    directory, ``report.html`` is written inside it.
-    """
-    items = _checked_items(items)
-    infos = _classify(items, image_threshold)
-    shown, omitted = _gallery_selection(items, infos, max_gallery)
-    heat = _heatmap_range(items, shown, map_range)
-    gallery = _gallery_section(items, infos, shown, omitted, max_gallery, heat, pixel_threshold, cmap=cmap,
-                               alpha=alpha, side=int(thumb_size), jpeg_quality=jpeg_quality)
-    has_thr = any(inf["thr"] is not None for inf in infos)
-    sections = [
-        ("metrics", "Metrics", _metrics_section(metrics)),
-        ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
-        ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
-        ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
-        ("thresholds", "How thresholds were chosen",
-         _threshold_section(image_threshold, pixel_threshold, threshold_notes, heat.vmin, heat.vmax, heat.source)),
-        ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
-        ("config", "Configuration", _config_section(config)),
-    ]
-    if about:
-        sections.insert(0, ("about", "What these results mean", "".join(f"<p>{_E(p)}</p>" for p in about)))
-    page = _page(title, sections, items, metrics)
-    out = Path(path)
-    if out.is_dir():
-        out = out / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, page)  # a full disk leaves the previous report complete
-
-
-def _checked_items(items: Iterable[ReportItem]) -> list[ReportItem]:
-    items = list(items)
-    for it in items:
-        if it.label not in (-1, 0, 1):
-            raise ValueError(f"ReportItem.label must be 1, 0 or -1, got {it.label!r} for {it.path!r}")
-    return items
 
 
 def _gallery_selection(items: list[ReportItem], infos: list[dict[str, Any]],
@@ -694,6 +519,37 @@ def _gallery_selection(items: list[ReportItem], infos: list[dict[str, Any]],
     return order[:max_gallery], len(order) - min(len(order), max_gallery)
 
 
+def _gallery_order(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]) -> list[int]:
+    """Worst first: misses (lowest scores first), false alarms (highest first),
+    the other labelled items by descending badness, then unlabelled by score."""
+    # threshold-free badness: fraction of the other class on the wrong side
+    by_cat: dict[str, dict[int, list[float]]] = {}
+    for it, inf in zip(items, infos):
+        if it.label in (0, 1) and math.isfinite(inf["score"]):
+            by_cat.setdefault(str(it.category), {0: [], 1: []})[it.label].append(inf["score"])
+    keys = []
+    group_of = {"miss": 0, "fa": 1, "tp": 2, "tn": 2, "nodec": 3, "unk": 4}
+    for i, (it, inf) in enumerate(zip(items, infos)):
+        s, thr, g = inf["score"], inf["thr"], group_of[inf["outcome"]]
+        if not math.isfinite(s):
+            bad = -math.inf
+        elif g in (0, 1, 2):
+            bad = (thr - s) if it.label == 1 else (s - thr)
+        elif g == 3:
+            other = np.asarray(by_cat.get(str(it.category), {}).get(1 - it.label, []), float)
+            if other.size == 0:
+                bad = 0.0
+            elif it.label == 1:
+                bad = float(np.mean(other >= s))
+            else:
+                bad = float(np.mean(other <= s))
+            bad += 1e-12 * ((-s) if it.label == 1 else s)  # tie-break: lower anomalous / higher normal first
+        else:
+            bad = s
+        keys.append((g, -bad, str(it.path), i))
+    return [k[3] for k in sorted(keys)]
+
+
 @dataclass(frozen=True)
 class _HeatRange:
     """The one colour range of every heatmap on the page, and where it came from."""
@@ -704,6 +560,8 @@ class _HeatRange:
 
 
 def _heatmap_range(items: list[ReportItem], shown: list[int], map_range: tuple[float, float] | None) -> _HeatRange:
+    """``map_range`` if given, else the 1st to 99.9th percentile of the shown maps (a few hot pixels
+    do not wash out every other heatmap); always a finite, non-empty range."""
     if map_range is not None:
         vmin, vmax, source = float(map_range[0]), float(map_range[1]), "given"
     else:
@@ -722,6 +580,7 @@ def _heatmap_range(items: list[ReportItem], shown: list[int], map_range: tuple[f
 def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown: list[int], omitted: int,
                      max_gallery: int | None, heat: _HeatRange, pixel_threshold: Threshold, *, cmap: Any,
                      alpha: float, side: int, jpeg_quality: int) -> str:
+    """The gallery: how it is ordered, the colour bar of the common heatmap range, the rows."""
     has_thr = any(inf["thr"] is not None for inf in infos)
     show_pred = pixel_threshold is not None
     rows = [_render_item(rank, items[i], infos[i], vmin=heat.vmin, vmax=heat.vmax, cmap=cmap, alpha=alpha, side=side,
@@ -746,21 +605,176 @@ def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown
             + omitted_note)
 
 
-def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportItem],
-          metrics: Mapping[str, Any] | None) -> str:
-    """The whole HTML document: ``static/report.html`` filled with the header, the sections
-    and the footer, and ``static/report.css`` inlined."""
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    cats = sorted({str(it.category) for it in items} | set(map(str, ((metrics or {}).get("categories") or {}).keys())))
-    nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
-    body = "\n".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
-    return Template(_static_text("report.html")).substitute(
-        title=_E(title), version=_E(__version__), generated=_E(now), css=_static_text("report.css"),
-        n_images=len(items), n_labelled=sum(1 for it in items if it.label in (0, 1)),
-        categories=_E(", ".join(cats) or "—"), nav=nav, sections=body)
+_OUTCOME = {
+    "miss": ("miss", "MISSED DEFECT", "anomalous image scored below the threshold"),
+    "fa": ("fa", "FALSE ALARM", "normal image scored at or above the threshold"),
+    "tp": ("ok", "detected", "anomalous image correctly flagged"),
+    "tn": ("ok", "correct", "normal image correctly passed"),
+    "nodec": ("nd", "no threshold", "no image threshold: no decision"),
+    "unk": ("unk", "label unknown", "ground truth unknown"),
+}
 
 
-@functools.cache
-def _static_text(name: str) -> str:
-    """A file of ``minimaxad/reporting/static`` (package data, so it is there in an installed wheel too)."""
-    return (resources.files("minimaxad.reporting") / "static" / name).read_text(encoding="utf-8")
+def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float, vmax: float,
+                 cmap: Any, alpha: float, side: int, pixel_thr: float | None, show_pred: bool,
+                 jpeg_quality: int) -> str:
+    """One gallery row: photo, heatmap overlay, ground truth, predicted mask (if asked) and details.
+    A picture that cannot be made becomes a placeholder saying why; the row is always written."""
+    cls, badge, why = _OUTCOME[info["outcome"]]
+    name = os.path.basename(str(it.path)) or str(it.path)
+    photo, orig_size, err = _load_photo(it, side)
+    try:
+        amap = _as_2d(it.anomaly_map)
+        map_ok = amap.size > 0
+    except Exception:
+        amap, map_ok = np.zeros((1, 1), np.float32), False
+    cells = []
+    # photo
+    if photo is not None:
+        cells.append(_fig(to_data_uri(photo, "JPEG", quality=jpeg_quality), f"photo {name}",
+                          f"photo {orig_size[0]}×{orig_size[1]}"))
+        target = photo.size
+    else:
+        cells.append(_fig_ph("image could not be read", "photo"))
+        target = None
+    # heatmap
+    if map_ok:
+        try:
+            if photo is not None:
+                ov = heatmap_overlay(photo, amap, vmin, vmax, alpha=alpha, cmap=cmap)
+                cap = "heatmap overlay"
+            else:
+                ov = Image.fromarray(colorize(amap, vmin, vmax, cmap))
+                ov.thumbnail((side, side), Image.Resampling.BILINEAR)
+                cap = "heatmap (no photo)"
+            if target is None:
+                target = ov.size
+            cells.append(_fig(to_data_uri(ov, "JPEG", quality=jpeg_quality), f"heatmap {name}", cap))
+        except Exception as exc:
+            map_ok = False
+            cells.append(_fig_ph(f"heatmap failed: {type(exc).__name__}", "heatmap"))
+    else:
+        cells.append(_fig_ph(f"invalid anomaly map shape {np.shape(it.anomaly_map)}", "heatmap"))
+    if target is None:
+        target = (side, side)
+    # ground truth
+    if it.mask is not None:
+        try:
+            cells.append(_fig(to_data_uri(_mask_image(it.mask, target), "PNG"), f"ground truth {name}",
+                              "ground-truth mask"))
+        except Exception as exc:
+            cells.append(_fig_ph(f"mask unusable: {type(exc).__name__}", "ground-truth mask"))
+    else:
+        cells.append(_fig_ph("no mask", "ground-truth mask"))
+    # prediction
+    extra = ""
+    if show_pred:
+        if pixel_thr is not None and map_ok:
+            pm = defect_mask(amap, pixel_thr, size=target)
+            cells.append(_fig(to_data_uri(pm, "PNG"), f"predicted mask {name}", "predicted mask"))
+            frac = float(np.mean(amap >= pixel_thr))
+            extra = f"<div>map ≥ pixel threshold: <b>{frac * 100:.1f}%</b> of pixels</div>"
+        else:
+            cells.append(_fig_ph("no pixel threshold" if pixel_thr is None else "no map", "predicted mask"))
+    label = {1: "anomalous", 0: "normal"}.get(it.label, "unknown")
+    thr = info["thr"]
+    decision = "—" if info["pred"] is None else ("anomalous" if info["pred"] else "normal")
+    details = (
+        f'<div class="fname" title="{_E(str(it.path))}">{_E(name)}</div>'
+        f'<div class="fpath">{_E(str(it.path))}</div>'
+        f'<div>category: <b>{_E(str(it.category))}</b></div>'
+        f'<div>score: <b>{_E(_num(info["score"], 5))}</b>'
+        + (f' (threshold {_E(_num(thr, 5))})' if thr is not None else "") + "</div>"
+        f'<div>label: <b>{label}</b> · decision: <b>{decision}</b></div>'
+        f'<div>map max: {_E(_num(float(np.nanmax(amap)) if map_ok and np.isfinite(amap).any() else None, 4))}</div>'
+        + extra
+        + (f'<div class="err">{_E(err)}</div>' if err else "")
+        + f'<div><span class="badge b-{cls}" title="{_E(why)}">{_E(badge)}</span></div>'
+    )
+    return (f'<tr class="item {cls}" data-rank="{rank}"><td class="rank">{rank}</td>'
+            + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="det">{details}</td></tr>')
+
+
+def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
+    """Return (thumbnail RGB, original size, error)."""
+    try:
+        if item.image is not None:
+            im = item.image
+            size = im.size
+            thumb = im.convert("RGB")
+        else:
+            from PIL import ImageOps
+
+            from minimaxad.data.io import to_rgb
+
+            with Image.open(item.path) as im:
+                # upright (EXIF) and any mode (16-bit, palette...) decoded as the data loader does
+                width, height = im.size
+                rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                size = (height, width) if rotated else (width, height)
+                try:
+                    im.draft("RGB", (side, side))  # fast JPEG decoding at reduced scale
+                except Exception:
+                    pass
+                thumb = to_rgb(ImageOps.exif_transpose(im))
+        if thumb is item.image:
+            thumb = thumb.copy()
+        thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+        return thumb, size, None
+    except Exception as exc:  # never crash on a bad photo
+        return None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
+    m = _as_2d(mask, "mask", dtype=bool)
+    im = Image.fromarray(np.where(m, 255, 0).astype(np.uint8))
+    if im.size == size:
+        return im
+    # enlarging: keep crisp edges; shrinking: average so thin defects stay visible (grey)
+    enlarge = size[0] * size[1] >= im.size[0] * im.size[1]
+    return im.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.BOX)
+
+
+def _fig(uri: str, alt: str, caption: str) -> str:
+    return (f'<figure><img src="{uri}" alt="{_E(alt)}" loading="eager">'
+            f'<figcaption>{_E(caption)}</figcaption></figure>')
+
+
+def _fig_ph(text: str, caption: str) -> str:
+    return f'<figure>{_placeholder(text)}<figcaption>{_E(caption)}</figcaption></figure>'
+
+
+def _placeholder(text: str) -> str:
+    return f'<div class="ph">{_E(text)}</div>'
+
+
+# ---------------------------------------------------------------------------
+# number formatting
+# ---------------------------------------------------------------------------
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _finite(v: Any) -> bool:
+    return _is_num(v) and math.isfinite(float(v))
+
+
+def _pct(v: Any) -> str:
+    """Fraction -> percent with 1 decimal (values > 1 are taken as already in %)."""
+    if not _finite(v):
+        return "—"
+    v = float(v)
+    return f"{v * 100.0:.1f}" if abs(v) <= 1.0 + 1e-9 else f"{v:.1f}"
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if _is_num(v):
+        v = float(v)
+        if math.isnan(v):
+            return "NaN"
+        return f"{v:.{digits}g}"
+    return str(v)
