@@ -96,6 +96,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def rng_state() -> dict[str, Any]:
+    """The torch, Python, NumPy (and CUDA) random states, as tensors and plain values only.
+
+    Python's state is kept as its ``repr`` and NumPy's keys as an int64 tensor, so that
+    ``torch.load(weights_only=True)`` reads them back.
+    """
     state = {
         "torch": torch.get_rng_state(),
         "python": repr(random.getstate()),
@@ -109,6 +114,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the random generators back to a :func:`rng_state` (CUDA's only where CUDA is available)."""
     import ast
 
     torch.set_rng_state(state["torch"])
@@ -158,6 +164,7 @@ def build_checkpoint(
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (:func:`atomic_torch_save`); returns ``path``."""
     atomic_torch_save(checkpoint, Path(path))
     return Path(path)
 

@@ -71,10 +71,12 @@ class RunConfig:
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain data (what ``config.json`` and checkpoints hold)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """The inverse of :meth:`to_dict`: missing keys take their defaults, unknown ones raise ``ValueError``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -91,4 +93,5 @@ class RunConfig:
         return RunConfig.from_dict(merged)
 
     def save(self, path: Path) -> None:
+        """The settings as indented JSON at ``path``, replaced atomically."""
         atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")  # never half-written

@@ -57,6 +57,7 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
+        """True when the run has several processes."""
         return self.world_size > 1
 
     @property
@@ -65,6 +66,7 @@ class DistributedContext:
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait until every rank gets here; nothing to wait for in a one-process run."""
         if self.enabled:
             dist.barrier()
 
@@ -188,10 +190,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
 
     def permutation(self) -> list[int]:
+        """This epoch's order of all the items: the same on every rank and for every world size."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return torch.randperm(self.num_items, generator=generator).tolist()
 
     def global_batches(self) -> list[list[int]]:
+        """The epoch's global batches of item indices; the last one short, or left out under ``drop_last``."""
         order = self.permutation()
         stop = len(self) * self.batch_size if self.drop_last else self.num_items
         return [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
@@ -341,6 +345,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``, normalised by the global batch's statistics when training
+        under several processes; plain ``nn.BatchNorm2d`` otherwise.
+        """
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
         self._check_input_dim(input)
@@ -415,6 +422,7 @@ class DataParallel:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0 (see :attr:`DistributedContext.is_main`)."""
         return self.context.is_main
 
     def describe(self) -> str | None:

@@ -56,6 +56,7 @@ class RunLogger:
 
 
 def step_tag(job: str | None, name: str) -> str:
+    """The name of a step value: ``train/<name>``, or ``train/<job>/<name>`` for one model per category."""
     return f"train/{name}" if job is None else f"train/{job}/{name}"
 
 
@@ -71,6 +72,7 @@ def metric_items(summary: Mapping[str, Any]):
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as one flat ``{"key.sub_key": str(value)}`` dict, as parameters are logged."""
     out: dict[str, str] = {}
     for key, value in params.items():
         if isinstance(value, Mapping):
@@ -96,10 +98,12 @@ class CSVLogger(RunLogger):
             self._writer.writerow(self.STEP_COLUMNS)
 
     def log_step(self, job, step, values):
+        """One row of ``steps.csv``, flushed at once (a killed run keeps its steps)."""
         self._writer.writerow([job or "all", step, *(f"{values[k]:.6g}" for k in self.STEP_COLUMNS[2:])])
         self._steps.flush()
 
     def log_metrics(self, summary, step=None):
+        """Write ``metrics.csv`` anew: one ``category, metric, value`` row per number."""
         with open(self.folder / "metrics.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("category", "metric", "value"))
@@ -108,6 +112,7 @@ class CSVLogger(RunLogger):
                 writer.writerow((category, metric, f"{value:.6g}"))
 
     def close(self, failed=False):
+        """Close ``steps.csv``."""
         self._steps.close()
 
 
@@ -125,20 +130,24 @@ class TensorBoardLogger(RunLogger):
         self.last_step = 0
 
     def log_params(self, params):
+        """The configuration as the text summary ``config``."""
         text = "\n".join(f"    {k}: {v}" for k, v in flatten(params).items())  # indented: shown as code
         self.writer.add_text("config", text, 0)
 
     def log_step(self, job, step, values):
+        """One scalar per value, tagged by :func:`step_tag`."""
         for name, value in values.items():
             self.writer.add_scalar(step_tag(job, name), value, step)
         self.last_step = max(self.last_step, step)
 
     def log_metrics(self, summary, step=None):
+        """The final metrics as scalars at the last training step (or ``step``)."""
         for tag, value in metric_items(summary):
             self.writer.add_scalar(tag, value, self.last_step if step is None else step)
         self.writer.flush()
 
     def close(self, failed=False):
+        """Flush and close the event file."""
         self.writer.close()
 
 
@@ -167,6 +176,7 @@ class MLflowLogger(RunLogger):
         self.last_step = 0
 
     def log_params(self, params):
+        """The flattened configuration as MLflow parameters (values cut to 6000 characters)."""
         from mlflow.entities import Param
 
         flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
@@ -174,6 +184,7 @@ class MLflowLogger(RunLogger):
             self.client.log_batch(self.run_id, params=flat[start:start + 100])
 
     def log_step(self, job, step, values):
+        """The step's finite values as MLflow metrics."""
         from mlflow.entities import Metric
 
         now = _now_ms()
@@ -183,6 +194,7 @@ class MLflowLogger(RunLogger):
         self.last_step = max(self.last_step, step)
 
     def log_metrics(self, summary, step=None):
+        """The final metrics at the last training step (or ``step``)."""
         from mlflow.entities import Metric
 
         now, at = _now_ms(), self.last_step if step is None else step
@@ -191,9 +203,11 @@ class MLflowLogger(RunLogger):
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def log_artifact(self, path, folder=None):
+        """Upload ``path`` into the run's artifacts, in ``folder`` (None: at the top)."""
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def close(self, failed=False):
+        """End the MLflow run as ``FINISHED``, or ``FAILED`` after an error."""
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
@@ -210,22 +224,27 @@ class MultiLogger(RunLogger):
         self.loggers = list(loggers)
 
     def log_params(self, params):
+        """Pass on to every logger."""
         for logger in self.loggers:
             logger.log_params(params)
 
     def log_step(self, job, step, values):
+        """Pass on to every logger."""
         for logger in self.loggers:
             logger.log_step(job, step, values)
 
     def log_metrics(self, summary, step=None):
+        """Pass on to every logger."""
         for logger in self.loggers:
             logger.log_metrics(summary, step)
 
     def log_artifact(self, path, folder=None):
+        """Pass on to every logger."""
         for logger in self.loggers:
             logger.log_artifact(path, folder)
 
     def close(self, failed=False):
+        """Pass on to every logger."""
         for logger in self.loggers:
             logger.close(failed)
 

@@ -61,6 +61,7 @@ class Protocol:
     # -- what the run's flat settings become under this protocol
     @property
     def drop_last(self) -> bool:
+        """``RunConfig.drop_last``: True when each epoch's short last batch is dropped."""
         return self.train_batches == "drop-last"
 
     @property
@@ -76,12 +77,14 @@ class Protocol:
                 "top_ratio": self.top_ratio, "augment": self.augmentation != "none"}
 
     def to_dict(self) -> dict[str, Any]:
+        """The protocol as plain data (``reported`` a list), as ``RunConfig.protocol`` stores it."""
         values = dataclasses.asdict(self)
         values["reported"] = list(self.reported)
         return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Protocol":
+        """The inverse of :meth:`to_dict`; an unknown key raises ``ValueError`` naming the known ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -177,6 +177,11 @@ def test_sets(config: RunConfig, categories: list[str]) -> list[TestSet]:
 # -- evaluation -------------------------------------------------------------------------------
 @dataclass
 class Evaluation:
+    """What :func:`evaluate_model` returns.
+
+    ``summary``: ``{"categories": {name: metrics}}``; ``outputs``: every test item's maps and scores;
+    ``thresholds``: the thresholds in force (calibrated or given), ``per_category`` too where calibrated.
+    """
     summary: dict[str, Any]
     outputs: DatasetOutputs
     thresholds: dict[str, dict[str, Any]]

@@ -49,6 +49,7 @@ class DatasetOutputs:
     protocol_maps: torch.Tensor | None = None  # (N, H, W), float64 for the scipy smoothing
 
     def select(self, indices: Iterable[int]) -> "DatasetOutputs":
+        """The items at ``indices``, in that order, as a new :class:`DatasetOutputs` (copies)."""
         idx = np.asarray(list(indices), dtype=np.int64)
         t = torch.from_numpy(idx)
         return DatasetOutputs(

@@ -59,6 +59,11 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns, on every rank.
+
+    ``images_per_second``: images of every rank per second, over the steps this call ran;
+    ``thresholds``: the calibrated ones (empty on ranks other than 0, which do not calibrate).
+    """
     model: MiniMaxAD
     checkpoint_path: Path
     steps: int
@@ -69,6 +74,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (every device) with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -188,6 +194,7 @@ class StepPlan:
 
     @property
     def epochs(self) -> int:
+        """Epochs the steps span, the last one possibly partial (``--max-steps``)."""
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def ends_epoch(self, step: int) -> bool:
@@ -301,6 +308,7 @@ class TrainingRun:
         return plan
 
     def start_progress(self, plan: StepPlan, *, enabled: bool) -> None:
+        """Start the clock, the progress bar (rank 0, when ``enabled``) and the batch trace if asked for."""
         if enabled and self.main:
             from tqdm import tqdm
 
