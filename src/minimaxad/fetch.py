@@ -30,6 +30,7 @@ class DownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Downloaded:
+    """What :func:`download_file` returns: the file, its SHA-256 (hex), size, and whether it was fetched now."""
     path: Path
     sha256: str
     size: int
