@@ -112,7 +112,6 @@ class Problems:
     def raise_or_warn(self, allow_missing_masks: bool) -> None:
         """Report the missing masks, if any: a ``DataWarning`` under ``allow_missing_masks``, else a
         ``DatasetError`` listing the first ten.
-
         """
         n = len(self.missing_masks)
         if not n:
