@@ -6,7 +6,6 @@ import html
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np

@@ -56,6 +56,8 @@ def _map_range(maps: torch.Tensor) -> tuple[float, float]:
 
 
 def load_evaluation(path: Path) -> dict[str, Any]:
+    """The arrays saved by :func:`save_evaluation` (``path`` is the ``.npz`` or its run folder),
+    with ``meta`` decoded to its ``{"summary", "thresholds", "config"}`` dict."""
     path = Path(path)
     if path.is_dir():
         path = path / "evaluation.npz"
