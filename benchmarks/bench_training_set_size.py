@@ -164,7 +164,7 @@ def main() -> None:
             bank, how = build_bank(features, n, patches, ratio, args.greedy_budget, seed=n)
             built = time.perf_counter() - started
             detector = MemoryBankDetector(model.encoder, ratio).set_bank(bank)
-            seconds = per_image_seconds(lambda x: detector.score(x), images, args.repeats)
+            seconds = per_image_seconds(detector.score, images, args.repeats)
             name = f"memory bank {100 * ratio:g}%"
             rows.append({"training_images": n, "method": name, "bank_rows": int(bank.shape[0]),
                          "bank_mb": bank.numel() * 4 / 2**20, "seconds_per_image": seconds, "selection": how,

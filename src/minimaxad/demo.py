@@ -5,7 +5,7 @@ a few photos. Everything goes under one folder (default ``./minimaxad-demo``).
 
 The encoder: the ImageNet UniRepLKNet weights when they are in the cache or can be downloaded
 (from Hugging Face, or ``$MINIMAXAD_HUB_URL``), else a random encoder, and the demo says which.
-The demo's data is chosen so that a random encoder works (measured in the README): the two
+The demo's data is chosen so that a random encoder works (measured in docs/benchmarks.md): the two
 texture categories (``weave``, ``grain``; the ``washer`` object, which varies in position and
 rotation, is not separated by random features), every defect clearly visible
 (``subtle_fraction=0``, strength drawn from the upper range) and no colour changes (random

@@ -3,8 +3,8 @@ update, in the middle of a checkpoint write, right after its rename, during cali
 checkpoint is ever found half-written, and every resumed run ends with the weights, optimiser
 state and thresholds of a run that was never interrupted.
 
-Repeat: ``python3 -m pytest -q -s tests/engine/test_sigkill.py`` (prints the table of the README's
-"Reliability" section; ``MINIMAXAD_KILL_SEED`` picks other points).
+Repeat: ``python3 -m pytest -q -s tests/engine/test_sigkill.py`` (prints the table of docs/reliability.md,
+"Fault injection"; ``MINIMAXAD_KILL_SEED`` picks other points).
 """
 
 from __future__ import annotations

@@ -101,7 +101,9 @@ def test_threshold_options_change_decisions(trained_checkpoint, photo_folder, tm
     assert half["image_threshold"] == pytest.approx(float(np.quantile(normal, 0.5)))
     assert "chosen by the user's false-positive rate" in half["image_threshold_note"]
     # a lower threshold never flags fewer images
-    count = lambda s: sum(r["decision"] == "anomalous" for r in s["predictions"])
+    def count(summary):
+        return sum(r["decision"] == "anomalous" for r in summary["predictions"])
+
     assert count(decisions("--false-positive-rate", "0.9")) >= count(half)
     pixel = decisions("--pixel-threshold", "-1")
     assert pixel["pixel_threshold"] == -1
