@@ -271,7 +271,7 @@ def colorbar(cmap: Any, vmin: float, vmax: float) -> str:
     """The heatmap colour scale from ``vmin`` to ``vmax`` (ticks at both ends and the middle), as an ``<svg>``."""
     lut = get_colormap(cmap)
     stops = []
-    for k in range(17):  # 17 gradient stops look the same as the 256-entry table
+    for k in range(17):  # enough stops for a smooth bar, whatever the table's length
         i = round(k * (lut.shape[0] - 1) / 16)
         r, g, b = (int(c) for c in lut[i])
         stops.append(f'<stop offset="{k / 16:.4f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>')
