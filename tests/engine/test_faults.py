@@ -18,7 +18,7 @@ from minimaxad.cli import main
 from minimaxad.engine.checkpoint import (
     CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint, remove_stale_temporaries,
 )
-from minimaxad.engine.paths import atomic_write
+from minimaxad.files import atomic_write
 
 from .conftest import TINY
 

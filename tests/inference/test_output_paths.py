@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from minimaxad.cli import main
-from minimaxad.engine.paths import (
+from minimaxad.files import (
     MAX_NAME_LENGTH, UnsafePathError, check_writable_folder, inside, safe_name, unique_names,
 )
 from minimaxad.inference.predict import collect_inputs

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minimaxad.engine.paths import atomic_write
+from minimaxad.files import atomic_write
 
 
 @dataclass

@@ -19,7 +19,7 @@ from minimaxad.engine.checkpoint import (
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
 from minimaxad.engine.loggers import RunLogger, create_logger
-from minimaxad.engine.paths import check_writable_folder, inside
+from minimaxad.files import check_writable_folder, inside
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category

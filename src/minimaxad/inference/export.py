@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from minimaxad.engine.paths import atomic_write
+from minimaxad.files import atomic_write
 from minimaxad.inference.backends import BackendUnavailable, load_backend
 from minimaxad.inference.graph_files import (  # noqa: F401 (public names of this module)
     FORMATS, PARITY_TOLERANCE, ExportError, compare_with_pipeline, refuse_to_overwrite, relative_error,

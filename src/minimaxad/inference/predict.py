@@ -22,7 +22,7 @@ from PIL import Image
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.engine.paths import atomic_write, check_writable_folder, inside, safe_name, unique_names
+from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
 from minimaxad.inference.backends import Backend, create_backend, load_backend
 from minimaxad.inference.export import read_metadata
@@ -247,7 +247,7 @@ def collect_inputs(inputs: Sequence[Path], exclude: Path | None = None
     output name for each; and the inputs that do not exist.
 
     A file's name is its path inside the given folder (or the last parts of the path given),
-    each part made safe (:func:`~minimaxad.engine.paths.safe_name`: no separators, leading dots,
+    each part made safe (:func:`~minimaxad.files.safe_name`: no separators, leading dots,
     device names) and joined with ``__``, then shortened to the last parts that keep all names
     distinct. Files inside ``exclude`` (the output folder) are not inputs.
     """
@@ -293,7 +293,7 @@ def _shortest_unique(parts: list[list[str]]) -> list[str]:
 @dataclass
 class PredictionFiles:
     """Where ``predict`` writes: every path made from a safe name and checked to lie inside
-    ``output`` (:func:`~minimaxad.engine.paths.inside`)."""
+    ``output`` (:func:`~minimaxad.files.inside`)."""
 
     output: Path
     rows: list[dict[str, Any]] = field(default_factory=list)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from minimaxad.data.io import BadImageError, DatasetError, list_images, load_image
-from minimaxad.engine.paths import atomic_write, check_writable_folder, inside, safe_name
+from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name
 from minimaxad.inference.predict import MapStyle, Predictor
 
 CSV_FIELDS = ["time", "file", "score", "normalized_score", "decision", "threshold", "width", "height",

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from minimaxad import __version__
-from minimaxad.engine.paths import atomic_write
+from minimaxad.files import atomic_write
 from minimaxad.reporting.heatmaps import _as_2d, colorize, defect_mask, heatmap_overlay, to_data_uri
 from minimaxad.reporting.plots import Marker, ScoreGroup, Series, colorbar, histogram, line_plot, series_style
 
