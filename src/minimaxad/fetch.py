@@ -9,7 +9,6 @@ SHA-256 match what is known about it is renamed to ``destination``; a wrong file
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -19,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from minimaxad.files import sha256_of
 
 CHUNK = 1 << 20
 USER_AGENT = "minimaxad-downloader"
@@ -35,15 +36,6 @@ class Downloaded:
     sha256: str
     size: int
     fetched: bool  # False: the file was already there
-
-
-def sha256_of(path: Path | str) -> str:
-    """The SHA-256 of a file's content, as hex, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check(path: Path, size: int | None, sha256: str | None, url: str) -> str:

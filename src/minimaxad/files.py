@@ -1,4 +1,5 @@
-"""Every file the tool writes lies inside the folder the user named, under a safe name.
+"""Every file the tool writes lies inside the folder the user named, under a safe name, and is
+written whole or not at all; and the SHA-256 of a file.
 
 Output names are derived from input paths (``predict`` names each heatmap after its photo) and
 so are untrusted: an absolute path, ``..``, a Windows device name (``CON``, ``NUL``...), a name
@@ -112,3 +113,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_of(path: Path | str) -> str:
+    """The SHA-256 of a file's content, as hex, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

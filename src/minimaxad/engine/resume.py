@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from minimaxad.engine.config import RunConfig
-from minimaxad.fetch import sha256_of
+from minimaxad.files import sha256_of
 
 # settings that do not change what is trained (how long, where, how fast, what is evaluated):
 # they may differ when resuming; every other RunConfig field must be the same

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from minimaxad.data.io import load_image
 from minimaxad.engine.thresholds import normalize_scores
-from minimaxad.fetch import sha256_of
+from minimaxad.files import sha256_of
 from minimaxad.inference.batching import BatcherClosed, MicroBatcher, QueueFull, ScoredImage
 from minimaxad.inference.predict import MapStyle, Predictor, is_exported_model
 

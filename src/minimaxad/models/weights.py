@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from minimaxad.fetch import sha256_of
+from minimaxad.files import sha256_of
 from minimaxad.models.registry import BackboneSpec
 
 log = logging.getLogger(__name__)
