@@ -29,10 +29,34 @@ METRICS = ("i_auroc", "p_auroc", "aupro")
 
 
 def fit(data: Path, output: Path, precision: str, seed: int, args: argparse.Namespace) -> tuple[dict, float]:
-    command = [sys.executable, "-m", "minimaxad", "fit", "--preset", "demo", "--format", "mvtec", "--unified",
-               "--data", str(data), "--output", str(output), "--precision", precision, "--seed", str(seed),
-               "--device", "cpu", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-               "--max-steps", str(args.max_steps), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "minimaxad",
+        "fit",
+        "--preset",
+        "demo",
+        "--format",
+        "mvtec",
+        "--unified",
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--precision",
+        precision,
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-steps",
+        str(args.max_steps),
+        "--quiet",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -43,8 +67,9 @@ def fit(data: Path, output: Path, precision: str, seed: int, args: argparse.Name
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=["synthetic", "magnetic_tile"],
-                        default=["synthetic", "magnetic_tile"])
+    parser.add_argument(
+        "--datasets", nargs="+", choices=["synthetic", "magnetic_tile"], default=["synthetic", "magnetic_tile"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 11, 111])
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=64)
@@ -74,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     metrics, took = fit(root, Path(tmp) / f"{name}-{precision}-{seed}", precision, seed, args)
                     results[precision].append(metrics)
                     seconds[precision] += took
-            print(f"\n{name}: {len(args.seeds)} seeds {args.seeds}, {args.max_steps} steps, {args.image_size} px; "
-                  f"fit time fp32 {seconds['fp32']:.0f} s, bf16 {seconds['bf16']:.0f} s")
+            print(
+                f"\n{name}: {len(args.seeds)} seeds {args.seeds}, {args.max_steps} steps, {args.image_size} px; "
+                f"fit time fp32 {seconds['fp32']:.0f} s, bf16 {seconds['bf16']:.0f} s"
+            )
             print(f"{'metric':<9}{'fp32 mean':>10}{'fp32 range':>18}{'bf16 mean':>10}{'bf16 range':>18}  inside")
             for metric in METRICS:
                 a = [m[metric] for m in results["fp32"] if m.get(metric) is not None]
@@ -84,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 width = max(a) - min(a)
                 inside = min(a) - width / 2 <= statistics.mean(b) <= max(a) + width / 2
-                print(f"{metric:<9}{statistics.mean(a):>10.4f}{f'{min(a):.4f}-{max(a):.4f}':>18}"
-                      f"{statistics.mean(b):>10.4f}{f'{min(b):.4f}-{max(b):.4f}':>18}  {'yes' if inside else 'NO'}")
+                print(
+                    f"{metric:<9}{statistics.mean(a):>10.4f}{f'{min(a):.4f}-{max(a):.4f}':>18}"
+                    f"{statistics.mean(b):>10.4f}{f'{min(b):.4f}-{max(b):.4f}':>18}  {'yes' if inside else 'NO'}"
+                )
     return 0
 
 

@@ -48,8 +48,15 @@ def make_pngs(folder: Path, n: int, size: int, threads: int) -> float:
 
 def images_per_second(ds, workers: int, batch: int, epochs: int, collate_fn=collate) -> float:
     """Steady-state rate: one warm-up epoch (worker start-up), then `epochs` timed ones."""
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_fn,
-                        persistent_workers=workers > 0, drop_last=False)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
     for _ in loader:  # warm-up
         pass
     t0 = time.perf_counter()
@@ -97,16 +104,20 @@ def main() -> None:
         # the same cached, single-process loader with torch's default_collate (torch.stack)
         rates.append(("cached, 0 w, torch collate", images_per_second(cached, 0, args.batch, args.epochs, None)))
         base = rates[0][1]
-        print(f"\ndata pipeline: {args.images} PNGs {args.size} px -> {args.resize} px, batch {args.batch}, "
-              f"{os.cpu_count()} CPU cores, torch {torch.__version__}, load average "
-              f"{os.getloadavg()[0]:.1f}, minimaxad.data.collate unless noted")
+        print(
+            f"\ndata pipeline: {args.images} PNGs {args.size} px -> {args.resize} px, batch {args.batch}, "
+            f"{os.cpu_count()} CPU cores, torch {torch.__version__}, load average "
+            f"{os.getloadavg()[0]:.1f}, minimaxad.data.collate unless noted"
+        )
         print(f"{'setting':<24}{'images/s':>10}{'ratio':>9}")
         for name, rate in rates:
             print(f"{name:<24}{rate:>10.1f}{rate / base:>9.2f}")
         threads = min(8, os.cpu_count() or 1)
         print(f"\nquick validation pass: {t_validate:.2f} s ({args.images / t_validate:.0f} files/s)")
-        print(f"cache fill (decode + resize, {threads} threads): {t_fill:.2f} s "
-              f"({args.images / t_fill:.1f} images/s), {cached.cache_nbytes() / 1e6:.1f} MB in memory")
+        print(
+            f"cache fill (decode + resize, {threads} threads): {t_fill:.2f} s "
+            f"({args.images / t_fill:.1f} images/s), {cached.cache_nbytes() / 1e6:.1f} MB in memory"
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(tmp, ignore_errors=True)

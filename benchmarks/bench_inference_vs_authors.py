@@ -37,16 +37,23 @@ from minimaxad.models import MiniMaxAD
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO.parent / "shared" / "tools" / "authors_shim.py"
 DEFAULT_AUTHORS_CODE = os.environ.get("MINIMAXAD_AUTHORS_CODE", str(REPO.parent / "shared" / "authors_code"))
-VARIANT_LETTER = {"unireplknet_a": "a", "unireplknet_f": "f", "unireplknet_p": "p", "unireplknet_n": "n",
-                  "unireplknet_t": "t"}
+VARIANT_LETTER = {
+    "unireplknet_a": "a",
+    "unireplknet_f": "f",
+    "unireplknet_p": "p",
+    "unireplknet_n": "n",
+    "unireplknet_t": "t",
+}
 
 
 def import_authors_models(authors_code: Path):
     """The authors' ``models.unireplknet`` and ``models.de_unireplknet`` (no timm, via the shim),
     or None with the reason printed when they are not at ``authors_code``."""
     if not (authors_code / "models" / "unireplknet.py").is_file():
-        print(f"skipped: no models/unireplknet.py under --authors-code {authors_code}; give a checkout of "
-              "WangFengJiee/MiniMaxAD (commit a374dc0)")
+        print(
+            f"skipped: no models/unireplknet.py under --authors-code {authors_code}; give a checkout of "
+            "WangFengJiee/MiniMaxAD (commit a374dc0)"
+        )
         return None
     if not SHIM.is_file():
         print(f"skipped: {SHIM} not found (it lets the authors' model files import without timm)")
@@ -77,9 +84,12 @@ class AuthorsNetwork(torch.nn.Module):
     def load_from(self, ours: MiniMaxAD) -> "AuthorsNetwork":
         """Copy our (training-form) weights: our keys are theirs, part by part."""
         state = ours.state_dict()
-        for prefix, part, strict in (("encoder.", self.encoder, False), ("bottleneck.", self.bn, True),
-                                     ("decoder.", self.decoder, True)):
-            part_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        for prefix, part, strict in (
+            ("encoder.", self.encoder, False),
+            ("bottleneck.", self.bn, True),
+            ("decoder.", self.decoder, True),
+        ):
+            part_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             missing, unexpected = part.load_state_dict(part_state, strict=strict)
             # their encoder has a 4th downsample and norm3 that MiniMaxAD never runs
             if unexpected or any(not (k.startswith("downsample_layers.3") or k.startswith("norm3")) for k in missing):
@@ -115,14 +125,15 @@ def relative_errors(ours: MiniMaxAD, theirs: torch.nn.Module, size: int) -> list
     return [((u - v).norm() / v.norm()).item() for u, v in zip(a[0] + a[1], b[0] + b[1])]
 
 
-def interleaved_ratios(ours: Callable[[], object], theirs: Callable[[], object], rounds: int,
-                       calls: int) -> tuple[list[float], list[float], list[float]]:
+def interleaved_ratios(
+    ours: Callable[[], object], theirs: Callable[[], object], rounds: int, calls: int
+) -> tuple[list[float], list[float], list[float]]:
     """Seconds per call of each, per round (order alternating), and their/ours per round."""
     ours(), theirs()  # warm-up: oneDNN primitives, allocator
     t_ours, t_theirs = [], []
     for r in range(rounds):
         order = [("ours", ours), ("theirs", theirs)]
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
@@ -149,8 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if modules is None:
         return 0
     torch.set_num_threads(args.threads)
-    print(f"ours vs the authors' {args.form} model, {args.size} px, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; ratio = their time / ours (> 1: ours faster)")
+    print(
+        f"ours vs the authors' {args.form} model, {args.size} px, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; ratio = their time / ours (> 1: ours faster)"
+    )
     for backbone in args.variants:
         ours, theirs = paired_networks(modules, backbone, fused=args.form == "fused")
         errors = relative_errors(ours, theirs, args.size)
@@ -160,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             calls = max(1, args.images_per_round // batch)
             with torch.no_grad():
                 t_ours, t_theirs, ratios = interleaved_ratios(lambda: ours(x), lambda: theirs(x), args.rounds, calls)
-            print(f"  batch {batch:>3}: ours {1e3 * statistics.median(t_ours) / batch:7.1f} ms/image, theirs "
-                  f"{1e3 * statistics.median(t_theirs) / batch:7.1f} ms/image, ratio {summary(ratios)}", flush=True)
+            print(
+                f"  batch {batch:>3}: ours {1e3 * statistics.median(t_ours) / batch:7.1f} ms/image, theirs "
+                f"{1e3 * statistics.median(t_theirs) / batch:7.1f} ms/image, ratio {summary(ratios)}",
+                flush=True,
+            )
     return 0
 
 

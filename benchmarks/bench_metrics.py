@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # ---------------------------------------------------------------------------
 # synthetic data
 # ---------------------------------------------------------------------------
@@ -92,8 +91,11 @@ def reference_metrics(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, 
         p, r, _ = precision_recall_curve(y, s)
         return float(np.max((2 * p * r / (p + r + 1e-12))[:-1]))
 
-    out = {"i_auroc": roc_auc_score(labels, scores), "i_ap": average_precision_score(labels, scores),
-           "i_f1max": f1max(labels, scores)}
+    out = {
+        "i_auroc": roc_auc_score(labels, scores),
+        "i_ap": average_precision_score(labels, scores),
+        "i_f1max": f1max(labels, scores),
+    }
     gt, pr = masks.ravel(), maps.ravel()
     out["p_auroc"] = roc_auc_score(gt, pr)
     out["p_ap"] = average_precision_score(gt, pr)
@@ -156,14 +158,27 @@ def worker(kind: str, data: Path, n: int) -> None:
     base = _status_mib("VmRSS")
     t0 = time.perf_counter()
     if kind == "ours":
-        res = evaluate(torch.from_numpy(scores), torch.from_numpy(labels),
-                       anomaly_maps=torch.from_numpy(maps), masks=torch.from_numpy(masks))
+        res = evaluate(
+            torch.from_numpy(scores),
+            torch.from_numpy(labels),
+            anomaly_maps=torch.from_numpy(maps),
+            masks=torch.from_numpy(masks),
+        )
     else:
         res = reference_metrics(scores, labels, maps, masks)
     elapsed = time.perf_counter() - t0
     peak = _status_mib("VmHWM")
-    print(json.dumps({"time_s": elapsed, "peak_mib": peak, "base_mib": base, "threads": torch.get_num_threads(),
-                      "metrics": {k: v for k, v in res.items() if isinstance(v, float)}}))
+    print(
+        json.dumps(
+            {
+                "time_s": elapsed,
+                "peak_mib": peak,
+                "base_mib": base,
+                "threads": torch.get_num_threads(),
+                "metrics": {k: v for k, v in res.items() if isinstance(v, float)},
+            }
+        )
+    )
 
 
 def measure(kind: str, data: Path, n: int) -> dict:
@@ -196,25 +211,33 @@ def main() -> None:
         t0 = time.perf_counter()
         make_dataset(args.n_full, args.size, args.seed, tmp)
         masks = np.load(tmp / "masks.npy", mmap_mode="r")
-        print(f"synthetic set: {args.n_full} x {args.size} x {args.size} = {args.n_full * args.size ** 2 / 1e6:.1f} M "
-              f"pixels, {np.mean(masks):.2%} anomalous pixels ({time.perf_counter() - t0:.1f} s to make)")
+        print(
+            f"synthetic set: {args.n_full} x {args.size} x {args.size} = {args.n_full * args.size**2 / 1e6:.1f} M "
+            f"pixels, {np.mean(masks):.2%} anomalous pixels ({time.perf_counter() - t0:.1f} s to make)"
+        )
         print(f"cpu cores available: {len(os.sched_getaffinity(0))}")
         full = [measure("ours", tmp, args.n_full) for _ in range(args.repeats)]
         runs = ", ".join(f"{r['time_s']:.1f}" for r in full)
-        print(f"\n[full, {args.n_full} images] evaluate: {min(r['time_s'] for r in full):.1f} s (runs: {runs}), "
-              f"peak RSS {max(r['peak_mib'] for r in full):.0f} MiB total, "
-              f"{max(r['peak_mib'] - r['base_mib'] for r in full):.0f} MiB above the loaded data + libraries")
+        print(
+            f"\n[full, {args.n_full} images] evaluate: {min(r['time_s'] for r in full):.1f} s (runs: {runs}), "
+            f"peak RSS {max(r['peak_mib'] for r in full):.0f} MiB total, "
+            f"{max(r['peak_mib'] - r['base_mib'] for r in full):.0f} MiB above the loaded data + libraries"
+        )
         for k, v in full[0]["metrics"].items():
             print(f"    {k:10s} {v:.6f}")
         small = [measure("ours", tmp, args.n_small) for _ in range(args.repeats)]
         ref = measure("reference", tmp, args.n_small)
         t_ours = min(r["time_s"] for r in small)
         runs = ", ".join(f"{r['time_s']:.2f}" for r in small)
-        print(f"\n[{args.n_small} images] evaluate: {t_ours:.2f} s (runs: {runs}), "
-              f"peak RSS {max(r['peak_mib'] for r in small):.0f} MiB "
-              f"(+{max(r['peak_mib'] - r['base_mib'] for r in small):.0f})")
-        print(f"[{args.n_small} images] reference (sklearn + 200-threshold loop): {ref['time_s']:.1f} s, "
-              f"peak RSS {ref['peak_mib']:.0f} MiB (+{ref['peak_mib'] - ref['base_mib']:.0f})")
+        print(
+            f"\n[{args.n_small} images] evaluate: {t_ours:.2f} s (runs: {runs}), "
+            f"peak RSS {max(r['peak_mib'] for r in small):.0f} MiB "
+            f"(+{max(r['peak_mib'] - r['base_mib'] for r in small):.0f})"
+        )
+        print(
+            f"[{args.n_small} images] reference (sklearn + 200-threshold loop): {ref['time_s']:.1f} s, "
+            f"peak RSS {ref['peak_mib']:.0f} MiB (+{ref['peak_mib'] - ref['base_mib']:.0f})"
+        )
         print(f"[{args.n_small} images] speed-up: {ref['time_s'] / t_ours:.1f}x")
         print("    metric       ours        reference   |diff|")
         for k, v in ref["metrics"].items():

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minimaxad.data import build_dataset, generate_synthetic_dataset
 from minimaxad.inference.backends import create_backend
 from minimaxad.inference.benchmark import randomize_batchnorm
-from minimaxad.data import build_dataset, generate_synthetic_dataset
 from minimaxad.inference.export import relative_error
 from minimaxad.models import MiniMaxAD
 
@@ -49,9 +49,15 @@ def main() -> None:
     model = MiniMaxAD(args.backbone).eval()
     randomize_batchnorm(model)
     with tempfile.TemporaryDirectory() as tmp:
-        root = generate_synthetic_dataset(Path(tmp) / "data", categories=("weave", "washer", "grain"),
-                                          n_train=args.train, n_test_good=args.test, n_test_defect=args.test,
-                                          image_size=args.image_size, seed=1)
+        root = generate_synthetic_dataset(
+            Path(tmp) / "data",
+            categories=("weave", "washer", "grain"),
+            n_train=args.train,
+            n_test_good=args.test,
+            n_test_defect=args.test,
+            image_size=args.image_size,
+            seed=1,
+        )
         train = build_dataset("mvtec", root, split="train", image_size=args.image_size)
         test = build_dataset("mvtec", root, split="test", image_size=args.image_size)
         reference = create_backend("fused", model, image_size=args.image_size, device="cpu")
@@ -63,16 +69,20 @@ def main() -> None:
         limit = np.array([thresholds[c] for c in categories])
         decisions = test_scores >= limit
         margin = float(np.min(np.abs(test_scores - limit) / limit))
-        print(f"{args.backbone} (random weights), {args.image_size} px: {len(train)} normal training images for the "
-              f"thresholds, {len(test)} test images, {int(decisions.sum())} flagged in float32; "
-              f"closest score to its threshold: {100 * margin:.2f}% away")
+        print(
+            f"{args.backbone} (random weights), {args.image_size} px: {len(train)} normal training images for the "
+            f"thresholds, {len(test)} test images, {int(decisions.sum())} flagged in float32; "
+            f"closest score to its threshold: {100 * margin:.2f}% away"
+        )
         print(f"{'backend':<15}{'map rel. error':>16}{'score rel. error':>18}{'decisions changed':>19}")
         for name in args.backends:
             backend = create_backend(name, model, image_size=args.image_size, device="cpu", workdir=tmp)
             maps, scores = score_all(backend, test)
             changed = int(np.sum((scores >= limit) != decisions))
-            print(f"{name:<15}{relative_error(maps, test_maps):>16.2e}{relative_error(scores, test_scores):>18.2e}"
-                  f"{changed:>12} / {len(test)}")
+            print(
+                f"{name:<15}{relative_error(maps, test_maps):>16.2e}{relative_error(scores, test_scores):>18.2e}"
+                f"{changed:>12} / {len(test)}"
+            )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,7 @@ def photos(n: int, size: int) -> list[bytes]:
     """n distinct ``size`` px PNGs of the synthetic scenes."""
     out = []
     for i in range(n):
-        pixels, _ = render_sample(("weave", "washer", "grain")[i % 3], seed=1, index=i, image_size=size,
-                                  split="test")
+        pixels, _ = render_sample(("weave", "washer", "grain")[i % 3], seed=1, index=i, image_size=size, split="test")
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         out.append(buffer.getvalue())
@@ -124,9 +123,14 @@ def load(port: int, bodies: list[bytes], clients: int, requests: int) -> dict[st
     if failures:
         raise RuntimeError(f"{len(failures)} request(s) failed, e.g. {failures[0]}")
     ms = 1e3 * np.asarray(latencies)
-    return {"clients": clients, "requests": requests, "throughput": requests / wall,
-            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99))}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "throughput": requests / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+    }
 
 
 def metric_sum(port: int, name: str) -> float:
@@ -141,10 +145,30 @@ def start_server(checkpoint: Path, backend: str, max_batch: int, max_wait_ms: fl
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "minimaxad", "serve", "--checkpoint", str(checkpoint),
-                                "--backend", backend, "--host", "127.0.0.1", "--port", str(port),
-                                "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minimaxad",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline:
         if process.poll() is not None:
@@ -170,8 +194,13 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, nargs="+", default=[24, 48, 96],
-                        help="requests per load level (one number per --clients entry)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=[24, 48, 96],
+        help="requests per load level (one number per --clients entry)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="offline timings per batch size")
     parser.add_argument("--threads", type=int, help="PyTorch threads, here and in the server (default: PyTorch's)")
     parser.add_argument("--output", help="JSON file for the figures")
@@ -183,18 +212,22 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by PyTorch in the server process
     with tempfile.TemporaryDirectory(prefix="minimaxad-bench-serve-") as tmp:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.backbone, args.image_size,
-                                                                                     Path(tmp))
+        checkpoint = (
+            Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.backbone, args.image_size, Path(tmp))
+        )
         predictor = Predictor.from_checkpoint(checkpoint, backend=args.backend)
         size = predictor.transform.output_size[0]
         bodies = photos(8, size)
         # the offline baseline runs on the same photos, preprocessed (decoding is the service's extra work)
-        tensors, _ = predictor.preprocess([Image.open(io.BytesIO(bodies[i % len(bodies)]))
-                                           for i in range(args.max_batch)])
+        tensors, _ = predictor.preprocess(
+            [Image.open(io.BytesIO(bodies[i % len(bodies)])) for i in range(args.max_batch)]
+        )
         load_before = os.getloadavg()[0]
-        print(f"bench_serve: {checkpoint if args.checkpoint else args.backbone + ' (random weights)'}, {size} px, "
-              f"backend {predictor.backend.name} on {predictor.device}; {os.cpu_count()} cores, "
-              f"{torch.get_num_threads()} torch threads; load average {load_before:.1f}")
+        print(
+            f"bench_serve: {checkpoint if args.checkpoint else args.backbone + ' (random weights)'}, {size} px, "
+            f"backend {predictor.backend.name} on {predictor.device}; {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads; load average {load_before:.1f}"
+        )
         process, port = start_server(checkpoint, args.backend, args.max_batch, args.max_wait_ms)
         try:
             # offline and online alternate, so that a change in the machine's load hits both
@@ -219,16 +252,22 @@ def main() -> int:
 
     offline_rate = {b: statistics.mean(r for r, _ in v) for b, v in base.items()}
     offline_ms = {b: statistics.mean(ms for _, ms in v) for b, v in base.items()}
-    print(f"offline backend: batch 1 {offline_rate[1]:.2f} img/s ({offline_ms[1]:.1f} ms; runs "
-          f"{', '.join(f'{ms:.1f}' for _, ms in base[1])}), batch {args.max_batch} "
-          f"{offline_rate[args.max_batch]:.2f} img/s (runs "
-          f"{', '.join(f'{r:.2f}' for r, _ in base[args.max_batch])})")
-    print(f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'batch':>6} {'vs offline b1':>13} {'vs offline b' + str(args.max_batch):>14}")
+    print(
+        f"offline backend: batch 1 {offline_rate[1]:.2f} img/s ({offline_ms[1]:.1f} ms; runs "
+        f"{', '.join(f'{ms:.1f}' for _, ms in base[1])}), batch {args.max_batch} "
+        f"{offline_rate[args.max_batch]:.2f} img/s (runs "
+        f"{', '.join(f'{r:.2f}' for r, _ in base[args.max_batch])})"
+    )
+    print(
+        f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'batch':>6} {'vs offline b1':>13} {'vs offline b' + str(args.max_batch):>14}"
+    )
     for row in rows:
-        print(f"{row['clients']:>7} {row['requests']:>8} {row['throughput']:>8.2f} {row['p50']:>8.1f} "
-              f"{row['p95']:>8.1f} {row['p99']:>8.1f} {row['mean_batch']:>6.1f} "
-              f"{row['throughput'] / offline_rate[1]:>13.2f} {row['throughput'] / offline_rate[args.max_batch]:>14.2f}")
+        print(
+            f"{row['clients']:>7} {row['requests']:>8} {row['throughput']:>8.2f} {row['p50']:>8.1f} "
+            f"{row['p95']:>8.1f} {row['p99']:>8.1f} {row['mean_batch']:>6.1f} "
+            f"{row['throughput'] / offline_rate[1]:>13.2f} {row['throughput'] / offline_rate[args.max_batch]:>14.2f}"
+        )
     single = next((r for r in rows if r["clients"] == 1), None)
     busy = next((r for r in rows if r["clients"] == max(args.clients)), None)
     if busy:
@@ -239,8 +278,17 @@ def main() -> int:
         print(f"1 client: p50 {single['p50']:.1f} ms = offline batch-1 latency + {extra:.1f} ms (target <= 10 ms)")
     print(f"load average: {load_before:.1f} before, {load_after:.1f} after")
     if args.output:
-        Path(args.output).write_text(json.dumps({"offline": {str(b): v for b, v in base.items()}, "rows": rows,
-                                                 "load_average": [load_before, load_after]}, indent=2) + "\n")
+        Path(args.output).write_text(
+            json.dumps(
+                {
+                    "offline": {str(b): v for b, v in base.items()},
+                    "rows": rows,
+                    "load_average": [load_before, load_after],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

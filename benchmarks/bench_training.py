@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-
 from bench_inference_vs_authors import DEFAULT_AUTHORS_CODE, AuthorsNetwork, import_authors_models
 from compare_training_with_authors import script_functions
+
 from minimaxad.engine.trainer import autocast_context, build_optimizer, cpu_supports_bf16
 from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
@@ -38,7 +38,9 @@ from minimaxad.models import MiniMaxAD
 P_HARD, P_LIM, LR, WEIGHT_DECAY = 0.9999, 0.9995, 5e-3, 1e-5
 
 
-def our_step(backbone: str, images: torch.Tensor, precision: str, seed: int = 0) -> tuple[Callable[[], float], MiniMaxAD]:
+def our_step(
+    backbone: str, images: torch.Tensor, precision: str, seed: int = 0
+) -> tuple[Callable[[], float], MiniMaxAD]:
     torch.manual_seed(seed)
     model = MiniMaxAD(backbone).train()
     optimizer = build_optimizer(model.trainable_parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY)
@@ -47,8 +49,9 @@ def our_step(backbone: str, images: torch.Tensor, precision: str, seed: int = 0)
     def step() -> float:
         with autocast_context(device, precision):
             encoder_features, decoder_features = model(images)
-        loss = adc_loss([f.float() for f in encoder_features], [f.float() for f in decoder_features], size,
-                        P_HARD, P_LIM)
+        loss = adc_loss(
+            [f.float() for f in encoder_features], [f.float() for f in decoder_features], size, P_HARD, P_LIM
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -57,14 +60,17 @@ def our_step(backbone: str, images: torch.Tensor, precision: str, seed: int = 0)
     return step, model
 
 
-def authors_step(modules, loss_fns, backbone: str, images: torch.Tensor, weights_from: MiniMaxAD) -> Callable[[], float]:
+def authors_step(
+    modules, loss_fns, backbone: str, images: torch.Tensor, weights_from: MiniMaxAD
+) -> Callable[[], float]:
     net = AuthorsNetwork(modules, backbone).load_from(weights_from)
     encoder, bn, decoder = net.encoder, net.bn, net.decoder
     encoder.eval()
     bn.train()
     decoder.train()
-    optimizer = torch.optim.AdamW(list(decoder.parameters()) + list(bn.parameters()), lr=LR, betas=(0.9, 0.999),
-                                  weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(
+        list(decoder.parameters()) + list(bn.parameters()), lr=LR, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY
+    )
     size, batch = images.shape[-1], images.shape[0]
     num_lim = size * size * batch * (1 - P_LIM)
     loss_adc = loss_fns["loss_adc"]
@@ -87,7 +93,7 @@ def interleaved(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str,
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -105,8 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["unireplknet_f", "unireplknet_n"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 16])
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: also time our bf16-autocast step (CPUs with AVX-512 BF16 or AMX)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: also time our bf16-autocast step (CPUs with AVX-512 BF16 or AMX)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -118,8 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--precision bf16: this CPU has no AVX-512 BF16 or AMX; timing fp32 only")
         args.precision = "fp32"
     torch.set_num_threads(args.threads)
-    print(f"training step (forward, ADC, backward, AdamW), {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; ratios per round, median (range) over {args.rounds} rounds")
+    print(
+        f"training step (forward, ADC, backward, AdamW), {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; ratios per round, median (range) over {args.rounds} rounds"
+    )
     header = f"{'variant':<15}{'size':>5}{'batch':>6}{'ours img/s':>12}{'theirs img/s':>14}{'ours/theirs':>20}"
     if args.precision == "bf16":
         header += f"{'bf16 img/s':>12}{'bf16/fp32':>20}"
@@ -134,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     steps["bf16"] = our_step(backbone, images, "bf16")[0]
                 t = interleaved(steps, args.rounds)
                 rate = {name: batch / statistics.median(v) for name, v in t.items()}
-                line = (f"{backbone:<15}{size:>5}{batch:>6}{rate['ours']:>12.2f}{rate['theirs']:>14.2f}"
-                        f"{ratio_text(t['theirs'], t['ours']):>20}")
+                line = (
+                    f"{backbone:<15}{size:>5}{batch:>6}{rate['ours']:>12.2f}{rate['theirs']:>14.2f}"
+                    f"{ratio_text(t['theirs'], t['ours']):>20}"
+                )
                 if "bf16" in t:
                     line += f"{rate['bf16']:>12.2f}{ratio_text(t['ours'], t['bf16']):>20}"
                 print(line, flush=True)

@@ -79,8 +79,10 @@ def make_tree(root: Path, seed: int = 0) -> Path:
     def photo(defect: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         h, w = 120, 160
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        base = [110 + 60 * np.sin(x / rng.uniform(6, 12) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(6, 12))
-                for _ in range(3)]
+        base = [
+            110 + 60 * np.sin(x / rng.uniform(6, 12) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(6, 12))
+            for _ in range(3)
+        ]
         image = np.stack(base, -1) + rng.normal(0, 6, (h, w, 3))
         mask = np.zeros((h, w), np.uint8)
         if defect is not None:
@@ -117,14 +119,15 @@ def their_test_items(root: Path, domain: str, resize: int, crop: int):
     for defect in sorted(d.name for d in (s / "test").iterdir() if d.is_dir()):
         for path in sorted((s / "test" / defect / domain).glob("*.png")):
             image = Image.open(path).convert("RGB").resize((resize, resize), Image.BILINEAR)
-            array = np.asarray(image, np.float32)[top:top + crop, top:top + crop] / 255.0
+            array = np.asarray(image, np.float32)[top : top + crop, top : top + crop] / 255.0
             img = torch.from_numpy(((array - MEAN) / STD).transpose(2, 0, 1).copy())[None]
             label = int(defect != "good")
             gt = torch.zeros(1, 1, crop, crop)
             if label:
-                mask = Image.open(s / "ground_truth" / defect / domain / path.name).resize((resize, resize),
-                                                                                           Image.BILINEAR)
-                m = torch.from_numpy(np.asarray(mask, np.float32)[top:top + crop, top:top + crop] / 255.0)
+                mask = Image.open(s / "ground_truth" / defect / domain / path.name).resize(
+                    (resize, resize), Image.BILINEAR
+                )
+                m = torch.from_numpy(np.asarray(mask, np.float32)[top : top + crop, top : top + crop] / 255.0)
                 if m.max() == 0:
                     label = 0  # their "avoid erasing the abnormal mask via center crop" relabelling
                 else:
@@ -140,12 +143,13 @@ def load_into_authors(checkpoint: dict, unireplknet, de_unireplknet):
     encoder, bn = getattr(unireplknet, name)()
     decoder = getattr(de_unireplknet, f"de_{name}")()
     state = checkpoint["state"]
-    bn.load_state_dict({k[len("bottleneck."):]: v for k, v in state.items() if k.startswith("bottleneck.")})
-    decoder.load_state_dict({k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")})
+    bn.load_state_dict({k[len("bottleneck.") :]: v for k, v in state.items() if k.startswith("bottleneck.")})
+    decoder.load_state_dict({k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")})
     if checkpoint["encoder_state"] is None:
         raise SystemExit("the run used ImageNet encoder weights; this comparison trains with a random encoder")
     missing, unexpected = encoder.load_state_dict(
-        encoder_to_official(checkpoint["encoder_state"], get_backbone_spec(name)), strict=False)
+        encoder_to_official(checkpoint["encoder_state"], get_backbone_spec(name)), strict=False
+    )
     if unexpected or any(not k.startswith(("stages.3", "downsample_layers.3", "head", "norm.")) for k in missing):
         raise SystemExit(f"their encoder did not take our weights: missing {missing}, unexpected {unexpected}")
     return encoder.eval(), bn.eval(), decoder.eval()
@@ -153,9 +157,12 @@ def load_into_authors(checkpoint: dict, unireplknet, de_unireplknet):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--authors-code", type=Path,
-                        default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", REPO.parent / "shared" / "authors_code")),
-                        help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)")
+    parser.add_argument(
+        "--authors-code",
+        type=Path,
+        default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", REPO.parent / "shared" / "authors_code")),
+        help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)",
+    )
     parser.add_argument("--data", type=Path, help="an AeBAD-S root (default: a generated tree in --output)")
     parser.add_argument("--output", type=Path, default=Path("runs/compare-aebad"))
     parser.add_argument("--backbone", default="unireplknet_f")
@@ -176,15 +183,44 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     root = args.data or make_tree(args.output / "AeBAD")
     run = args.output / "run"
-    common = ["--data", str(root), "--backbone", args.backbone, "--encoder-weights", "none", "--image-size",
-              str(args.image_size), "--crop-size", str(args.crop_size), "--batch-size", "4", "--max-steps",
-              str(args.steps), "--seed", str(args.seed), "--quiet"]
+    common = [
+        "--data",
+        str(root),
+        "--backbone",
+        args.backbone,
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        str(args.image_size),
+        "--crop-size",
+        str(args.crop_size),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        str(args.steps),
+        "--seed",
+        str(args.seed),
+        "--quiet",
+    ]
     if not (args.reuse and (run / "checkpoint.pt").is_file()):
         assert cli(["fit", "--preset", "aebad", *common, "--output", str(run)]) == 0
     # ours: `test` by the protocol stored in the checkpoint (the preset's), then by the common path
     assert cli(["test", "--checkpoint", str(run), "--output", str(args.output / "ours"), "--quiet"]) == 0
-    assert cli(["test", "--checkpoint", str(run), "--protocol", "single", "--output", str(args.output / "common"),
-                "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "test",
+                "--checkpoint",
+                str(run),
+                "--protocol",
+                "single",
+                "--output",
+                str(args.output / "common"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ours = json.loads((args.output / "ours" / "metrics.json").read_text())["categories"]
     common_path = json.loads((args.output / "common" / "metrics.json").read_text())["categories"]
 
@@ -200,8 +236,10 @@ def main() -> None:
         worst = max(worst, *diff.values())
         for label, row in (("ours", mine), ("theirs", theirs), ("|diff|", diff), ("common", common_path[domain])):
             fmt = "{:>8.1e}" if label == "|diff|" else "{:>8.4f}"
-            print(f"{domain if label == 'ours' else '':<13} {label:<7} "
-                  + " ".join(fmt.format(row[k]) for k in ("i_auroc", "p_auroc", "aupro")))
+            print(
+                f"{domain if label == 'ours' else '':<13} {label:<7} "
+                + " ".join(fmt.format(row[k]) for k in ("i_auroc", "p_auroc", "aupro"))
+            )
     print(f"\nlargest difference ours vs theirs: {worst:.1e}")
 
 

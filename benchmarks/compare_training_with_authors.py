@@ -53,28 +53,31 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from minimaxad.anomaly_map import training_anomaly_map
 from minimaxad.data import build_dataset
 from minimaxad.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import SINGLE_PROCESS, EpochBatchSampler
 from minimaxad.engine.trainer import Batch, TrainingRun, adc_limit_batch_size
 from minimaxad.losses import adc_threshold, compute_loss
-from minimaxad.anomaly_map import training_anomaly_map
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "magnetic_tile"
 # the script each loss is taken from, and its functions used (their spelling)
-SCRIPT_FOR_LOSS = {"adc": ("train_single_GoodsAD.py", ("loss_adc", "cal_anomaly_map_tensor")),
-                   "global": ("train_single_ViSA.py", ("loss_fucntion",))}
+SCRIPT_FOR_LOSS = {
+    "adc": ("train_single_GoodsAD.py", ("loss_adc", "cal_anomaly_map_tensor")),
+    "global": ("train_single_ViSA.py", ("loss_fucntion",)),
+}
 
 
 # -- the authors' code ----------------------------------------------------------------------------
 def import_authors(authors_code: Path, shim: Path = SHARED / "tools" / "authors_shim.py") -> SimpleNamespace:
     """Their model modules (imported through the shim, no timm) and their scripts' loss functions."""
     if not (authors_code / "models" / "unireplknet.py").is_file():
-        raise SystemExit(f"--authors-code {authors_code}: no models/unireplknet.py there; give a checkout of "
-                         "WangFengJiee/MiniMaxAD")
+        raise SystemExit(
+            f"--authors-code {authors_code}: no models/unireplknet.py there; give a checkout of WangFengJiee/MiniMaxAD"
+        )
     if not shim.is_file():
         raise SystemExit(f"{shim} not found: it lets the authors' model files import without timm")
     for folder in (str(shim.parent), str(authors_code)):
@@ -119,9 +122,20 @@ def authors_input(path: str, size: int) -> torch.Tensor:
 class AuthorsTraining:
     """Their network, optimiser, schedule and step, as in their training scripts."""
 
-    def __init__(self, authors: SimpleNamespace, variant: str, *, loss: str, image_size: int, batch_size: int,
-                 lr: float = 5e-3, p_hard: float = 0.9999, p_lim: float = 0.9995, seed: int = 111,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        authors: SimpleNamespace,
+        variant: str,
+        *,
+        loss: str,
+        image_size: int,
+        batch_size: int,
+        lr: float = 5e-3,
+        p_hard: float = 0.9999,
+        p_lim: float = 0.9995,
+        seed: int = 111,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         torch.manual_seed(seed)
         with contextlib.redirect_stdout(io.StringIO()):
             self.encoder, self.bn = getattr(authors.unireplknet, f"unireplknet_{variant}")()
@@ -133,8 +147,9 @@ class AuthorsTraining:
         self.batch_size = batch_size
         self.num_lim = image_size * image_size * batch_size * (1 - p_lim)
         self.encoder.eval()
-        self.optimizer = torch.optim.AdamW(list(self.decoder.parameters()) + list(self.bn.parameters()),
-                                           lr=lr, betas=(0.9, 0.999), weight_decay=1e-5)
+        self.optimizer = torch.optim.AdamW(
+            list(self.decoder.parameters()) + list(self.bn.parameters()), lr=lr, betas=(0.9, 0.999), weight_decay=1e-5
+        )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=0.995)
 
     def start_epoch(self) -> None:
@@ -151,8 +166,10 @@ class AuthorsTraining:
             loss = self.functions["loss_adc"](inputs, outputs, self.p_hard, self.p_lim, self.num_lim, self.image_size)
             with torch.no_grad():  # their `if num < num_lim`, evaluated by our code, both ways
                 score_map = training_anomaly_map(inputs, outputs, self.image_size)
-                branches = (adc_threshold(score_map, self.p_hard, self.p_lim, self.batch_size)[1],
-                            adc_threshold(score_map, self.p_hard, self.p_lim)[1])
+                branches = (
+                    adc_threshold(score_map, self.p_hard, self.p_lim, self.batch_size)[1],
+                    adc_threshold(score_map, self.p_hard, self.p_lim)[1],
+                )
         else:
             loss = self.functions["loss_fucntion"](inputs, outputs)
         self.optimizer.zero_grad()
@@ -164,12 +181,16 @@ class AuthorsTraining:
         self.scheduler.step()
 
     def named_trainables(self) -> dict[str, torch.nn.Parameter]:
-        return {**{f"bottleneck.{k}": p for k, p in self.bn.named_parameters()},
-                **{f"decoder.{k}": p for k, p in self.decoder.named_parameters()}}
+        return {
+            **{f"bottleneck.{k}": p for k, p in self.bn.named_parameters()},
+            **{f"decoder.{k}": p for k, p in self.decoder.named_parameters()},
+        }
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {**{f"bottleneck.{k}": v for k, v in self.bn.state_dict().items()},
-                **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}}
+        return {
+            **{f"bottleneck.{k}": v for k, v in self.bn.state_dict().items()},
+            **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()},
+        }
 
     def perturbed_twin(self, relative: float, seed: int = 0, **settings: Any) -> "AuthorsTraining":
         """A new training from this one's weights, each trainable weight multiplied by ``1 +- relative``."""
@@ -192,11 +213,31 @@ class OurTraining:
     """Our trainer (:class:`TrainingRun`) fed with given batches; float64 runs our pieces in the
     trainer's order (forward, loss, zero_grad, backward, AdamW step) without its float32 cast."""
 
-    def __init__(self, variant: str, *, loss: str, image_size: int, batch_size: int, lr: float = 5e-3,
-                 seed: int = 111, dtype: torch.dtype = torch.float32, folder: Path) -> None:
-        self.config = RunConfig(backbone=f"unireplknet_{variant}", encoder_weights="none", loss=loss,
-                                image_size=image_size, batch_size=batch_size, lr=lr, seed=seed, device="cpu",
-                                workers=0, evaluate=False, checkpoint_every=0)
+    def __init__(
+        self,
+        variant: str,
+        *,
+        loss: str,
+        image_size: int,
+        batch_size: int,
+        lr: float = 5e-3,
+        seed: int = 111,
+        dtype: torch.dtype = torch.float32,
+        folder: Path,
+    ) -> None:
+        self.config = RunConfig(
+            backbone=f"unireplknet_{variant}",
+            encoder_weights="none",
+            loss=loss,
+            image_size=image_size,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device="cpu",
+            workers=0,
+            evaluate=False,
+            checkpoint_every=0,
+        )
         self.run = TrainingRun(self.config, folder, ["comparison"], SINGLE_PROCESS)
         with _quiet_warnings():
             self.run.set_up(resume=False)
@@ -212,8 +253,15 @@ class OurTraining:
             return float(self.run.loss_value)
         config = self.config
         encoder_features, decoder_features = self.run.network(images)
-        loss = compute_loss(config.loss, encoder_features, decoder_features, tuple(images.shape[-2:]),
-                            p_hard=config.p_hard, p_lim=config.p_lim, limit_batch_size=adc_limit_batch_size(config))
+        loss = compute_loss(
+            config.loss,
+            encoder_features,
+            decoder_features,
+            tuple(images.shape[-2:]),
+            p_hard=config.p_hard,
+            p_lim=config.p_lim,
+            limit_batch_size=adc_limit_batch_size(config),
+        )
         self.run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.run.optimizer.step()
@@ -223,8 +271,10 @@ class OurTraining:
         self.run.scheduler.step()
 
     def named_trainables(self) -> dict[str, torch.nn.Parameter]:
-        return {**{f"bottleneck.{k}": p for k, p in self.model.bottleneck.named_parameters()},
-                **{f"decoder.{k}": p for k, p in self.model.decoder.named_parameters()}}
+        return {
+            **{f"bottleneck.{k}": p for k, p in self.model.bottleneck.named_parameters()},
+            **{f"decoder.{k}": p for k, p in self.model.decoder.named_parameters()},
+        }
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.model.trainable_state_dict()
@@ -258,7 +308,9 @@ def _quiet_warnings():
 
 
 # -- comparing ------------------------------------------------------------------------------------
-def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Iterable[str]) -> tuple[float, str]:
+def max_abs_difference(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Iterable[str]
+) -> tuple[float, str]:
     worst, where = 0.0, ""
     for key in keys:
         x, y = a[key], b[key]
@@ -331,24 +383,51 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
     dtype = {"float32": torch.float32, "float64": torch.float64}[setup.dtype]
     dataset = build_dataset("mvtec", setup.data, "train", image_size=setup.image_size, validate=False)
     count = len(dataset) if setup.images is None else min(setup.images, len(dataset))
-    theirs = AuthorsTraining(authors, setup.variant, loss=setup.loss, image_size=setup.image_size,
-                             batch_size=setup.batch_size, seed=setup.seed, dtype=dtype)
+    theirs = AuthorsTraining(
+        authors,
+        setup.variant,
+        loss=setup.loss,
+        image_size=setup.image_size,
+        batch_size=setup.batch_size,
+        seed=setup.seed,
+        dtype=dtype,
+    )
     with tempfile.TemporaryDirectory() as folder:
-        ours = OurTraining(setup.variant, loss=setup.loss, image_size=setup.image_size,
-                           batch_size=setup.batch_size, seed=setup.seed, dtype=dtype, folder=Path(folder))
+        ours = OurTraining(
+            setup.variant,
+            loss=setup.loss,
+            image_size=setup.image_size,
+            batch_size=setup.batch_size,
+            seed=setup.seed,
+            dtype=dtype,
+            folder=Path(folder),
+        )
         state_keys = list(theirs.state())
         same_init = max_abs_difference(ours.state(), theirs.state(), state_keys)[0] == 0.0
-        same_encoder = all(torch.equal(v, theirs.encoder.state_dict()[k]) for k, v in ours.model.encoder.state_dict().items())
+        same_encoder = all(
+            torch.equal(v, theirs.encoder.state_dict()[k]) for k, v in ours.model.encoder.state_dict().items()
+        )
         ours.copy_from(theirs)
-        control = theirs.perturbed_twin(2.0 ** -24, loss=setup.loss, image_size=setup.image_size,
-                                        batch_size=setup.batch_size, seed=setup.seed, dtype=dtype) \
-            if setup.control != "none" else None
+        control = (
+            theirs.perturbed_twin(
+                2.0**-24,
+                loss=setup.loss,
+                image_size=setup.image_size,
+                batch_size=setup.batch_size,
+                seed=setup.seed,
+                dtype=dtype,
+            )
+            if setup.control != "none"
+            else None
+        )
         names = list(theirs.named_trainables())
         records, input_diff, started = [], 0.0, time.perf_counter()
         step, epoch = 0, 0
-        log(f"{setup.variant} {setup.loss} {setup.image_size}px batch {setup.batch_size}, {count} images, mode "
+        log(
+            f"{setup.variant} {setup.loss} {setup.image_size}px batch {setup.batch_size}, {count} images, mode "
             f"{setup.mode}, inputs {setup.inputs}, {setup.dtype}; initial weights identical under seed "
-            f"{setup.seed}: bottleneck+decoder {same_init}, encoder {same_encoder}")
+            f"{setup.seed}: bottleneck+decoder {same_init}, encoder {same_encoder}"
+        )
         while step < setup.steps:
             batches = EpochBatchSampler(count, setup.batch_size, seed=setup.seed, epoch=epoch).global_batches()
             for training in (theirs, ours, control):
@@ -366,18 +445,25 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
                 grad_abs, grad_where = max_abs_difference(our_grads, their_grads, names)
                 weight_abs, weight_where = max_abs_difference(ours.state(), theirs.state(), state_keys)
                 record = {
-                    "step": step, "epoch": epoch, "batch": len(indices),
-                    "branch": branches and branches[0], "branch_actual_limit": branches and branches[1],
-                    "loss_authors": their_loss, "loss_ours": our_loss, "loss_diff": abs(our_loss - their_loss),
-                    "grad_max_abs": grad_abs, "grad_where": grad_where,
+                    "step": step,
+                    "epoch": epoch,
+                    "batch": len(indices),
+                    "branch": branches and branches[0],
+                    "branch_actual_limit": branches and branches[1],
+                    "loss_authors": their_loss,
+                    "loss_ours": our_loss,
+                    "loss_diff": abs(our_loss - their_loss),
+                    "grad_max_abs": grad_abs,
+                    "grad_where": grad_where,
                     "grad_rel": relative_difference(our_grads, their_grads, names),
-                    "weight_max_abs": weight_abs, "weight_where": weight_where,
+                    "weight_max_abs": weight_abs,
+                    "weight_where": weight_where,
                     "weight_rel": relative_difference(ours.state(), theirs.state(), state_keys),
                 }
                 if control is not None:
                     control_loss, _ = control.step(images)
                     if setup.control == "every-step":  # a rounding-level error in every weight, every step
-                        control.perturb(2.0 ** -24, seed=step + 1)
+                        control.perturb(2.0**-24, seed=step + 1)
                     record["control_loss_diff"] = abs(control_loss - their_loss)
                     record["control_weight_rel"] = relative_difference(control.state(), theirs.state(), state_keys)
                 records.append(record)
@@ -397,16 +483,21 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
         encoder_state = ours.model.encoder.state_dict()
     summary = summarise(records, setup, input_diff, same_init, same_encoder, time.perf_counter() - started)
     summary["final_difference_by_group"] = {
-        name: difference_by_group(state, finals["authors"]) for name, state in finals.items() if name != "authors"}
+        name: difference_by_group(state, finals["authors"]) for name, state in finals.items() if name != "authors"
+    }
     if setup.evaluate:
         summary["test_metrics"] = test_metrics(finals, encoder_state, setup)
         log(json.dumps(summary["test_metrics"]))
-    return {"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
-            "summary": summary, "records": records}
+    return {
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+        "summary": summary,
+        "records": records,
+    }
 
 
-def test_metrics(states: dict[str, dict[str, torch.Tensor]], encoder_state: dict[str, torch.Tensor],
-                 setup: Setup) -> dict[str, dict[str, float]]:
+def test_metrics(
+    states: dict[str, dict[str, torch.Tensor]], encoder_state: dict[str, torch.Tensor], setup: Setup
+) -> dict[str, dict[str, float]]:
     """I-AUROC, P-AUROC and AUPRO-200 of each final network on the test split, all scored by our
     common path (float32), so that only the trained weights differ."""
     from minimaxad.engine.scoring import run_dataset
@@ -419,8 +510,9 @@ def test_metrics(states: dict[str, dict[str, torch.Tensor]], encoder_state: dict
         model = MiniMaxAD(f"unireplknet_{setup.variant}")
         model.encoder.load_state_dict(encoder_state)
         for part in ("bottleneck", "decoder"):
-            getattr(model, part).load_state_dict({k[len(part) + 1:]: v for k, v in state.items()
-                                                  if k.startswith(part + ".")})
+            getattr(model, part).load_state_dict(
+                {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+            )
         outputs = run_dataset(model.eval(), test_set, batch_size=16, device="cpu")
         metrics = evaluate(outputs.scores, outputs.labels, outputs.maps, outputs.masks, aupro_exact=False)
         results[name] = {key: round(float(metrics[key]), 4) for key in ("i_auroc", "p_auroc", "aupro_200")}
@@ -428,29 +520,38 @@ def test_metrics(states: dict[str, dict[str, torch.Tensor]], encoder_state: dict
 
 
 def _row(r: dict[str, Any]) -> str:
-    text = (f"step {r['step']:4d} batch {r['batch']:2d} {r['branch'] or '':4s} loss {r['loss_authors']:.6f} "
-            f"|dloss| {r['loss_diff']:.2e} grad max|d| {r['grad_max_abs']:.2e} rel {r['grad_rel']:.2e} "
-            f"weights max|d| {r['weight_max_abs']:.2e} rel {r['weight_rel']:.2e}")
+    text = (
+        f"step {r['step']:4d} batch {r['batch']:2d} {r['branch'] or '':4s} loss {r['loss_authors']:.6f} "
+        f"|dloss| {r['loss_diff']:.2e} grad max|d| {r['grad_max_abs']:.2e} rel {r['grad_rel']:.2e} "
+        f"weights max|d| {r['weight_max_abs']:.2e} rel {r['weight_rel']:.2e}"
+    )
     if "control_weight_rel" in r:
         text += f" | control: |dloss| {r['control_loss_diff']:.2e} weights rel {r['control_weight_rel']:.2e}"
     return text
 
 
-def summarise(records: list[dict[str, Any]], setup: Setup, input_diff: float, same_init: bool, same_encoder: bool,
-              seconds: float) -> dict[str, Any]:
+def summarise(
+    records: list[dict[str, Any]], setup: Setup, input_diff: float, same_init: bool, same_encoder: bool, seconds: float
+) -> dict[str, Any]:
     short = [r for r in records if r["batch"] < setup.batch_size]
 
     def worst(key: str, rows=records) -> float:
         return max((r[key] for r in rows), default=float("nan"))
 
     summary = {
-        "steps": len(records), "seconds": round(seconds, 1), "initial_weights_identical": same_init,
-        "initial_encoder_identical": same_encoder, "input_max_abs_diff": input_diff,
-        "loss_diff_max": worst("loss_diff"), "grad_rel_max": worst("grad_rel"), "grad_max_abs_max": worst("grad_max_abs"),
+        "steps": len(records),
+        "seconds": round(seconds, 1),
+        "initial_weights_identical": same_init,
+        "initial_encoder_identical": same_encoder,
+        "input_max_abs_diff": input_diff,
+        "loss_diff_max": worst("loss_diff"),
+        "grad_rel_max": worst("grad_rel"),
+        "grad_max_abs_max": worst("grad_max_abs"),
         "weight_rel_final": records[-1]["weight_rel"] if records else float("nan"),
         "weight_max_abs_final": records[-1]["weight_max_abs"] if records else float("nan"),
         "first_step_grad_rel": records[0]["grad_rel"] if records else float("nan"),
-        "short_batches": len(short), "short_batch_branches": [r["branch"] for r in short],
+        "short_batches": len(short),
+        "short_batch_branches": [r["branch"] for r in short],
         "short_batch_branches_actual_limit": [r["branch_actual_limit"] for r in short],
         "short_batch_loss_diff_max": worst("loss_diff", short),
     }
@@ -462,9 +563,12 @@ def summarise(records: list[dict[str, Any]], setup: Setup, input_diff: float, sa
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--authors-code", type=Path,
-                    default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", SHARED / "authors_code")),
-                    help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)")
+    ap.add_argument(
+        "--authors-code",
+        type=Path,
+        default=Path(os.environ.get("MINIMAXAD_AUTHORS_CODE", SHARED / "authors_code")),
+        help="a checkout of WangFengJiee/MiniMaxAD (default $MINIMAXAD_AUTHORS_CODE or ../shared/authors_code)",
+    )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an MVTec-layout category folder of real photos")
     ap.add_argument("--variant", default="f", choices=list("fpnt"), help="the authors build no bottleneck for A")
     ap.add_argument("--loss", default="adc", choices=sorted(SCRIPT_FOR_LOSS))
@@ -476,9 +580,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mode", default="free", choices=["free", "resync"])
     ap.add_argument("--inputs", default="ours", choices=["ours", "authors"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--control", nargs="?", const="initial", default="none", choices=["none", "initial", "every-step"],
-                    help="also run their step from weights perturbed by float32 rounding (2**-24 relative): at the "
-                         "start only ('initial', the default of a bare --control) or after every step")
+    ap.add_argument(
+        "--control",
+        nargs="?",
+        const="initial",
+        default="none",
+        choices=["none", "initial", "every-step"],
+        help="also run their step from weights perturbed by float32 rounding (2**-24 relative): at the "
+        "start only ('initial', the default of a bare --control) or after every step",
+    )
     ap.add_argument("--evaluate", action="store_true", help="score the test split with each final network")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the records and the summary here")
@@ -491,9 +601,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     authors = import_authors(args.authors_code)
-    setup = Setup(variant=args.variant, loss=args.loss, image_size=args.image_size, batch_size=args.batch_size,
-                  steps=args.steps, seed=args.seed, mode=args.mode, inputs=args.inputs, dtype=args.dtype,
-                  control=args.control, images=args.images, data=args.data, evaluate=args.evaluate)
+    setup = Setup(
+        variant=args.variant,
+        loss=args.loss,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        seed=args.seed,
+        mode=args.mode,
+        inputs=args.inputs,
+        dtype=args.dtype,
+        control=args.control,
+        images=args.images,
+        data=args.data,
+        evaluate=args.evaluate,
+    )
     result = compare(authors, setup)
     print(json.dumps(result["summary"], indent=2))
     if args.json:

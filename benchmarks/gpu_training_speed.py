@@ -27,8 +27,17 @@ from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
 
-def measure(backbone: str, size: int, batch: int, device: torch.device, precision: str, channels_last: bool,
-            compile_model: bool, steps: int, warmup: int) -> dict[str, Any]:
+def measure(
+    backbone: str,
+    size: int,
+    batch: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    compile_model: bool,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = MiniMaxAD(backbone).train().to(device)
     images = torch.randn(batch, 3, size, size, device=device)
@@ -56,9 +65,18 @@ def measure(backbone: str, size: int, batch: int, device: torch.device, precisio
     start = time.perf_counter()
     losses = [step() for _ in range(steps)]
     elapsed = time.perf_counter() - start
-    row = {"backbone": backbone, "image_size": size, "batch": batch, "precision": precision,
-           "channels_last": channels_last, "compiled": compile_model, "steps": steps,
-           "images_per_second": batch * steps / elapsed, "warmup_s": first, "last_loss": losses[-1]}
+    row = {
+        "backbone": backbone,
+        "image_size": size,
+        "batch": batch,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compiled": compile_model,
+        "steps": steps,
+        "images_per_second": batch * steps / elapsed,
+        "warmup_s": first,
+        "last_loss": losses[-1],
+    }
     if device.type == "cuda":
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if not all(torch.isfinite(torch.tensor(losses))):
@@ -88,18 +106,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     for backbone in args.variants:
         for precision, channels_last, compiled in settings:
             try:
-                row = measure(backbone, args.size, args.batch, device, precision, channels_last, compiled,
-                              args.steps, args.warmup)
+                row = measure(
+                    backbone, args.size, args.batch, device, precision, channels_last, compiled, args.steps, args.warmup
+                )
             except Exception as error:  # record it, keep measuring the others, fail at the end
                 failed = True
-                row = {"backbone": backbone, "precision": precision, "channels_last": channels_last,
-                       "compiled": compiled, "error": f"{type(error).__name__}: {error}"}
+                row = {
+                    "backbone": backbone,
+                    "precision": precision,
+                    "channels_last": channels_last,
+                    "compiled": compiled,
+                    "error": f"{type(error).__name__}: {error}",
+                }
                 traceback.print_exc()
             rows.append(row)
             print(json.dumps(row), flush=True)
-    args.output.write_text(json.dumps({"device": str(device), "torch": torch.__version__,
-                                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                                       "rows": rows}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "device": str(device),
+                "torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 1 if failed else 0
 
 

@@ -29,8 +29,10 @@ def patch_features(encoder: UniRepLKNetEncoder, images: torch.Tensor, levels: tu
         features = encoder(images)
         chosen = [F.avg_pool2d(features[i], 3, stride=1, padding=1) for i in levels]
         size = chosen[0].shape[-2:]
-        chosen = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                  for f in chosen]
+        chosen = [
+            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            for f in chosen
+        ]
         stacked = torch.cat(chosen, dim=1)  # (B, D, h, w)
     return stacked.flatten(2).transpose(1, 2).contiguous()
 
@@ -62,8 +64,9 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int = 128
     return chosen
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None,
-                      chunk: int = 65536) -> torch.Tensor:
+def nearest_distances(
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None, chunk: int = 65536
+) -> torch.Tensor:
     """Exact Euclidean distance of each query ``(Q, D)`` to its nearest bank row ``(M, D)``: ``(Q,)``.
 
     ``|q - b|^2 = |q|^2 - 2 q.b + |b|^2``, the bank in chunks so memory stays ``Q * chunk``."""
@@ -72,8 +75,8 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: 
     q_sq = queries.pow(2).sum(1, keepdim=True)
     best = torch.full((queries.shape[0],), float("inf"), dtype=queries.dtype, device=queries.device)
     for start in range(0, bank.shape[0], chunk):
-        part = bank[start:start + chunk]
-        d2 = torch.addmm(bank_sq_norms[start:start + chunk].unsqueeze(0), queries, part.t(), beta=1, alpha=-2)
+        part = bank[start : start + chunk]
+        d2 = torch.addmm(bank_sq_norms[start : start + chunk].unsqueeze(0), queries, part.t(), beta=1, alpha=-2)
         best = torch.minimum(best, d2.amin(dim=1))
     return (best + q_sq.squeeze(1)).clamp_min(0).sqrt()
 
@@ -117,7 +120,9 @@ class MemoryBankDetector:
         patches = patch_features(self.encoder, images)
         b, p, _ = patches.shape
         side = int(round(p**0.5))
-        distances = nearest_distances(patches.reshape(b * p, -1), self.bank, self.bank_sq_norms).reshape(b, 1, side, side)
+        distances = nearest_distances(patches.reshape(b * p, -1), self.bank, self.bank_sq_norms).reshape(
+            b, 1, side, side
+        )
         maps = F.interpolate(distances, size=images.shape[-2:], mode="bilinear", align_corners=False)
         maps = smooth_map(maps)[:, 0]
         return maps, distances.flatten(1).amax(dim=1)

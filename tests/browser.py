@@ -4,7 +4,7 @@ Each test runs its script in a child process (``python -c CHROME + SCRIPT``); th
 Chromium off the network (this machine has none) and in a fresh profile.
 """
 
-CHROME = '''
+CHROME = """
 import json, sys, time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -28,4 +28,4 @@ def open_page(driver, url, seconds=20):
     deadline = time.time() + seconds
     while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
         time.sleep(0.1)
-'''
+"""

@@ -38,8 +38,10 @@ def authors_models():
     imported without timm through ../shared/tools/authors_shim.py; skipped when either is absent."""
     code, shim = authors_code_dir(), SHARED_DIR / "tools" / "authors_shim.py"
     if code is None or not shim.is_file():
-        pytest.skip(f"the authors' code is not here (set {AUTHORS_CODE_ENV} to a checkout of "
-                    f"WangFengJiee/MiniMaxAD, default {DEFAULT_AUTHORS_CODE}) or {shim} is missing")
+        pytest.skip(
+            f"the authors' code is not here (set {AUTHORS_CODE_ENV} to a checkout of "
+            f"WangFengJiee/MiniMaxAD, default {DEFAULT_AUTHORS_CODE}) or {shim} is missing"
+        )
     for folder in (str(shim.parent), str(code)):
         if folder not in sys.path:
             sys.path.append(folder)  # last: nothing of ours or installed is shadowed
@@ -66,8 +68,9 @@ def synthetic_root(tmp_path_factory):
     from minimaxad.data import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
-    return generate_synthetic_dataset(root / "data", categories=("weave", "washer"), n_train=12, n_test_good=4,
-                                      n_test_defect=1, image_size=64, seed=3)
+    return generate_synthetic_dataset(
+        root / "data", categories=("weave", "washer"), n_train=12, n_test_good=4, n_test_defect=1, image_size=64, seed=3
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +79,29 @@ def trained_checkpoint(synthetic_root, tmp_path_factory):
     from minimaxad.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    code = main(["fit", "--data", str(synthetic_root), "--unified", "--output", str(out), "--backbone",
-                 "unireplknet_micro", "--encoder-weights", "none", "--image-size", "64", "--batch-size", "4",
-                 "--max-steps", "6", "--val-fraction", "0.25", "--quiet"])
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(synthetic_root),
+            "--unified",
+            "--output",
+            str(out),
+            "--backbone",
+            "unireplknet_micro",
+            "--encoder-weights",
+            "none",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "6",
+            "--val-fraction",
+            "0.25",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out / "checkpoint.pt"
 

@@ -53,7 +53,7 @@ def start_file_server(served: ServedFiles):
             self.end_headers()
             cuts = served.cut_after.get(self.path)
             if cuts:
-                self.wfile.write(part[:cuts.pop(0)])
+                self.wfile.write(part[: cuts.pop(0)])
                 self.wfile.flush()
                 self.close_connection = True  # the client sees the connection end mid-file
                 return

@@ -79,7 +79,10 @@ def test_export_onnx_runs_in_onnxruntime(trained_checkpoint, synthetic_root, tmp
         pytest.skip("onnx / onnxruntime not installed (pip install 'minimaxad[onnx]'): export refusal checked")
     assert code == 0
     predictor = Predictor.from_checkpoint(trained_checkpoint, device="cpu")
-    paths = [synthetic_root / "washer" / "test" / "hole" / "000.png", synthetic_root / "weave" / "test" / "good" / "000.png"]
+    paths = [
+        synthetic_root / "washer" / "test" / "hole" / "000.png",
+        synthetic_root / "weave" / "test" / "good" / "000.png",
+    ]
     batch, _ = predictor.preprocess(paths)  # batch 2 through a graph exported at batch 1
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     maps, scores, decisions = session.run(None, {"images": batch.numpy()})
@@ -91,14 +94,23 @@ def test_export_onnx_runs_in_onnxruntime(trained_checkpoint, synthetic_root, tmp
 
 def test_presets_cover_the_papers_protocol_table(capsys):
     expected = {
-        "goodsad": ("goodsad", False, "adc", 224, 240), "mvtec-uni": ("mvtec", True, "adc", 256, 160),
-        "visa-uni": ("visa", True, "adc", 256, 160), "visa": ("visa", False, "global", 256, 150),
-        "aebad": ("aebad", True, "global", 256, 130), "mad-sim": ("mad", False, "adc", 400, 150),
+        "goodsad": ("goodsad", False, "adc", 224, 240),
+        "mvtec-uni": ("mvtec", True, "adc", 256, 160),
+        "visa-uni": ("visa", True, "adc", 256, 160),
+        "visa": ("visa", False, "global", 256, 150),
+        "aebad": ("aebad", True, "global", 256, 130),
+        "mad-sim": ("mad", False, "adc", 400, 150),
         "aebad-mvtec": ("aebad", True, "adc", 256, 20),
     }
     for name, (fmt, unified, loss, size, epochs) in expected.items():
         p = get_preset(name)
-        assert (p["format"], p["unified"], p["loss"], p["image_size"], p["epochs"]) == (fmt, unified, loss, size, epochs)
+        assert (p["format"], p["unified"], p["loss"], p["image_size"], p["epochs"]) == (
+            fmt,
+            unified,
+            loss,
+            size,
+            epochs,
+        )
     assert get_preset("aebad")["crop_size"] == 224 and get_preset("aebad")["augment"]
     assert main(["presets"]) == 0
     listed = capsys.readouterr().out
@@ -108,8 +120,20 @@ def test_presets_cover_the_papers_protocol_table(capsys):
 def test_preset_with_override(synthetic_root, tmp_path):
     from minimaxad.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["fit", "--preset", "mvtec-uni", "--data", str(synthetic_root), "--epochs", "3",
-                                      "--per-category", "--output", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "fit",
+            "--preset",
+            "mvtec-uni",
+            "--data",
+            str(synthetic_root),
+            "--epochs",
+            "3",
+            "--per-category",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     config = config_from_args(args)
     assert config.epochs == 3 and config.unified is False and config.loss == "adc" and config.image_size == 256
     assert config.preset == "mvtec-uni"
@@ -123,7 +147,13 @@ def test_demo_reduced(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert os.listdir(tmp_path) == ["minimaxad-demo"]
     demo = tmp_path / "minimaxad-demo"
-    for path in ("run/report.html", "run/metrics.json", "run/checkpoint.pt", "predictions/grain/scores.csv",
-                 "predictions/grain/heatmaps/good__000.png", "predictions/weave/masks/scratch__000.png"):
+    for path in (
+        "run/report.html",
+        "run/metrics.json",
+        "run/checkpoint.pt",
+        "predictions/grain/scores.csv",
+        "predictions/grain/heatmaps/good__000.png",
+        "predictions/weave/masks/scratch__000.png",
+    ):
         assert (demo / path).is_file(), path
     assert "RANDOM encoder" in out and "report:" in out and "I-AUROC" in out

@@ -35,8 +35,10 @@ def test_demo_fetches_the_imagenet_encoder_when_it_can(tmp_path, monkeypatch):
     finally:
         stop()
     assert weights == str(tmp_path / "cache" / file) and "ImageNet encoder weights" in sentence
-    assert hashlib.sha256(Path(weights).read_bytes()).digest() == hashlib.sha256(served.files[
-        f"/DingXiaoH/UniRepLKNet/resolve/main/{file}"]).digest()
+    assert (
+        hashlib.sha256(Path(weights).read_bytes()).digest()
+        == hashlib.sha256(served.files[f"/DingXiaoH/UniRepLKNet/resolve/main/{file}"]).digest()
+    )
     # offline now, but the file is cached: still the ImageNet encoder
     monkeypatch.setenv("MINIMAXAD_HUB_URL", "http://127.0.0.1:9")
     assert choose_encoder("unireplknet_f", "hub", echo=lambda line: None, progress=False)[0] == weights
@@ -50,7 +52,9 @@ def test_demo_offline_says_random_encoder_plainly(tmp_path, monkeypatch):
     assert "127.0.0.1:9" in sentence and "unireplknet_f_in1k_224_acc78.6.pth" in sentence
 
 
-BROWSER_SCRIPT = CHROME + """
+BROWSER_SCRIPT = (
+    CHROME
+    + """
 page, profile, shot = sys.argv[1:4]
 driver = start_chrome(profile, "1300,1000")
 try:
@@ -66,6 +70,7 @@ try:
 finally:
     driver.quit()
 """
+)
 
 
 @pytest.mark.slow
@@ -91,8 +96,19 @@ def test_demo_report_shows_the_decisions_in_chromium(tmp_path, monkeypatch, caps
     assert set(metrics["categories"]) == set(DEMO_CATEGORIES) == {"grain", "weave"}
 
     shot = tmp_path / "demo-report.png"
-    done = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, (run / "report.html").resolve().as_uri(),
-                           str(tmp_path / "chromium-profile"), str(shot)], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BROWSER_SCRIPT,
+            (run / "report.html").resolve().as_uri(),
+            str(tmp_path / "chromium-profile"),
+            str(shot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     page = json.loads(done.stdout.strip().splitlines()[-1])
     assert said in page["about"] and "RANDOM" in page["about"] and "ImageNet encoder" in page["about"]
@@ -117,8 +133,14 @@ def test_clear_defects_keep_the_images_aligned():
     normal_default = render_sample("weave", seed=0, index=1)[0]
     normal_clear = render_sample("weave", seed=0, index=1, subtle_fraction=0.0)[0]
     assert np.array_equal(normal_default, normal_clear)
-    areas = {fraction: [int((render_sample(c, 0, 10_000 + i, "spot", subtle_fraction=fraction)[1] > 0).sum())
-                        for c in ("weave", "grain", "washer") for i in range(8)] for fraction in (0.35, 0.0, 1.0)}
+    areas = {
+        fraction: [
+            int((render_sample(c, 0, 10_000 + i, "spot", subtle_fraction=fraction)[1] > 0).sum())
+            for c in ("weave", "grain", "washer")
+            for i in range(8)
+        ]
+        for fraction in (0.35, 0.0, 1.0)
+    }
     assert np.mean(areas[0.0]) > np.mean(areas[0.35]) > np.mean(areas[1.0])  # spots grow with strength
     with pytest.raises(ValueError, match="subtle_fraction"):
         from minimaxad.data import generate_synthetic_dataset
@@ -132,10 +154,17 @@ def test_demo_strength_range_only_grows_the_defects():
     from minimaxad.data import generate_synthetic_dataset
     from minimaxad.data.synthetic import render_sample
 
-    assert np.array_equal(render_sample("grain", 0, 3, None, clear_strength=(0.6, 1.0))[0],
-                          render_sample("grain", 0, 3, None)[0])
-    areas = {rng: [int((render_sample(c, 0, 20_000 + i, "spot", subtle_fraction=0.0, clear_strength=rng)[1] > 0).sum())
-                   for c in DEMO_CATEGORIES for i in range(8)] for rng in ((0.25, 1.0), (0.6, 1.0), (1.0, 1.0))}
+    assert np.array_equal(
+        render_sample("grain", 0, 3, None, clear_strength=(0.6, 1.0))[0], render_sample("grain", 0, 3, None)[0]
+    )
+    areas = {
+        rng: [
+            int((render_sample(c, 0, 20_000 + i, "spot", subtle_fraction=0.0, clear_strength=rng)[1] > 0).sum())
+            for c in DEMO_CATEGORIES
+            for i in range(8)
+        ]
+        for rng in ((0.25, 1.0), (0.6, 1.0), (1.0, 1.0))
+    }
     assert np.mean(areas[(1.0, 1.0)]) > np.mean(areas[(0.6, 1.0)]) > np.mean(areas[(0.25, 1.0)])
     with pytest.raises(ValueError, match="clear_strength"):
         generate_synthetic_dataset("unused", clear_strength=(0.8, 0.5))

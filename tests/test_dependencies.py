@@ -24,9 +24,17 @@ else:  # pragma: no cover - Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 # Import names whose distribution is named otherwise, for modules not installed here (installed ones
 # are looked up in their metadata).
-KNOWN_DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml",
-                       "cv2": "opencv-python", "multipart": "python-multipart", "mlflow": "mlflow-skinny",
-                       "prometheus_client": "prometheus-client", "huggingface_hub": "huggingface-hub"}
+KNOWN_DISTRIBUTIONS = {
+    "PIL": "pillow",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "yaml": "pyyaml",
+    "cv2": "opencv-python",
+    "multipart": "python-multipart",
+    "mlflow": "mlflow-skinny",
+    "prometheus_client": "prometheus-client",
+    "huggingface_hub": "huggingface-hub",
+}
 
 
 def normalize(name: str) -> str:
@@ -81,15 +89,18 @@ def undeclared_imports(repo: Path, installed: dict[str, list[str]] | None = None
     """One line per module-level import in ``repo``'s src/, tests/ and benchmarks/ that its
     pyproject.toml does not declare where that folder's code is run from (see the module docstring)."""
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    extras = {name: {requirement_name(r) for r in reqs}
-              for name, reqs in project.get("optional-dependencies", {}).items()}
+    extras = {
+        name: {requirement_name(r) for r in reqs} for name, reqs in project.get("optional-dependencies", {}).items()
+    }
     base = {requirement_name(r) for r in project.get("dependencies", [])}
     any_extra = base.union(*extras.values())
     allowed = {"src": any_extra, "tests": base | extras.get("test", set()), "benchmarks": any_extra}
     installed = importlib.metadata.packages_distributions() if installed is None else installed
     standard = set(sys.stdlib_module_names) | {"__future__"}
     # our own code: the package, the tests package and the scripts that tests and benchmarks put on sys.path
-    local = {"minimaxad", "tests"} | {p.stem for folder in ("tests", "benchmarks") for p in (repo / folder).rglob("*.py")}
+    local = {"minimaxad", "tests"} | {
+        p.stem for folder in ("tests", "benchmarks") for p in (repo / folder).rglob("*.py")
+    }
     problems = []
     for folder, declared in allowed.items():
         for path in sorted((repo / folder).rglob("*.py")):
@@ -98,9 +109,11 @@ def undeclared_imports(repo: Path, installed: dict[str, list[str]] | None = None
                     continue
                 if not distribution_names(module, installed) & declared:
                     where = "[test] or the dependencies" if folder == "tests" else "the dependencies or an extra"
-                    problems.append(f"{path.relative_to(repo)}:{line} imports {module!r}, which is not declared in "
-                                    f"pyproject.toml ({where}); add its distribution "
-                                    f"({' or '.join(sorted(distribution_names(module, installed)))}) there")
+                    problems.append(
+                        f"{path.relative_to(repo)}:{line} imports {module!r}, which is not declared in "
+                        f"pyproject.toml ({where}); add its distribution "
+                        f"({' or '.join(sorted(distribution_names(module, installed)))}) there"
+                    )
     return problems
 
 
@@ -111,19 +124,24 @@ def test_every_module_level_import_is_declared():
 
 def test_an_undeclared_test_import_is_found(tmp_path):
     """The check itself: a test tool imported by a test but declared only for the package's users."""
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy>=1", "Pillow"]\n'
-                                             '[project.optional-dependencies]\nserve = ["fastapi"]\n'
-                                             'test = ["pytest>=7", "scikit-learn; python_version >= \'3.8\'"]\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\ndependencies = ["numpy>=1", "Pillow"]\n'
+        '[project.optional-dependencies]\nserve = ["fastapi"]\n'
+        'test = ["pytest>=7", "scikit-learn; python_version >= \'3.8\'"]\n'
+    )
     for folder in ("src/pkg", "tests", "benchmarks"):
         (tmp_path / folder).mkdir(parents=True)
-    (tmp_path / "src" / "pkg" / "app.py").write_text("import numpy\nfrom PIL import Image\n\n\ndef serve():\n"
-                                                     "    import uvicorn  # inside a function: optional\n")
-    (tmp_path / "src" / "pkg" / "web.py").write_text("try:\n    import fastapi\nexcept ImportError:\n"
-                                                     "    fastapi = None\n")
+    (tmp_path / "src" / "pkg" / "app.py").write_text(
+        "import numpy\nfrom PIL import Image\n\n\ndef serve():\n    import uvicorn  # inside a function: optional\n"
+    )
+    (tmp_path / "src" / "pkg" / "web.py").write_text(
+        "try:\n    import fastapi\nexcept ImportError:\n    fastapi = None\n"
+    )
     (tmp_path / "tests" / "helpers.py").write_text("X = 1\n")
     (tmp_path / "tests" / "test_a.py").write_text(
         "from typing import TYPE_CHECKING\nimport pytest\nimport sklearn.metrics\nfrom helpers import X\n"
-        "from hypothesis import given\nif TYPE_CHECKING:\n    import pandas\nclass T:\n    import fastapi\n")
+        "from hypothesis import given\nif TYPE_CHECKING:\n    import pandas\nclass T:\n    import fastapi\n"
+    )
     (tmp_path / "benchmarks" / "b.py").write_text("import fastapi\nimport pandas\n")
     problems = undeclared_imports(tmp_path, installed={"PIL": ["Pillow"], "sklearn": ["scikit-learn"]})
     assert [p.split(" which")[0] for p in problems] == [

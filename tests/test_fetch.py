@@ -26,8 +26,9 @@ def server():
 
 def test_download_checks_size_and_hash_and_renames_atomically(server, tmp_path):
     base, served = server
-    result = download_file(f"{base}/files/a.bin", tmp_path / "a.bin", size=len(PAYLOAD), sha256=PAYLOAD_SHA,
-                           progress=False)
+    result = download_file(
+        f"{base}/files/a.bin", tmp_path / "a.bin", size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False
+    )
     assert result.fetched and result.sha256 == PAYLOAD_SHA and result.size == len(PAYLOAD)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]  # no .part left
@@ -39,8 +40,9 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
     base, served = server
     served.cut_after["/files/a.bin"] = [1_000_000]  # the first connection closes after 1 MB
     messages = []
-    result = download_file(f"{base}/files/a.bin", tmp_path / "a.bin", sha256=PAYLOAD_SHA, progress=False,
-                           echo=messages.append)
+    result = download_file(
+        f"{base}/files/a.bin", tmp_path / "a.bin", sha256=PAYLOAD_SHA, progress=False, echo=messages.append
+    )
     assert result.sha256 == PAYLOAD_SHA and (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert served.requests == [("/files/a.bin", None), ("/files/a.bin", "bytes=1000000-")]
     assert any("resuming" in m for m in messages)
@@ -101,8 +103,10 @@ def test_hub_weights_downloaded_from_the_configured_base_url(tmp_path, monkeypat
 
     file = "unireplknet_f_in1k_224_acc78.6.pth"
     body = _imagenet_like_bytes("unireplknet_f", tmp_path)
-    served = ServedFiles(files={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": body},
-                         cut_after={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": [len(body) // 3]})
+    served = ServedFiles(
+        files={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": body},
+        cut_after={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": [len(body) // 3]},
+    )
     base, stop = start_file_server(served)
     try:
         monkeypatch.setenv("MINIMAXAD_HUB_URL", base)
@@ -127,7 +131,7 @@ def test_hub_weights_with_a_wrong_hash_are_refused(tmp_path, monkeypatch):
         monkeypatch.setenv("MINIMAXAD_HUB_URL", base + "/")
         monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path / "cache"))
         monkeypatch.setitem(weights.IMAGENET_FILE_CHECKS, file, (None, "ab" * 32))
-        with pytest.raises(weights.EncoderWeightsError, match=f"SHA-256 .*--encoder-weights PATH"):
+        with pytest.raises(weights.EncoderWeightsError, match="SHA-256 .*--encoder-weights PATH"):
             MiniMaxAD("unireplknet_f", encoder_weights="hub")
     finally:
         stop()

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from minimaxad.losses import (
-    TORCH_QUANTILE_LIMIT, adc_loss, adc_threshold, compute_loss, global_cosine_loss, local_hm_loss,
-    local_loss, quantile,
-)
 from minimaxad.anomaly_map import training_anomaly_map
+from minimaxad.losses import (
+    TORCH_QUANTILE_LIMIT,
+    adc_loss,
+    adc_threshold,
+    compute_loss,
+    global_cosine_loss,
+    local_hm_loss,
+    local_loss,
+    quantile,
+)
 
 BOUND = 1e-4
 
@@ -33,8 +39,14 @@ def with_grad(features):
 def test_adc_loss_value_gradient_and_branch(cases, index):
     case = cases[index]
     decoder = with_grad(case["decoder_features"])
-    loss, details = adc_loss(case["encoder_features"], decoder, image_size=case["image_size"],
-                             p_hard=case["p_hard"], p_lim=case["p_lim"], return_details=True)
+    loss, details = adc_loss(
+        case["encoder_features"],
+        decoder,
+        image_size=case["image_size"],
+        p_hard=case["p_hard"],
+        p_lim=case["p_lim"],
+        return_details=True,
+    )
     assert rel_err(loss.detach(), case["adc_loss"]) < BOUND
     assert details["branch"] == case["adc_branch"] == ("lim" if index < 2 else "hard")
     assert details["pixels_above_hard"] == case["adc_pixels_above_hard"]
@@ -66,7 +78,7 @@ def test_adc_gradient_only_through_selected_pixels(cases):
     squared = s * s
     loss = squared[squared >= threshold].mean()
     (grad,) = torch.autograd.grad(loss, s)
-    selected = (squared >= threshold)
+    selected = squared >= threshold
     assert branch == "hard" and 0 < selected.sum() < s.numel()
     assert torch.all(grad[~selected] == 0) and torch.all(grad[selected] != 0)
 
@@ -75,11 +87,13 @@ def test_local_losses(cases):
     case = cases[3]
     s = training_anomaly_map(case["encoder_features"], case["decoder_features"], 64)
     assert local_loss(case["encoder_features"], case["decoder_features"], 64).item() == pytest.approx(
-        s.pow(2).mean().item(), rel=1e-6)
+        s.pow(2).mean().item(), rel=1e-6
+    )
     sq = s.pow(2).flatten()
     expected = sq[sq >= torch.quantile(sq, 0.9995)].mean()
     assert local_hm_loss(case["encoder_features"], case["decoder_features"], 64).item() == pytest.approx(
-        expected.item(), rel=1e-6)
+        expected.item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match="unknown loss 'l2'"):
         compute_loss("l2", case["encoder_features"], case["decoder_features"], 64)
 
@@ -118,9 +132,9 @@ def short_batch_map() -> tuple[torch.Tensor, dict[float, int]]:
     sigma^2 ~ 0.021, so the hard threshold 1 - sigma^2 keeps the 8 pixels with S^2 >= 0.979 and
     the lim threshold quantile(S^2, 0.9995) - sigma^2 = 0.990025 - sigma^2 ~ 0.969 keeps all 12."""
     values = torch.linspace(0, 0.5, 8192, dtype=torch.float32)
-    hot = torch.tensor([1.0] * 3 + [0.995] * 5 + [0.975 ** 0.5] * 4)
+    hot = torch.tensor([1.0] * 3 + [0.995] * 5 + [0.975**0.5] * 4)
     values[torch.arange(12) * 601 + 17] = hot  # spread over both images
-    return values.reshape(2, 64, 64), {1.0: 3, 0.995 ** 2: 5, 0.975: 4}
+    return values.reshape(2, 64, 64), {1.0: 3, 0.995**2: 5, 0.975: 4}
 
 
 def test_adc_limit_of_a_short_batch_uses_the_nominal_batch_size():
@@ -129,7 +143,8 @@ def test_adc_limit_of_a_short_batch_uses_the_nominal_batch_size():
     score_map, _ = short_batch_map()
     t_actual, branch_actual, above, limit_actual = adc_threshold(score_map, 0.9999, 0.9995)
     t_nominal, branch_nominal, above_nominal, limit_nominal = adc_threshold(
-        score_map, 0.9999, 0.9995, limit_batch_size=8)
+        score_map, 0.9999, 0.9995, limit_batch_size=8
+    )
     assert above == above_nominal == 8
     assert limit_actual == 2 * 64 * 64 * (1 - 0.9995) and limit_nominal == 64 * 64 * 8 * (1 - 0.9995)
     assert (branch_actual, branch_nominal) == ("hard", "lim")
@@ -151,8 +166,10 @@ def test_adc_loss_with_nominal_limit_averages_the_lim_selection():
         same = torch.rand(2, 4, size, size, generator=torch.Generator().manual_seed(size))
         encoder.append(same)
         decoder.append(same.clone())
-    expected = {None: ((3 * 1.0 + 5 * 0.995 ** 2) / 8, "hard"),
-                8: (sum(value * count for value, count in counts.items()) / 12, "lim")}
+    expected = {
+        None: ((3 * 1.0 + 5 * 0.995**2) / 8, "hard"),
+        8: (sum(value * count for value, count in counts.items()) / 12, "lim"),
+    }
     for limit, (value, branch) in expected.items():
         loss, details = adc_loss(encoder, decoder, 64, limit_batch_size=limit, return_details=True)
         assert details["branch"] == branch and loss.item() == pytest.approx(value, rel=1e-5)

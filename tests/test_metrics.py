@@ -12,9 +12,19 @@ import torch
 from scipy import ndimage
 
 from minimaxad import metrics
-from minimaxad.metrics import (aupro, aupro_200, auroc, average_precision, bootstrap_ci, evaluate,
-                               f1_max, label_regions, pr_curve, roc_curve)
-from minimaxad.metrics import ranking
+from minimaxad.metrics import (
+    aupro,
+    aupro_200,
+    auroc,
+    average_precision,
+    bootstrap_ci,
+    evaluate,
+    f1_max,
+    label_regions,
+    pr_curve,
+    ranking,
+    roc_curve,
+)
 from minimaxad.metrics.bootstrap import batched_metrics
 
 skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the reference (pip install -e .[test])")
@@ -143,8 +153,12 @@ def test_fixture_numpy_and_channel_free_inputs_agree(evaluation_fixture):
     d = evaluation_fixture
     ref = d["results_top1pct_mean"]
     a = evaluate(ref["image_scores"], d["labels"], anomaly_maps=d["anomaly_map_smoothed"], masks=d["masks"])
-    b = evaluate(ref["image_scores"].numpy(), d["labels"].numpy().tolist(),
-                 anomaly_maps=d["anomaly_map_smoothed"][:, 0].numpy(), masks=d["masks"][:, 0].numpy() * 255)
+    b = evaluate(
+        ref["image_scores"].numpy(),
+        d["labels"].numpy().tolist(),
+        anomaly_maps=d["anomaly_map_smoothed"][:, 0].numpy(),
+        masks=d["masks"][:, 0].numpy() * 255,
+    )
     assert a == b
     assert aupro_200(d["anomaly_map_smoothed"], d["masks"]) == a["aupro_200"]
     assert aupro(d["anomaly_map_smoothed"], d["masks"]) == a["aupro"]
@@ -277,8 +291,9 @@ def test_pixel_roc_polyline_area_is_auroc():
 def test_aupro_200_matches_literal_authors_loop(seed):
     rng = np.random.default_rng(100 + seed)
     masks = random_masks(rng, 6, 20, 24)
-    maps = random_maps(rng, masks, levels=[None, 8, None, 30, None][seed],
-                       dtype=np.float64 if seed == 2 else np.float32)
+    maps = random_maps(
+        rng, masks, levels=[None, 8, None, 30, None][seed], dtype=np.float64 if seed == 2 else np.float32
+    )
     ref = authors_aupro_200(masks.astype(np.float32), maps)
     assert aupro_200(maps, masks) == pytest.approx(ref, abs=1e-12)
 
@@ -288,8 +303,7 @@ def test_aupro_200_matches_literal_authors_loop(seed):
 def test_exact_aupro_matches_mvtec_reference(seed, limit):
     rng = np.random.default_rng(200 + seed)
     masks = random_masks(rng, 6, 18, 22)
-    maps = random_maps(rng, masks, levels=[None, 2, 6, 25, None][seed],
-                       dtype=np.float64 if seed == 4 else np.float32)
+    maps = random_maps(rng, masks, levels=[None, 2, 6, 25, None][seed], dtype=np.float64 if seed == 4 else np.float32)
     assert aupro(maps, masks, integration_limit=limit) == pytest.approx(mvtec_aupro(masks, maps, limit), abs=1e-12)
 
 
@@ -377,8 +391,21 @@ def test_empty_masks_give_no_pixel_metrics():
         aupro(maps, np.zeros_like(maps))
 
 
-@pytest.mark.parametrize("case", ["one_class", "nan_score", "inf_score", "nan_map", "len_mismatch", "mask_shape",
-                                  "map_count", "bad_labels", "all_positive_mask", "bad_map_shape"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "one_class",
+        "nan_score",
+        "inf_score",
+        "nan_map",
+        "len_mismatch",
+        "mask_shape",
+        "map_count",
+        "bad_labels",
+        "all_positive_mask",
+        "bad_map_shape",
+    ],
+)
 def test_degenerate_inputs_raise(case):
     s, y, maps, masks = _small_set()
     kw = {"anomaly_maps": maps, "masks": masks}
@@ -485,8 +512,8 @@ def test_bootstrap_ci_seeded_and_sensible():
         assert lo < point < hi and hi - lo < 0.25
     # the AUROC interval is close to the normal approximation (Hanley-McNeil)
     auc_, p, n = auroc(s, y), y.sum(), (~y).sum()
-    q1, q2 = auc_ / (2 - auc_), 2 * auc_ ** 2 / (1 + auc_)
-    se = math.sqrt((auc_ * (1 - auc_) + (p - 1) * (q1 - auc_ ** 2) + (n - 1) * (q2 - auc_ ** 2)) / (p * n))
+    q1, q2 = auc_ / (2 - auc_), 2 * auc_**2 / (1 + auc_)
+    se = math.sqrt((auc_ * (1 - auc_) + (p - 1) * (q1 - auc_**2) + (n - 1) * (q2 - auc_**2)) / (p * n))
     assert a["auroc"][1] - a["auroc"][0] == pytest.approx(2 * 1.96 * se, rel=0.25)
     b = bootstrap_ci(s, y, n_boot=200, seed=1, stratified=False, metrics=("auroc",))
     assert set(b) == {"auroc"}

@@ -24,8 +24,13 @@ def aebad(reference_dir):
 
 def _aebad_map(ref):
     protocol = get_protocol("aebad")
-    return anomaly_map(ref["encoder_features"], ref["decoder_features"], ref["image_size"],
-                       merge=protocol.level_merge, smoothing=protocol.smoothing)
+    return anomaly_map(
+        ref["encoder_features"],
+        ref["decoder_features"],
+        ref["image_size"],
+        merge=protocol.level_merge,
+        smoothing=protocol.smoothing,
+    )
 
 
 def test_aebad_map_and_max_pixel_score(aebad):
@@ -53,8 +58,9 @@ def test_aebad_masks_and_relabelling_from_raw_masks(aebad):
             masks.append(torch.zeros(1, 64, 64))
             labels.append(0)
             continue
-        mask, relabelled = relabel_cropped_mask(transform.center_crop(transform.resize_mask(raw.numpy())),
-                                                "relabel-max")
+        mask, relabelled = relabel_cropped_mask(
+            transform.center_crop(transform.resize_mask(raw.numpy())), "relabel-max"
+        )
         masks.append(mask)
         labels.append(0 if relabelled else 1)
     masks = torch.stack(masks)
@@ -63,8 +69,9 @@ def test_aebad_masks_and_relabelling_from_raw_masks(aebad):
     assert torch.equal(masks.bool(), _reference_masks(aebad))
     assert int(masks.sum()) == aebad["n_pixels_positive"] == 797
     # 'relabel-half' (evaluation_batch's > 0.5) keeps the soft edges too: more pixels
-    half = relabel_cropped_mask(transform.center_crop(transform.resize_mask(aebad["raw_masks"][-1].numpy())),
-                                "relabel-half")[0]
+    half = relabel_cropped_mask(
+        transform.center_crop(transform.resize_mask(aebad["raw_masks"][-1].numpy())), "relabel-half"
+    )[0]
     assert half.sum() >= masks[-1].sum()
 
 
@@ -78,8 +85,11 @@ def test_aebad_dataset_applies_the_mask_rule(aebad, tmp_path):
         if label:
             mask = tmp_path / f"{i}_mask.png"
             Image.fromarray(raw.numpy(), "L").save(mask)
-        records.append(Record(str(image), int(label), "AeBAD_S", "ablation" if label else "good",
-                              None if mask is None else str(mask)))
+        records.append(
+            Record(
+                str(image), int(label), "AeBAD_S", "ablation" if label else "good", None if mask is None else str(mask)
+            )
+        )
     ds = AnomalyDataset(records, split="test", image_size=72, crop_size=64, mask_rule="relabel-max")
     items = [ds[i] for i in range(len(ds))]
     assert [it["label"] for it in items] == aebad["labels"].long().tolist()
@@ -97,8 +107,9 @@ def test_aebad_metrics(aebad):
         assert np.abs(np.asarray(result["aupro_per_image"]) - np.asarray(aebad["aupro_per_image"])).max() < 1e-6
         assert result["aupro"] == pytest.approx(aebad["aupro_mean"], abs=1e-6)
     # a pooled AUPRO over all images is another number: the per-image mean is the rule
-    pooled = evaluate(aebad["image_scores"], aebad["labels"], aebad["anomaly_map_smoothed"].double(),
-                      _reference_masks(aebad))["aupro_200"]
+    pooled = evaluate(
+        aebad["image_scores"], aebad["labels"], aebad["anomaly_map_smoothed"].double(), _reference_masks(aebad)
+    )["aupro_200"]
     assert abs(pooled - aebad["aupro_mean"]) > 1e-3
 
 

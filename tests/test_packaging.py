@@ -24,8 +24,12 @@ pytestmark = pytest.mark.slow
 
 def copy_checkout(target: Path) -> Path:
     """The project's files as a fresh clone has them (tracked and new, not ignored; no .venv)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=False)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
     if listed.returncode != 0:
         pytest.skip("not a git checkout: cannot tell the project's files from build outputs")
     for name in filter(None, listed.stdout.decode().split("\0")):
@@ -39,7 +43,9 @@ def copy_checkout(target: Path) -> Path:
 def site_directories() -> list[str]:
     """This interpreter's site-packages folders (those of its virtual environment included): where
     torch, numpy and the other dependencies were installed, whichever Python made the environment."""
-    return [p for p in dict.fromkeys(sys.path) if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    return [
+        p for p in dict.fromkeys(sys.path) if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()
+    ]
 
 
 def see_these_packages(site_dir: Path) -> None:
@@ -67,8 +73,13 @@ def externally_managed_python(folder: Path) -> Path:
     (lib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=a stand-in for a distribution's Python\n")
     python = folder / "bin" / "python3"
     # its own site-packages folder, wherever this build of Python looks for it (Debian: dist-packages)
-    listed = subprocess.run([str(python), "-c", "import site; print('\\n'.join(site.getsitepackages()))"],
-                            capture_output=True, text=True, env=clean_env(), check=True).stdout.split()
+    listed = subprocess.run(
+        [str(python), "-c", "import site; print('\\n'.join(site.getsitepackages()))"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=True,
+    ).stdout.split()
     own = [Path(p) for p in listed if Path(p).is_relative_to(folder)]
     assert own, f"the stand-in {python} looks for site-packages only outside its prefix: {listed}"
     see_these_packages(own[0])
@@ -77,8 +88,9 @@ def externally_managed_python(folder: Path) -> Path:
 
 def tree_listing(folder: Path) -> list[str]:
     """Every path under ``folder``, symlinks listed but not followed."""
-    return sorted(str(Path(root, name).relative_to(folder)) for root, dirs, files in os.walk(folder)
-                  for name in dirs + files)
+    return sorted(
+        str(Path(root, name).relative_to(folder)) for root, dirs, files in os.walk(folder) for name in dirs + files
+    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -93,25 +105,33 @@ def test_demo_script_sets_up_a_venv_on_an_externally_managed_python(tmp_path):
     if subprocess.run([str(stock), "-m", "pip", "--version"], capture_output=True, env=clean_env()).returncode:
         pytest.skip(f"no pip among this environment's packages ({site_directories()}): the stand-in needs one")
     before = tree_listing(tmp_path / "stock")
-    refused = subprocess.run([str(stock), "-m", "pip", "install", "--dry-run", "tqdm"], capture_output=True,
-                             text=True, env=clean_env())
+    refused = subprocess.run(
+        [str(stock), "-m", "pip", "install", "--dry-run", "tqdm"], capture_output=True, text=True, env=clean_env()
+    )
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr  # the stand-in is real
     checkout = copy_checkout(tmp_path / "clone")
     env = clean_env(PATH=f"{stock.parent}:/usr/bin:/bin")
-    first = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True,
-                           env=env, timeout=900)
+    first = subprocess.run(
+        ["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True, env=env, timeout=900
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "usage: minimaxad demo" in first.stdout
     assert f"creating {checkout / '.venv'}" in first.stdout and "reusing its torch" in first.stdout
     venv_python = checkout / ".venv" / "bin" / "python"
-    where = subprocess.run([str(venv_python), "-c", "import minimaxad, sys; print(minimaxad.__file__, sys.prefix)"],
-                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    where = subprocess.run(
+        [str(venv_python), "-c", "import minimaxad, sys; print(minimaxad.__file__, sys.prefix)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     package, prefix = where.stdout.split()
     assert package.startswith(str(checkout / "src")) and prefix == str(checkout / ".venv")
     assert tree_listing(tmp_path / "stock") == before  # nothing was installed into the system's Python
     # the second run finds everything in place: no pip at all
-    second = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True,
-                            env=env, timeout=300)
+    second = subprocess.run(
+        ["bash", "scripts/demo.sh", "--help"], cwd=checkout, capture_output=True, text=True, env=env, timeout=300
+    )
     assert second.returncode == 0 and "is up to date" in second.stdout and "installing" not in second.stdout
 
 
@@ -121,12 +141,20 @@ def test_setup_says_what_to_install_without_venv(tmp_path):
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     python = fake_bin / "python3"
-    python.write_text(f"#!/bin/sh\ncase \"$*\" in *'-m venv'*) echo 'ensurepip is not available' >&2; exit 1;; esac\n"
-                      f"exec {sys.executable} \"$@\"\n")
+    python.write_text(
+        f"#!/bin/sh\ncase \"$*\" in *'-m venv'*) echo 'ensurepip is not available' >&2; exit 1;; esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
     python.chmod(0o755)
     checkout = copy_checkout(tmp_path / "clone")
-    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=checkout, capture_output=True, text=True,
-                          env=clean_env(PATH=f"{fake_bin}:/usr/bin:/bin"), timeout=300)
+    done = subprocess.run(
+        ["bash", "scripts/setup.sh"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        env=clean_env(PATH=f"{fake_bin}:/usr/bin:/bin"),
+        timeout=300,
+    )
     assert done.returncode == 1
     assert "apt-get install python3-venv" in done.stderr and "ensurepip is not available" in done.stderr
     assert not (checkout / ".venv").exists()
@@ -134,9 +162,24 @@ def test_setup_says_what_to_install_without_venv(tmp_path):
 
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, trained_checkpoint):
     checkout = copy_checkout(tmp_path / "src")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path / "dist"), str(checkout)], capture_output=True, text=True, env=clean_env(),
-                           timeout=600)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(checkout),
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("minimaxad-*.whl")
     venv = tmp_path / "venv"
@@ -144,30 +187,64 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path, trained_check
     # itself only from the wheel
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    (own_site,) = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                 capture_output=True, text=True, check=True).stdout.split()
+    (own_site,) = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     see_these_packages(Path(own_site))
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                               capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
     assert installed.returncode == 0, installed.stderr
     run = tmp_path / "elsewhere"
     run.mkdir()
     env = clean_env(PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
-    probe = subprocess.run([str(python), "-c", "import minimaxad, importlib.resources as r; print(minimaxad.__file__); "
-                            "print(r.files('minimaxad.inference').joinpath('static/index.html').is_file())"],
-                           capture_output=True, text=True, cwd=run, env=env)
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import minimaxad, importlib.resources as r; print(minimaxad.__file__); "
+            "print(r.files('minimaxad.inference').joinpath('static/index.html').is_file())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=run,
+        env=env,
+    )
     location, has_page = probe.stdout.split()
     assert location.startswith(str(venv)) and "site-packages" in location, location  # not the source tree
     assert has_page == "True"  # package data is in the wheel
-    helped = subprocess.run([str(venv / "bin" / "minimaxad"), "demo", "--help"], capture_output=True, text=True,
-                            cwd=run, env=env)
+    helped = subprocess.run(
+        [str(venv / "bin" / "minimaxad"), "demo", "--help"], capture_output=True, text=True, cwd=run, env=env
+    )
     assert helped.returncode == 0 and "usage: minimaxad demo" in helped.stdout
     from PIL import Image
 
     Image.new("RGB", (64, 64), (120, 110, 100)).save(run / "photo.png")
-    predicted = subprocess.run([str(venv / "bin" / "minimaxad"), "predict", "--checkpoint", str(trained_checkpoint),
-                                str(run / "photo.png"), "--output", str(run / "out"), "--report", "--quiet"],
-                               capture_output=True, text=True, cwd=run, env=env, timeout=300)
+    predicted = subprocess.run(
+        [
+            str(venv / "bin" / "minimaxad"),
+            "predict",
+            "--checkpoint",
+            str(trained_checkpoint),
+            str(run / "photo.png"),
+            "--output",
+            str(run / "out"),
+            "--report",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=run,
+        env=env,
+        timeout=300,
+    )
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     scores = json.loads((run / "out" / "scores.json").read_text())
     assert (run / "out" / "report.html").is_file() and (run / "out" / "heatmaps" / "photo.png").is_file()

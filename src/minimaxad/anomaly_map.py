@@ -30,9 +30,7 @@ def cosine_distance_maps(
 
 
 def training_anomaly_map(
-    encoder_features: Sequence[torch.Tensor],
-    decoder_features: Sequence[torch.Tensor],
-    image_size: int | Sequence[int],
+    encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor], image_size: int | Sequence[int]
 ) -> torch.Tensor:
     """The map the ADC loss is computed on: nearest upsampling, sum of levels, ``(B, H, W)``."""
     size = _size(image_size)

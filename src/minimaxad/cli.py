@@ -18,70 +18,151 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root folder")
     p.add_argument("--format", help="mvtec | visa | goodsad | aebad | mad | realiad | folder (default mvtec)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--categories", nargs="+", help="categories to train on (default: all found); "
-                                                      "one model per category unless --unified")
+    group.add_argument(
+        "--categories",
+        nargs="+",
+        help="categories to train on (default: all found); one model per category unless --unified",
+    )
     group.add_argument("--all-categories", action="store_true", help="every category (the default)")
-    p.add_argument("--unified", action="store_true", default=None,
-                   help="one model for all categories (the paper's unified setting)")
-    p.add_argument("--per-category", dest="unified", action="store_false",
-                   help="one model per category (overrides a unified preset)")
+    p.add_argument(
+        "--unified",
+        action="store_true",
+        default=None,
+        help="one model for all categories (the paper's unified setting)",
+    )
+    p.add_argument(
+        "--per-category",
+        dest="unified",
+        action="store_false",
+        help="one model per category (overrides a unified preset)",
+    )
     p.add_argument("--preset", help="named settings of a paper experiment (see 'minimaxad presets')")
-    p.add_argument("--protocol", help="follow this script's protocol instead of the preset's (see 'minimaxad "
-                                      "presets -v'): train batches, ADC limit, image score, evaluation")
+    p.add_argument(
+        "--protocol",
+        help="follow this script's protocol instead of the preset's (see 'minimaxad "
+        "presets -v'): train batches, ADC limit, image score, evaluation",
+    )
     p.add_argument("--backbone", help="unireplknet_a|f|p|n|t (paper: n)")
-    p.add_argument("--loss", choices=["adc", "global", "local", "local-hm"],
-                   help="adc (MiniMaxAD-fr) or global (MiniMaxAD-fp); local, local-hm for ablations")
+    p.add_argument(
+        "--loss",
+        choices=["adc", "global", "local", "local-hm"],
+        help="adc (MiniMaxAD-fr) or global (MiniMaxAD-fp); local, local-hm for ablations",
+    )
     p.add_argument("--p-hard", type=float)
     p.add_argument("--p-lim", type=float)
     p.add_argument("--image-size", type=int)
     p.add_argument("--crop-size", type=int)
     p.add_argument("--test-domains", nargs="+", help="AeBAD-S: same background illumination view")
-    p.add_argument("--extra-data", nargs="+", metavar="FORMAT=ROOT",
-                   help="more training datasets merged into a unified run (e.g. mvtec=/data/mvtec)")
+    p.add_argument(
+        "--extra-data",
+        nargs="+",
+        metavar="FORMAT=ROOT",
+        help="more training datasets merged into a unified run (e.g. mvtec=/data/mvtec)",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="111 in the paper (1, 11, 111 for error bars)")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                   help="one run per seed (in OUTPUT/seed-<N>), then mean ± std per metric and category "
-                        "(the paper's error bars: --seeds 1 11 111)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision: fp32 | bf16 (CUDA, or CPUs with AVX-512 BF16/AMX) | fp16 (CUDA)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="one run per seed (in OUTPUT/seed-<N>), then mean ± std per metric and category "
+        "(the paper's error bars: --seeds 1 11 111)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision: fp32 | bf16 (CUDA, or CPUs with AVX-512 BF16/AMX) | fp16 (CUDA)",
+    )
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory on CUDA")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--cache", action="store_true", default=None, help="keep resized training images in memory")
     p.add_argument("--no-cache", dest="cache", action="store_false")
-    p.add_argument("--skip-bad-images", action="store_true", default=None,
-                   help="leave unreadable images out with a warning instead of stopping")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="leave unreadable images out with a warning instead of stopping",
+    )
     p.add_argument("--val-fraction", type=float, help="normal training images held out for thresholds")
     p.add_argument("--image-fpr", type=float, help="target false-positive rate of the image threshold")
     p.add_argument("--pixel-fpr", type=float, help="target false-positive rate of the pixel threshold")
     p.add_argument("--top-ratio", type=float, help="image score: mean of this fraction of top pixels (0: max)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs of image metrics")
     p.add_argument("--checkpoint-every", type=int, help="epochs between resumable checkpoints")
-    p.add_argument("--sync-batchnorm", action="store_true", default=None,
-                   help="torchrun: decoder BatchNorms use the statistics of the whole global batch, as in "
-                        "one process (the default)")
-    p.add_argument("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false",
-                   help="torchrun: each process normalises with its own slice of the batch (fewer messages)")
-    p.add_argument("--adc-sync", choices=["global", "per-rank"],
-                   help="torchrun: ADC loss thresholds from the gathered global batch (exact, the default) "
-                        "or from each process's own images")
-    p.add_argument("--no-eval", dest="evaluate", action="store_false", default=None,
-                   help="train only; do not evaluate at the end")
+    p.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        default=None,
+        help="torchrun: decoder BatchNorms use the statistics of the whole global batch, as in "
+        "one process (the default)",
+    )
+    p.add_argument(
+        "--no-sync-batchnorm",
+        dest="sync_batchnorm",
+        action="store_false",
+        help="torchrun: each process normalises with its own slice of the batch (fewer messages)",
+    )
+    p.add_argument(
+        "--adc-sync",
+        choices=["global", "per-rank"],
+        help="torchrun: ADC loss thresholds from the gathered global batch (exact, the default) "
+        "or from each process's own images",
+    )
+    p.add_argument(
+        "--no-eval", dest="evaluate", action="store_false", default=None, help="train only; do not evaluate at the end"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
-    p.add_argument("--logger", nargs="+", choices=["csv", "tensorboard", "mlflow"],
-                   help="also log loss, learning rate and images/s per step and the final metrics to CSV files, "
-                        "TensorBoard or MLflow (pip install 'minimaxad[tensorboard]' / 'minimaxad[mlflow]')")
+    p.add_argument(
+        "--logger",
+        nargs="+",
+        choices=["csv", "tensorboard", "mlflow"],
+        help="also log loss, learning rate and images/s per step and the final metrics to CSV files, "
+        "TensorBoard or MLflow (pip install 'minimaxad[tensorboard]' / 'minimaxad[mlflow]')",
+    )
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics, report, logs)")
 
 
-FIT_KEYS = ("data", "format", "categories", "unified", "backbone", "encoder_weights", "loss", "p_hard", "p_lim",
-            "image_size", "crop_size", "test_domains", "epochs", "max_steps", "batch_size", "lr",
-            "weight_decay", "seed", "device", "precision", "channels_last", "workers", "cache",
-            "skip_bad_images", "val_fraction", "image_fpr", "pixel_fpr", "top_ratio", "bootstrap",
-            "checkpoint_every", "evaluate", "sync_batchnorm", "adc_sync", "logger")
+FIT_KEYS = (
+    "data",
+    "format",
+    "categories",
+    "unified",
+    "backbone",
+    "encoder_weights",
+    "loss",
+    "p_hard",
+    "p_lim",
+    "image_size",
+    "crop_size",
+    "test_domains",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "device",
+    "precision",
+    "channels_last",
+    "workers",
+    "cache",
+    "skip_bad_images",
+    "val_fraction",
+    "image_fpr",
+    "pixel_fpr",
+    "top_ratio",
+    "bootstrap",
+    "checkpoint_every",
+    "evaluate",
+    "sync_batchnorm",
+    "adc_sync",
+    "logger",
+)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -130,12 +211,31 @@ def cmd_test(args: argparse.Namespace) -> int:
     """``minimaxad test``: evaluate a checkpoint on a test set, under its stored protocol or ``--protocol``."""
     from minimaxad.engine.runner import test
 
-    overrides = {k: v for k, v in {"device": args.device, "batch_size": args.batch_size, "workers": args.workers,
-                                   "bootstrap": args.bootstrap, "test_domains": args.test_domains,
-                                   "skip_bad_images": args.skip_bad_images or None}.items() if v is not None}
-    test(Path(args.checkpoint), Path(args.output), data=args.data, format=args.format, categories=args.categories,
-         overrides=overrides, encoder_weights=args.encoder_weights, progress=not args.quiet,
-         protocol=args.protocol, image_threshold=args.threshold, false_positive_rate=args.false_positive_rate)
+    overrides = {
+        k: v
+        for k, v in {
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "bootstrap": args.bootstrap,
+            "test_domains": args.test_domains,
+            "skip_bad_images": args.skip_bad_images or None,
+        }.items()
+        if v is not None
+    }
+    test(
+        Path(args.checkpoint),
+        Path(args.output),
+        data=args.data,
+        format=args.format,
+        categories=args.categories,
+        overrides=overrides,
+        encoder_weights=args.encoder_weights,
+        progress=not args.quiet,
+        protocol=args.protocol,
+        image_threshold=args.threshold,
+        false_positive_rate=args.false_positive_rate,
+    )
     return 0
 
 
@@ -145,12 +245,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from minimaxad.inference.predict import predict_paths
 
     result = predict_paths(
-        Path(args.checkpoint), [Path(p) for p in args.inputs], Path(args.output),
-        batch_size=args.batch_size, device=args.device or "auto", encoder_weights=args.encoder_weights,
-        image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
-        pixel_threshold=args.pixel_threshold, alpha=args.alpha, write_report=args.report,
-        progress=not args.quiet, category=args.category, backend=args.backend,
-        recheck_margin=args.recheck_margin, trust_torchscript=args.trust_torchscript,
+        Path(args.checkpoint),
+        [Path(p) for p in args.inputs],
+        Path(args.output),
+        batch_size=args.batch_size,
+        device=args.device or "auto",
+        encoder_weights=args.encoder_weights,
+        image_threshold=args.threshold,
+        false_positive_rate=args.false_positive_rate,
+        pixel_threshold=args.pixel_threshold,
+        alpha=args.alpha,
+        write_report=args.report,
+        progress=not args.quiet,
+        category=args.category,
+        backend=args.backend,
+        recheck_margin=args.recheck_margin,
+        trust_torchscript=args.trust_torchscript,
     )
     return 0 if result["predicted"] else 1
 
@@ -162,8 +272,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     out = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "report.html"
-    path = render_saved_evaluation(run, out, title=args.title, image_threshold=args.threshold,
-                                   pixel_threshold=args.pixel_threshold, max_gallery=args.max_gallery)
+    path = render_saved_evaluation(
+        run,
+        out,
+        title=args.title,
+        image_threshold=args.threshold,
+        pixel_threshold=args.pixel_threshold,
+        max_gallery=args.max_gallery,
+    )
     print(f"report: {path}")
     return 0
 
@@ -178,14 +294,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         output = Path(args.output)
         if len(args.backbones) > 1:
             output = output.with_name(f"{output.stem}-{backbone}{output.suffix}")
-        run_benchmark(args.backends, backbone=backbone, checkpoint=args.checkpoint, image_sizes=sizes,
-                      batch_sizes=args.batch_sizes, device=args.device or "auto", seconds=args.seconds,
-                      threads=args.threads, output=output)
+        run_benchmark(
+            args.backends,
+            backbone=backbone,
+            checkpoint=args.checkpoint,
+            image_sizes=sizes,
+            batch_sizes=args.batch_sizes,
+            device=args.device or "auto",
+            seconds=args.seconds,
+            threads=args.threads,
+            output=output,
+        )
         if args.checkpoint:
             break
     if args.train:
-        print_training_table(args.backbones, sizes[-1], args.batch_sizes, device=args.device or "auto",
-                             min_seconds=args.seconds)
+        print_training_table(
+            args.backbones, sizes[-1], args.batch_sizes, device=args.device or "auto", min_seconds=args.seconds
+        )
     return 0
 
 
@@ -194,12 +319,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``minimaxad export``: write the fused pipeline as ONNX, OpenVINO IR or TorchScript, with its ``.json``."""
     from minimaxad.inference.export import export
 
-    path = export(Path(args.checkpoint), Path(args.output), format=args.format, encoder_weights=args.encoder_weights,
-                  check=not args.no_check, overwrite=args.overwrite)
+    path = export(
+        Path(args.checkpoint),
+        Path(args.output),
+        format=args.format,
+        encoder_weights=args.encoder_weights,
+        check=not args.no_check,
+        overwrite=args.overwrite,
+    )
     meta = json.loads(Path(str(path) + ".json").read_text())
     parity = meta.get("parity_relative_error")
-    checked = (f"; matches PyTorch (relative error: map {parity['map']:.1e}, score {parity['score']:.1e})"
-               if parity else "; not checked (--no-check)")
+    checked = (
+        f"; matches PyTorch (relative error: map {parity['map']:.1e}, score {parity['score']:.1e})"
+        if parity
+        else "; not checked (--no-check)"
+    )
     print(f"exported: {path} (outputs {', '.join(meta['outputs'])}){checked}; metadata: {path}.json")
     return 0
 
@@ -211,8 +345,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # hub by default: the cached or downloaded ImageNet weights, else (offline) a random encoder
 
-    run_demo(Path(args.output), steps=args.steps, backbone=args.backbone, seed=args.seed,
-             progress=not args.quiet, encoder_weights=args.encoder_weights or "hub")
+    run_demo(
+        Path(args.output),
+        steps=args.steps,
+        backbone=args.backbone,
+        seed=args.seed,
+        progress=not args.quiet,
+        encoder_weights=args.encoder_weights or "hub",
+    )
     return 0
 
 
@@ -220,16 +360,16 @@ def cmd_download(args: argparse.Namespace) -> int:
     """``minimaxad download``: fetch and unpack a dataset; exit code 1 when it needs a manual step."""
     from minimaxad.data.download import download_dataset
 
-    data = download_dataset(args.dataset, Path(args.root), url=args.url, keep_archive=args.keep_archive,
-                            progress=not args.quiet)
+    data = download_dataset(
+        args.dataset, Path(args.root), url=args.url, keep_archive=args.keep_archive, progress=not args.quiet
+    )
     return 0 if data is not None else 1  # 1: a manual step is needed (the instructions were printed)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     """``minimaxad presets``: list the presets; ``-v`` adds their settings, protocols and rules."""
-    from minimaxad.presets import PRESETS
-
     from minimaxad.engine.protocol import PROTOCOLS, RULES, get_protocol
+    from minimaxad.presets import PRESETS
 
     for name, preset in PRESETS.items():
         print(f"{name:<12} {preset['describe']}")
@@ -253,15 +393,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``minimaxad serve``: the HTTP service, until stopped."""
     from minimaxad.inference.serve import ServeSettings, read_api_key, serve
 
-    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_queue=args.max_queue or max(64, 4 * args.max_batch),
-                             max_request_mb=args.max_request_mb, max_pixels=args.max_pixels,
-                             workers_threads=args.workers_threads or ServeSettings.workers_threads,
-                             api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
-    serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device or "auto",
-          settings=settings, encoder_weights=args.encoder_weights, recheck_margin=args.recheck_margin,
-          log_level=args.log_level, image_threshold=args.threshold, false_positive_rate=args.false_positive_rate,
-          pixel_threshold=args.pixel_threshold, **({"trust": True} if args.trust_torchscript else {}))
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue or max(64, 4 * args.max_batch),
+        max_request_mb=args.max_request_mb,
+        max_pixels=args.max_pixels,
+        workers_threads=args.workers_threads or ServeSettings.workers_threads,
+        api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
+    )
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        device=args.device or "auto",
+        settings=settings,
+        encoder_weights=args.encoder_weights,
+        recheck_margin=args.recheck_margin,
+        log_level=args.log_level,
+        image_threshold=args.threshold,
+        false_positive_rate=args.false_positive_rate,
+        pixel_threshold=args.pixel_threshold,
+        **({"trust": True} if args.trust_torchscript else {}),
+    )
     return 0
 
 
@@ -269,13 +424,26 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """``minimaxad watch``: score the photos dropped into a folder, until stopped (or once with ``--once``)."""
     from minimaxad.inference.watch import watch
 
-    watch(Path(args.input_dir), Path(args.output), args.checkpoint, backend=args.backend,
-          device=args.device or "auto", category=args.category, batch_size=args.batch_size,
-          interval=args.interval, settle_seconds=args.settle_seconds, give_up_seconds=args.give_up_seconds,
-          once=args.once, alpha=args.alpha, encoder_weights=args.encoder_weights,
-          recheck_margin=args.recheck_margin, image_threshold=args.threshold,
-          false_positive_rate=args.false_positive_rate, pixel_threshold=args.pixel_threshold,
-          **({"trust": True} if args.trust_torchscript else {}))
+    watch(
+        Path(args.input_dir),
+        Path(args.output),
+        args.checkpoint,
+        backend=args.backend,
+        device=args.device or "auto",
+        category=args.category,
+        batch_size=args.batch_size,
+        interval=args.interval,
+        settle_seconds=args.settle_seconds,
+        give_up_seconds=args.give_up_seconds,
+        once=args.once,
+        alpha=args.alpha,
+        encoder_weights=args.encoder_weights,
+        recheck_margin=args.recheck_margin,
+        image_threshold=args.threshold,
+        false_positive_rate=args.false_positive_rate,
+        pixel_threshold=args.pixel_threshold,
+        **({"trust": True} if args.trust_torchscript else {}),
+    )
     return 0
 
 
@@ -291,27 +459,55 @@ def _options(*arguments: tuple[tuple[str, ...], dict[str, Any]]) -> argparse.Arg
 COMMON = _options((("--debug",), dict(action="store_true", help="on an error, show the whole traceback")))
 QUIET = _options((("--quiet",), dict(action="store_true", help="no progress bar")))
 DEVICE = _options((("--device",), dict(help="auto (the default: CUDA when there is one) | cpu | cuda | cuda:N")))
-ENCODER = _options((("--encoder-weights",), dict(
-    help="the ImageNet encoder: PATH to its checkpoint, 'hub' (cache, then download) or 'none' (random, not "
-         "comparable to the paper); for a trained model, where its encoder file is now if it moved")))
+ENCODER = _options(
+    (
+        ("--encoder-weights",),
+        dict(
+            help="the ImageNet encoder: PATH to its checkpoint, 'hub' (cache, then download) or 'none' (random, not "
+            "comparable to the paper); for a trained model, where its encoder file is now if it moved"
+        ),
+    )
+)
 DECISION = _options(
     (("--threshold",), dict(type=float, help="image score threshold (overrides the calibrated one)")),
-    (("--false-positive-rate",), dict(type=float, help="choose the image threshold for this rate of false alarms "
-                                                        "on the held-out normal images")),
+    (
+        ("--false-positive-rate",),
+        dict(type=float, help="choose the image threshold for this rate of false alarms on the held-out normal images"),
+    ),
 )
 # predict, serve and watch: a trained model as a checkpoint or an exported file, and how it decides
 DEPLOYED_MODEL = _options(
-    (("--checkpoint",), dict(required=True, help="checkpoint.pt, or a file from 'minimaxad export' "
-                                                 "(.onnx, .xml, TorchScript)")),
-    (("--backend",), dict(default="fused", help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | "
-                                                "openvino | openvino-bf16 | torchscript (see 'minimaxad benchmark')")),
+    (
+        ("--checkpoint",),
+        dict(required=True, help="checkpoint.pt, or a file from 'minimaxad export' (.onnx, .xml, TorchScript)"),
+    ),
+    (
+        ("--backend",),
+        dict(
+            default="fused",
+            help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | "
+            "openvino | openvino-bf16 | torchscript (see 'minimaxad benchmark')",
+        ),
+    ),
     (("--pixel-threshold",), dict(type=float, help="threshold of the defect masks")),
-    (("--recheck-margin",), dict(type=float, help="reduced-precision backends: re-score in float32 the images "
-                                                  "whose score is within this fraction of the threshold "
-                                                  "(default 0.01; 0 turns it off)")),
-    (("--trust-torchscript",), dict(action="store_true", help="allow a TorchScript --checkpoint: loading one runs "
-                                    "the code stored in it, so only for files you made or trust (checkpoints, ONNX "
-                                    "and OpenVINO files need no trust)")),
+    (
+        ("--recheck-margin",),
+        dict(
+            type=float,
+            help="reduced-precision backends: re-score in float32 the images "
+            "whose score is within this fraction of the threshold "
+            "(default 0.01; 0 turns it off)",
+        ),
+    ),
+    (
+        ("--trust-torchscript",),
+        dict(
+            action="store_true",
+            help="allow a TorchScript --checkpoint: loading one runs "
+            "the code stored in it, so only for files you made or trust (checkpoints, ONNX "
+            "and OpenVINO files need no trust)",
+        ),
+    ),
 )
 PHOTOS = _options(
     (("--category",), dict(help="unified model: use this category's calibrated thresholds")),
@@ -323,23 +519,31 @@ PHOTOS = _options(
 # -- one function per command's options ---------------------------------------------------------
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     """The ``fit`` command's parser."""
-    fit = sub.add_parser("fit", parents=[COMMON, QUIET, DEVICE, ENCODER], help="train (and evaluate) models",
-                         description="Train MiniMaxAD; evaluate at the end.")
+    fit = sub.add_parser(
+        "fit",
+        parents=[COMMON, QUIET, DEVICE, ENCODER],
+        help="train (and evaluate) models",
+        description="Train MiniMaxAD; evaluate at the end.",
+    )
     add_fit_arguments(fit)
     fit.set_defaults(func=cmd_fit)
 
 
 def add_test_parser(sub: argparse._SubParsersAction) -> None:
     """The ``test`` command's parser."""
-    test = sub.add_parser("test", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION],
-                          help="evaluate a trained checkpoint on a test set")
+    test = sub.add_parser(
+        "test", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION], help="evaluate a trained checkpoint on a test set"
+    )
     test.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run folder")
     test.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     test.add_argument("--format")
     test.add_argument("--categories", nargs="+")
     test.add_argument("--test-domains", nargs="+")
-    test.add_argument("--protocol", help="evaluate under this script's protocol instead of the one stored in "
-                                         "the checkpoint (see 'minimaxad presets -v')")
+    test.add_argument(
+        "--protocol",
+        help="evaluate under this script's protocol instead of the one stored in "
+        "the checkpoint (see 'minimaxad presets -v')",
+    )
     test.add_argument("--output", required=True)
     test.add_argument("--batch-size", type=int)
     test.add_argument("--workers", type=int)
@@ -350,8 +554,11 @@ def add_test_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     """The ``predict`` command's parser."""
-    pred = sub.add_parser("predict", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
-                          help="score new photos: heatmaps, masks, scores.csv/json")
+    pred = sub.add_parser(
+        "predict",
+        parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+        help="score new photos: heatmaps, masks, scores.csv/json",
+    )
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--output", required=True)
     pred.add_argument("--report", action="store_true", help="also write report.html")
@@ -372,12 +579,15 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     """The ``benchmark`` command's parser."""
-    bench = sub.add_parser("benchmark", parents=[COMMON, DEVICE],
-                           help="images/second and latency of every inference backend",
-                           description="Time every inference backend (PyTorch training form, fused, compiled, "
-                                       "bf16, ONNX Runtime, OpenVINO, TorchScript) at each image and batch size, "
-                                       "against this machine's float32 matrix-multiply limit; prints a table "
-                                       "and writes JSON.")
+    bench = sub.add_parser(
+        "benchmark",
+        parents=[COMMON, DEVICE],
+        help="images/second and latency of every inference backend",
+        description="Time every inference backend (PyTorch training form, fused, compiled, "
+        "bf16, ONNX Runtime, OpenVINO, TorchScript) at each image and batch size, "
+        "against this machine's float32 matrix-multiply limit; prints a table "
+        "and writes JSON.",
+    )
     bench.add_argument("--backends", nargs="+", help="default: every backend that can run here")
     bench.add_argument("--backbones", nargs="+", default=["unireplknet_n"], help="random-weight variants to time")
     bench.add_argument("--checkpoint", help="time a trained checkpoint instead (at its own image size)")
@@ -393,23 +603,32 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     """The ``export`` command's parser."""
-    exp = sub.add_parser("export", parents=[COMMON, ENCODER],
-                         help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)")
+    exp = sub.add_parser(
+        "export", parents=[COMMON, ENCODER], help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)"
+    )
     exp.add_argument("--checkpoint", required=True)
-    exp.add_argument("--output", required=True,
-                     help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript; the batch "
-                          "axis is dynamic")
+    exp.add_argument(
+        "--output",
+        required=True,
+        help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript; the batch axis is dynamic",
+    )
     exp.add_argument("--format", choices=["torchscript", "onnx", "openvino"], help="default: from the file suffix")
     exp.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
-    exp.add_argument("--overwrite", action="store_true",
-                     help="replace existing files of that name (without it, export refuses to touch them)")
+    exp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files of that name (without it, export refuses to touch them)",
+    )
     exp.set_defaults(func=cmd_export)
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """The ``demo`` command's parser."""
-    demo = sub.add_parser("demo", parents=[COMMON, QUIET, ENCODER],
-                          help="synthetic data -> train -> evaluate -> predict -> report, on a CPU")
+    demo = sub.add_parser(
+        "demo",
+        parents=[COMMON, QUIET, ENCODER],
+        help="synthetic data -> train -> evaluate -> predict -> report, on a CPU",
+    )
     demo.add_argument("--output", default="minimaxad-demo")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
     demo.add_argument("--backbone", default=None)
@@ -419,13 +638,18 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_download_parser(sub: argparse._SubParsersAction) -> None:
     """The ``download`` command's parser."""
-    down = sub.add_parser("download", parents=[COMMON, QUIET],
-                          help="download a benchmark dataset (checked, resumable, safely unpacked)",
-                          description="Download a public benchmark into ROOT, check its SHA-256, unpack it "
-                                      "(refusing members outside ROOT and links) and convert it to the layout the "
-                                      "readers expect; for datasets behind a form, print where to get them.")
-    down.add_argument("dataset", help="mvtec | visa | mvtec_loco | btad (downloaded); mpdd | goodsad | aebad | "
-                                      "realiad | mad (instructions)")
+    down = sub.add_parser(
+        "download",
+        parents=[COMMON, QUIET],
+        help="download a benchmark dataset (checked, resumable, safely unpacked)",
+        description="Download a public benchmark into ROOT, check its SHA-256, unpack it "
+        "(refusing members outside ROOT and links) and convert it to the layout the "
+        "readers expect; for datasets behind a form, print where to get them.",
+    )
+    down.add_argument(
+        "dataset",
+        help="mvtec | visa | mvtec_loco | btad (downloaded); mpdd | goodsad | aebad | realiad | mad (instructions)",
+    )
     down.add_argument("--root", required=True, help="folder to put the dataset in (created if needed)")
     down.add_argument("--url", help="another location of the same archive (a mirror); size and hash still checked")
     down.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
@@ -441,25 +665,43 @@ def add_presets_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     """The ``serve`` command's parser."""
-    srv = sub.add_parser("serve", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL],
-                         help="HTTP service and web page for an inspection station",
-                         description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
-                                     "heatmaps, masks), GET /v1/model, /v1/health, /v1/ready, /metrics "
-                                     "(Prometheus), a web page at /, the API documented at /docs. Concurrent "
-                                     "requests are micro-batched. Needs: pip install \"minimaxad[serve]\".")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
-                                                         "machine only; 0.0.0.0 for the network)")
+    srv = sub.add_parser(
+        "serve",
+        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL],
+        help="HTTP service and web page for an inspection station",
+        description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
+        "heatmaps, masks), GET /v1/model, /v1/health, /v1/ready, /metrics "
+        "(Prometheus), a web page at /, the API documented at /docs. Concurrent "
+        'requests are micro-batched. Needs: pip install "minimaxad[serve]".',
+    )
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)",
+    )
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--max-batch", type=int, default=16, help="most images run together in one batch")
-    srv.add_argument("--max-wait-ms", type=float, default=10.0,
-                     help="longest wait for more requests to fill a batch after the first arrives")
-    srv.add_argument("--max-queue", type=int, help="images allowed to wait; beyond, 503 (default max(64, "
-                                                   "4 x --max-batch))")
+    srv.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
+        help="longest wait for more requests to fill a batch after the first arrives",
+    )
+    srv.add_argument(
+        "--max-queue", type=int, help="images allowed to wait; beyond, 503 (default max(64, 4 x --max-batch))"
+    )
     srv.add_argument("--max-request-mb", type=float, default=20.0, help="largest request body; beyond, 413")
-    srv.add_argument("--max-pixels", type=int, default=40_000_000,
-                     help="largest image (width x height); beyond, 400 (decompression bombs)")
-    srv.add_argument("--workers-threads", type=int,
-                     help="threads decoding uploads and drawing heatmaps (default: the cores, at most 8)")
+    srv.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="largest image (width x height); beyond, 400 (decompression bombs)",
+    )
+    srv.add_argument(
+        "--workers-threads",
+        type=int,
+        help="threads decoding uploads and drawing heatmaps (default: the cores, at most 8)",
+    )
     srv.add_argument("--api-key-file", help="file holding the API key clients must send (X-API-Key header)")
     srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     srv.set_defaults(func=cmd_serve)
@@ -467,32 +709,56 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_watch_parser(sub: argparse._SubParsersAction) -> None:
     """The ``watch`` command's parser."""
-    wat = sub.add_parser("watch", parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
-                         help="score images as a line camera drops them into a folder",
-                         description="Watch IN_DIR: score each new image once it is completely written, append "
-                                     "it to OUT/results.jsonl and OUT/results.csv, write its heatmap and mask; a "
-                                     "journal makes a restart neither skip nor repeat a file. IN_DIR is only read.")
+    wat = sub.add_parser(
+        "watch",
+        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+        help="score images as a line camera drops them into a folder",
+        description="Watch IN_DIR: score each new image once it is completely written, append "
+        "it to OUT/results.jsonl and OUT/results.csv, write its heatmap and mask; a "
+        "journal makes a restart neither skip nor repeat a file. IN_DIR is only read.",
+    )
     wat.add_argument("input_dir", metavar="IN_DIR")
     wat.add_argument("--output", required=True, metavar="OUT", help="results folder (not inside IN_DIR)")
     wat.add_argument("--interval", type=float, default=0.5, help="seconds between looks at IN_DIR")
-    wat.add_argument("--settle-seconds", type=float, default=1.0,
-                     help="a file counts as completely written when its size and time stamp have not changed "
-                          "for this long and it decodes")
-    wat.add_argument("--give-up-seconds", type=float, default=10.0,
-                     help="a settled file that still does not decode after this long is reported as unreadable")
+    wat.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=1.0,
+        help="a file counts as completely written when its size and time stamp have not changed "
+        "for this long and it decodes",
+    )
+    wat.add_argument(
+        "--give-up-seconds",
+        type=float,
+        default=10.0,
+        help="a settled file that still does not decode after this long is reported as unreadable",
+    )
     wat.add_argument("--once", action="store_true", help="score what is in IN_DIR (once settled), then exit")
     wat.set_defaults(func=cmd_watch)
 
 
-COMMANDS = (add_fit_parser, add_test_parser, add_predict_parser, add_report_parser, add_benchmark_parser,
-            add_export_parser, add_demo_parser, add_download_parser, add_presets_parser, add_serve_parser,
-            add_watch_parser)
+COMMANDS = (
+    add_fit_parser,
+    add_test_parser,
+    add_predict_parser,
+    add_report_parser,
+    add_benchmark_parser,
+    add_export_parser,
+    add_demo_parser,
+    add_download_parser,
+    add_presets_parser,
+    add_serve_parser,
+    add_watch_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``minimaxad`` parser: one sub-command per entry of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="minimaxad", description="MiniMaxAD anomaly detection: train on normal "
-                                     "images, flag defective ones and show where the defect is.")
+    parser = argparse.ArgumentParser(
+        prog="minimaxad",
+        description="MiniMaxAD anomaly detection: train on normal "
+        "images, flag defective ones and show where the defect is.",
+    )
     parser.add_argument("--version", action="version", version=f"minimaxad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:

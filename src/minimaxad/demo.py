@@ -50,8 +50,10 @@ def choose_encoder(backbone: str, weights: str, echo: Echo, progress: bool) -> t
         path = download_weights(spec, progress=progress, echo=echo)
     except EncoderWeightsError as exc:
         reason = str(exc).split(": ", 1)[-1].split(". Download ")[0]
-        return "none", (f"a RANDOM encoder: the ImageNet weights {spec.imagenet_file} are not on this machine "
-                        f"and could not be downloaded ({reason})")
+        return "none", (
+            f"a RANDOM encoder: the ImageNet weights {spec.imagenet_file} are not on this machine "
+            f"and could not be downloaded ({reason})"
+        )
     return str(path), f"the ImageNet encoder weights {path.name} (from {path.parent})"
 
 
@@ -67,19 +69,28 @@ def decision_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     for category in sorted(set(map(str, saved["categories"]))) + ["all"]:
         chosen = np.ones(len(saved["scores"]), bool) if category == "all" else saved["categories"] == category
         if category == "all":
-            limits = np.array([(per_category.get(str(c)) or thresholds)["image"]["value"]
-                               for c in saved["categories"]])
+            limits = np.array([(per_category.get(str(c)) or thresholds)["image"]["value"] for c in saved["categories"]])
         else:
             limits = np.full(int(chosen.sum()), (per_category.get(category) or thresholds)["image"]["value"])
         flagged = saved["scores"][chosen] >= limits
         labels = saved["labels"][chosen]
-        counts[category] = {"defective": int((labels == 1).sum()), "caught": int((flagged & (labels == 1)).sum()),
-                            "normal": int((labels == 0).sum()), "false_alarms": int((flagged & (labels == 0)).sum())}
+        counts[category] = {
+            "defective": int((labels == 1).sum()),
+            "caught": int((flagged & (labels == 1)).sum()),
+            "normal": int((labels == 0).sum()),
+            "false_alarms": int((flagged & (labels == 0)).sum()),
+        }
     return counts
 
 
-def explain(summary: dict[str, Any], counts: dict[str, dict[str, int]], encoder: str, random_encoder: bool,
-            image_fpr: float = 0.01, image_size: int = 96) -> list[str]:
+def explain(
+    summary: dict[str, Any],
+    counts: dict[str, dict[str, int]],
+    encoder: str,
+    random_encoder: bool,
+    image_fpr: float = 0.01,
+    image_size: int = 96,
+) -> list[str]:
     """Plain sentences: what the figures are, what they say here, and what they do not."""
     mean = summary.get("mean") or {}
     total = counts["all"]
@@ -92,23 +103,39 @@ def explain(summary: dict[str, Any], counts: dict[str, dict[str, int]], encoder:
         f"Decisions at the thresholds calibrated on held-out normal images (set for about {100 * image_fpr:g}% false alarms): "
         f"{total['caught']} of {total['defective']} defective test images caught, {total['false_alarms']} of "
         f"{total['normal']} normal ones flagged by mistake ("
-        + ", ".join(f"{c}: {v['caught']}/{v['defective']} caught, {v['false_alarms']} false alarms"
-                    for c, v in counts.items() if c != "all") + ").",
+        + ", ".join(
+            f"{c}: {v['caught']}/{v['defective']} caught, {v['false_alarms']} false alarms"
+            for c, v in counts.items()
+            if c != "all"
+        )
+        + ").",
     ]
     if random_encoder:
-        lines.append("These figures come from a RANDOM encoder on synthetic textures with clearly visible defects "
-                     "(chosen so that random features work: no object category, no colour changes): "
-                     "they show the method and the tool working, not the paper's accuracy. On real photos "
-                     "(MVTec AD, VisA, ...) the paper's figures need the ImageNet encoder: "
-                     "'minimaxad fit --encoder-weights hub ...' downloads it (or pass the file's path).")
+        lines.append(
+            "These figures come from a RANDOM encoder on synthetic textures with clearly visible defects "
+            "(chosen so that random features work: no object category, no colour changes): "
+            "they show the method and the tool working, not the paper's accuracy. On real photos "
+            "(MVTec AD, VisA, ...) the paper's figures need the ImageNet encoder: "
+            "'minimaxad fit --encoder-weights hub ...' downloads it (or pass the file's path)."
+        )
     else:
-        lines.append(f"A short CPU run of a small variant (F, {image_size} px, a few hundred steps) on synthetic textures: "
-                     "the paper's figures come from variant N trained for the full schedule on the benchmarks.")
+        lines.append(
+            f"A short CPU run of a small variant (F, {image_size} px, a few hundred steps) on synthetic textures: "
+            "the paper's figures come from variant N trained for the full schedule on the benchmarks."
+        )
     return lines
 
 
-def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None, backbone: str | None = None,
-             seed: int = 0, progress: bool = True, encoder_weights: str = "hub", echo: Echo = print) -> dict:
+def run_demo(
+    output: Path = Path("minimaxad-demo"),
+    *,
+    steps: int | None = None,
+    backbone: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    encoder_weights: str = "hub",
+    echo: Echo = print,
+) -> dict:
     """Generate synthetic data in ``output``, train a small model, evaluate it, predict on a few photos
     and write the report, printing a short summary with ``echo``; returns the summary, the prediction,
     the seconds taken and the run folder."""
@@ -124,22 +151,40 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
     config = config.updated(backbone=backbone, max_steps=steps, seed=seed if seed else None)
 
     echo(f"minimaxad demo -> {output}")
-    echo("step 1/4: building the synthetic dataset (two textures, weave and grain, with clearly visible "
-         "scratches, spots, holes, foreign material and missing pieces)")
-    data_root = generate_synthetic_dataset(output / "data", categories=DEMO_CATEGORIES, n_train=DEMO_TRAIN_IMAGES,
-                                           seed=seed, defects=DEMO_DEFECTS, overwrite=True,
-                                           subtle_fraction=DEMO_SUBTLE_FRACTION, clear_strength=DEMO_CLEAR_STRENGTH)
+    echo(
+        "step 1/4: building the synthetic dataset (two textures, weave and grain, with clearly visible "
+        "scratches, spots, holes, foreign material and missing pieces)"
+    )
+    data_root = generate_synthetic_dataset(
+        output / "data",
+        categories=DEMO_CATEGORIES,
+        n_train=DEMO_TRAIN_IMAGES,
+        seed=seed,
+        defects=DEMO_DEFECTS,
+        overwrite=True,
+        subtle_fraction=DEMO_SUBTLE_FRACTION,
+        clear_strength=DEMO_CLEAR_STRENGTH,
+    )
     echo(f"          written to {data_root}")
 
     weights, encoder = choose_encoder(config.backbone, encoder_weights, echo, progress)
     random_encoder = weights == "none"
-    echo(f"step 2/4: training {config.backbone} with {encoder}"
-         + (". Fine to see the method work; not the paper's accuracy (that needs the ImageNet encoder)."
-            if random_encoder else "."))
+    echo(
+        f"step 2/4: training {config.backbone} with {encoder}"
+        + (
+            ". Fine to see the method work; not the paper's accuracy (that needs the ImageNet encoder)."
+            if random_encoder
+            else "."
+        )
+    )
     config = config.updated(data=str(data_root), encoder_weights=weights)
     run_dir = output / "run"
-    summary = fit(config, run_dir, progress=progress, echo=lambda line: echo("          " + line.strip("\n")
-                                                                                if "\n" not in line else line))
+    summary = fit(
+        config,
+        run_dir,
+        progress=progress,
+        echo=lambda line: echo("          " + line.strip("\n") if "\n" not in line else line),
+    )
     counts = decision_counts(run_dir)
     about = explain(summary, counts, encoder, random_encoder, config.image_fpr, config.image_size)
     render_saved_evaluation(run_dir / "evaluation.npz", run_dir / "report.html", title="minimaxad demo", about=about)
@@ -153,13 +198,25 @@ def run_demo(output: Path = Path("minimaxad-demo"), *, steps: int | None = None,
         # all of them, not a hand-picked few: the decisions then match the evaluation's counts
         test_dir = data_root / category / "test"
         prediction[category] = predict_paths(
-            run_dir / "checkpoint.pt", [test_dir], output / "predictions" / category, progress=False,
-            category=category, echo=lambda line: echo(f"          {category}: " + line))
+            run_dir / "checkpoint.pt",
+            [test_dir],
+            output / "predictions" / category,
+            progress=False,
+            category=category,
+            echo=lambda line: echo(f"          {category}: " + line),
+        )
 
     elapsed = time.perf_counter() - started
     echo(f"step 4/4: done in {elapsed:.0f} s")
     echo(f"          report:      {run_dir / 'report.html'}")
     echo(f"          metrics:     {run_dir / 'metrics.json'}")
     echo(f"          predictions: {output / 'predictions'}")
-    return {"summary": summary, "prediction": prediction, "seconds": elapsed, "run_dir": str(run_dir),
-            "decisions": counts, "encoder": encoder, "random_encoder": random_encoder}
+    return {
+        "summary": summary,
+        "prediction": prediction,
+        "seconds": elapsed,
+        "run_dir": str(run_dir),
+        "decisions": counts,
+        "encoder": encoder,
+        "random_encoder": random_encoder,
+    }

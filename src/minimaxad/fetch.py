@@ -32,6 +32,7 @@ class DownloadError(RuntimeError):
 @dataclass(frozen=True)
 class Downloaded:
     """What :func:`download_file` returns: the file, its SHA-256 (hex), size, and whether it was fetched now."""
+
     path: Path
     sha256: str
     size: int
@@ -45,14 +46,25 @@ def _check(path: Path, size: int | None, sha256: str | None, url: str) -> str:
         raise DownloadError(f"{url}: got {actual_size} bytes, expected {size}")
     digest = sha256_of(path)
     if sha256 is not None and digest != sha256.lower():
-        raise DownloadError(f"{url}: SHA-256 of the downloaded file is {digest}, expected {sha256}: the file "
-                            f"is damaged or the server sent another one")
+        raise DownloadError(
+            f"{url}: SHA-256 of the downloaded file is {digest}, expected {sha256}: the file "
+            f"is damaged or the server sent another one"
+        )
     return digest
 
 
-def download_file(url: str, destination: Path, *, size: int | None = None, sha256: str | None = None,
-                  progress: bool = True, timeout: float = 30.0, retries: int = 3,
-                  description: str | None = None, echo: Callable[[str], None] | None = None) -> Downloaded:
+def download_file(
+    url: str,
+    destination: Path,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+    retries: int = 3,
+    description: str | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> Downloaded:
     """Download ``url`` to ``destination`` (kept if it is already there and matches).
 
     ``size`` / ``sha256``: what the file must be, where known (checked after the download; a
@@ -76,8 +88,15 @@ def download_file(url: str, destination: Path, *, size: int | None = None, sha25
     try:
         for attempt in range(retries + 1):
             try:
-                bar = _fetch_into(part, url, size=size, timeout=timeout, progress=progress, bar=bar,
-                                  description=description or destination.name)
+                bar = _fetch_into(
+                    part,
+                    url,
+                    size=size,
+                    timeout=timeout,
+                    progress=progress,
+                    bar=bar,
+                    description=description or destination.name,
+                )
                 break
             except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as exc:
                 if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
@@ -88,13 +107,14 @@ def download_file(url: str, destination: Path, *, size: int | None = None, sha25
                 last_error = exc
                 if attempt < retries:
                     if echo:
-                        echo(f"connection lost ({type(exc).__name__}: {exc}); resuming "
-                             f"({attempt + 1}/{retries})")
-                    time.sleep(min(2.0 ** attempt, 8.0) * 0.25)
+                        echo(f"connection lost ({type(exc).__name__}: {exc}); resuming ({attempt + 1}/{retries})")
+                    time.sleep(min(2.0**attempt, 8.0) * 0.25)
         else:
             have = part.stat().st_size if part.exists() else 0
-            raise DownloadError(f"{url}: connection lost {retries + 1} times ({type(last_error).__name__}: "
-                                f"{last_error}); {have} bytes kept in {part}: run again to resume")
+            raise DownloadError(
+                f"{url}: connection lost {retries + 1} times ({type(last_error).__name__}: "
+                f"{last_error}); {have} bytes kept in {part}: run again to resume"
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -132,15 +152,24 @@ def _fetch_into(part: Path, url: str, *, size: int | None, timeout: float, progr
         length = response.headers.get("Content-Length")
         announced = have + int(length) if length is not None else None
         if size is not None and announced is not None and announced != size:
-            raise DownloadError(f"{url}: the server announces {announced} bytes, expected {size}: not the "
-                                f"expected file (or the listed size is outdated)")
+            raise DownloadError(
+                f"{url}: the server announces {announced} bytes, expected {size}: not the "
+                f"expected file (or the listed size is outdated)"
+            )
         total = size if size is not None else announced
         if progress:
             from tqdm import tqdm
 
             if bar is None:
-                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                           desc=description, dynamic_ncols=True)
+                bar = tqdm(
+                    total=total,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=description,
+                    dynamic_ncols=True,
+                )
             else:
                 bar.reset(total=total)
                 bar.update(have)

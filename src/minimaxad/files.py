@@ -17,8 +17,18 @@ import unicodedata
 from pathlib import Path
 
 # CON, PRN, AUX, NUL, COM1-9, LPT1-9 are devices on Windows whatever the extension (NUL.png too)
-WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-                              *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))})
+WINDOWS_RESERVED = frozenset(
+    {
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        "CONIN$",
+        "CONOUT$",
+        *(f"COM{i}" for i in range(1, 10)),
+        *(f"LPT{i}" for i in range(1, 10)),
+    }
+)
 MAX_NAME_LENGTH = 120  # characters of a stem: room for a suffix and a counter under 255 bytes
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')  # separators, controls, Windows-forbidden
 
@@ -41,7 +51,7 @@ def safe_name(text: str, max_length: int = MAX_NAME_LENGTH) -> str:
         name = f"_{name}"
     if len(name) > max_length:
         digest = hashlib.sha1(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:10]
-        name = f"{name[:max_length - 11]}-{digest}"
+        name = f"{name[: max_length - 11]}-{digest}"
     return name
 
 
@@ -66,8 +76,10 @@ def inside(folder: str | Path, *parts: str) -> Path:
     root = Path(folder).resolve()
     target = root.joinpath(*parts).resolve()
     if target != root and root not in target.parents:
-        raise UnsafePathError(f"refusing to write {target}: it is outside the output folder {root} "
-                              f"(from the name {'/'.join(parts)!r}); this is a bug, please report it")
+        raise UnsafePathError(
+            f"refusing to write {target}: it is outside the output folder {root} "
+            f"(from the name {'/'.join(parts)!r}); this is a bug, please report it"
+        )
     return target
 
 
@@ -84,8 +96,10 @@ def check_writable_folder(folder: str | Path, what: str = "output folder") -> Pa
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write into the {what} {folder} ({exc.strerror or exc}); "
-                                 f"choose a folder you can write to") from exc
+        raise OSError(
+            exc.errno,
+            f"cannot write into the {what} {folder} ({exc.strerror or exc}); choose a folder you can write to",
+        ) from exc
     return folder
 
 

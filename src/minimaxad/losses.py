@@ -57,8 +57,7 @@ def global_cosine_loss(
 
 
 def adc_threshold(
-    score_map: torch.Tensor, p_hard: float = 0.9999, p_lim: float = 0.9995,
-    limit_batch_size: float | None = None,
+    score_map: torch.Tensor, p_hard: float = 0.9999, p_lim: float = 0.9995, limit_batch_size: float | None = None
 ) -> tuple[torch.Tensor, str, int, float]:
     """The ADC selection threshold ``t`` on ``S^2``, the branch taken, ``A`` and ``B``.
 
@@ -105,22 +104,27 @@ def adc_loss(
     squared = score_map * score_map
     loss = squared[squared >= threshold].mean()
     if return_details:
-        return loss, {"branch": branch, "pixels_above_hard": above, "min_pixels": min_pixels,
-                      "threshold": float(threshold)}
+        return loss, {
+            "branch": branch,
+            "pixels_above_hard": above,
+            "min_pixels": min_pixels,
+            "threshold": float(threshold),
+        }
     return loss
 
 
 def local_loss(
-    encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
-    image_size: int | Sequence[int],
+    encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor], image_size: int | Sequence[int]
 ) -> torch.Tensor:
     """Eq. 7: mean of ``S^2`` over all pixels."""
     return training_anomaly_map(encoder_features, decoder_features, image_size).pow(2).mean()
 
 
 def local_hm_loss(
-    encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
-    image_size: int | Sequence[int], p_lim: float = 0.9995,
+    encoder_features: Sequence[torch.Tensor],
+    decoder_features: Sequence[torch.Tensor],
+    image_size: int | Sequence[int],
+    p_lim: float = 0.9995,
 ) -> torch.Tensor:
     """Eq. 9 (fixed hard mining): mean of ``S^2`` over ``S^2 >= quantile(S^2, p_lim)``."""
     squared = training_anomaly_map(encoder_features, decoder_features, image_size).pow(2)
@@ -131,8 +135,12 @@ LOSSES = ("adc", "global", "local", "local-hm")
 
 
 def compute_loss(
-    name: str, encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
-    image_size: int | Sequence[int], p_hard: float = 0.9999, p_lim: float = 0.9995,
+    name: str,
+    encoder_features: Sequence[torch.Tensor],
+    decoder_features: Sequence[torch.Tensor],
+    image_size: int | Sequence[int],
+    p_hard: float = 0.9999,
+    p_lim: float = 0.9995,
     limit_batch_size: float | None = None,
 ) -> torch.Tensor:
     """Dispatch by name: ``adc``, ``global``, ``local`` or ``local-hm``.
@@ -141,8 +149,9 @@ def compute_loss(
     the authors' scripts; None: the batch's own size (see :func:`adc_threshold`).
     """
     if name == "adc":
-        return adc_loss(encoder_features, decoder_features, image_size, p_hard, p_lim,
-                        limit_batch_size=limit_batch_size)
+        return adc_loss(
+            encoder_features, decoder_features, image_size, p_hard, p_lim, limit_batch_size=limit_batch_size
+        )
     if name == "global":
         return global_cosine_loss(encoder_features, decoder_features)
     if name == "local":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from patchcore_baseline import MemoryBankDetector, greedy_coreset, nearest_distances, patch_features
+
 from minimaxad.models import MiniMaxAD
 
 

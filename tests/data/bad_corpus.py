@@ -30,8 +30,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def huge_png_header(width: int = 20000, height: int = 20000) -> bytes:
     """A tiny PNG file whose header claims width x height pixels."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def huge_bmp_header(width: int = 20000, height: int = 20000) -> bytes:
@@ -63,7 +67,7 @@ def build_corpus(folder: Path, seed: int = 0) -> dict[str, str]:
         add(f"one_pixel.{ext}", _encode(picture(1, 1), fmt), GOOD)
     add("thin_2x300.png", _encode(picture(2, 300), "PNG"), GOOD)
     for i in range(3):
-        sixteen = (np.asarray(picture(50, 40).convert("L"), dtype=np.uint16) * 257)
+        sixteen = np.asarray(picture(50, 40).convert("L"), dtype=np.uint16) * 257
         add(f"sixteen_bit_{i}.png", _encode(Image.fromarray(sixteen), "PNG"), GOOD)
         add(f"sixteen_bit_{i}.tif", _encode(Image.fromarray(sixteen), "TIFF"), GOOD)
     for i in range(3):

@@ -21,8 +21,7 @@ def photo(size=(48, 40), seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     chans = [
-        127 + 100 * np.sin(x / rng.uniform(3, 9) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(3, 9))
-        for _ in range(3)
+        127 + 100 * np.sin(x / rng.uniform(3, 9) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(3, 9)) for _ in range(3)
     ]
     return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)
 

@@ -60,8 +60,22 @@ def test_predict_processes_every_good_file_and_names_every_bad_one(trained_check
     folder, kinds = corpus
     before = tree_hashes(folder)
     out = tmp_path / "predictions"
-    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(folder), "--output", str(out), "--quiet",
-                 "--batch-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_checkpoint),
+                str(folder),
+                "--output",
+                str(out),
+                "--quiet",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     summary = json.loads((out / "scores.json").read_text())
     assert {r["path"].rsplit("/", 1)[1] for r in summary["predictions"]} == {n for n, k in kinds.items() if k == GOOD}
@@ -82,9 +96,35 @@ def test_fit_skip_bad_images_trains_on_every_good_file(corpus, tmp_path):
     shutil.copytree(folder, root / "train")
     before = tree_hashes(root)
     out = tmp_path / "run"
-    assert main(["fit", "--data", str(root), "--format", "folder", "--output", str(out), "--backbone",
-                 "unireplknet_micro", "--encoder-weights", "none", "--image-size", "32", "--batch-size", "16",
-                 "--max-steps", "5", "--val-fraction", "0", "--no-eval", "--skip-bad-images", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(root),
+                "--format",
+                "folder",
+                "--output",
+                str(out),
+                "--backbone",
+                "unireplknet_micro",
+                "--encoder-weights",
+                "none",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "16",
+                "--max-steps",
+                "5",
+                "--val-fraction",
+                "0",
+                "--no-eval",
+                "--skip-bad-images",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     log = next(out.rglob("train.log")).read_text()
     quick_misses = 7  # corrupt middles pass the quick check; they are replaced when loaded, with a warning
     assert re.search(rf"on {56 + quick_misses} images", log), log[-2000:]
@@ -98,9 +138,14 @@ FORMATS = ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fmt=st.sampled_from(FORMATS), width=st.integers(1, 40), height=st.integers(1, 40),
-       mode=st.sampled_from(["RGB", "L", "P", "RGBA", "CMYK", "I;16", "LA", "1"]),
-       cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
+@given(
+    fmt=st.sampled_from(FORMATS),
+    width=st.integers(1, 40),
+    height=st.integers(1, 40),
+    mode=st.sampled_from(["RGB", "L", "P", "RGBA", "CMYK", "I;16", "LA", "1"]),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4),
+)
 def test_decoding_damaged_files_never_raises_anything_else(tmp_path, fmt, width, height, mode, cut, flips):
     image = Image.fromarray(photo((width, height), seed=width * 41 + height))
     try:
@@ -126,8 +171,10 @@ def test_decoding_damaged_files_never_raises_anything_else(tmp_path, fmt, width,
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=2048), prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM",
-                                                              b"II*\x00", b"GIF89a", b"RIFF"]))
+@given(
+    data=st.binary(max_size=2048),
+    prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"GIF89a", b"RIFF"]),
+)
 def test_random_bytes_behind_a_signature(tmp_path, data, prefix):
     path = tmp_path / "random.png"
     path.write_bytes(prefix + data)

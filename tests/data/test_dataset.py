@@ -88,8 +88,15 @@ def test_cache_refuses_when_memory_is_short(mvtec_root, monkeypatch):
 
 
 def test_dataset_from_records_directly(mvtec_root):
-    recs = [Record(str(mvtec_root / "bottle/test/crack/000.png"), 1, "bottle", "crack",
-                   str(mvtec_root / "bottle/ground_truth/crack/000_mask.png"))]
+    recs = [
+        Record(
+            str(mvtec_root / "bottle/test/crack/000.png"),
+            1,
+            "bottle",
+            "crack",
+            str(mvtec_root / "bottle/ground_truth/crack/000_mask.png"),
+        )
+    ]
     ds = AnomalyDataset(recs, split="test", image_size=8)
     assert len(ds) == 1 and ds[-1]["mask"].sum() > 0
     with pytest.raises(IndexError, match="index 1 out of range for 1 items"):
@@ -121,8 +128,12 @@ def test_collate_and_make_loader(bigger_root):
 def test_holdout_of_unified(bigger_root, mvtec_root):
     from minimaxad.data import build_unified
 
-    u = build_unified([("mvtec", bigger_root, ["screw"]), ("goodsad", mvtec_root)], split="train",
-                      image_size=16, prefix_categories=True)
+    u = build_unified(
+        [("mvtec", bigger_root, ["screw"]), ("goodsad", mvtec_root)],
+        split="train",
+        image_size=16,
+        prefix_categories=True,
+    )
     train, val = split_holdout(u, 1, seed=0)
     assert sorted(val.item_categories) == ["goodsad/bottle", "goodsad/cable", "mvtec/screw"]
     assert len(train) + len(val) == len(u) == 16

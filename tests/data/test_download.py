@@ -7,7 +7,6 @@ import hashlib
 import io
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +43,10 @@ def tar_bytes(files: dict[str, bytes], mode: str = "w:xz", extra=None) -> bytes:
 def mvtec_files(top: str) -> dict[str, bytes]:
     return {
         f"{top}/license.txt": b"CC BY-NC-SA 4.0",
-        f"{top}/bottle/train/good/000.png": png(100), f"{top}/bottle/train/good/001.png": png(110),
-        f"{top}/bottle/test/good/000.png": png(105), f"{top}/bottle/test/broken/000.png": png(30),
+        f"{top}/bottle/train/good/000.png": png(100),
+        f"{top}/bottle/train/good/001.png": png(110),
+        f"{top}/bottle/test/good/000.png": png(105),
+        f"{top}/bottle/test/broken/000.png": png(30),
         f"{top}/bottle/ground_truth/broken/000_mask.png": png(255, mask=True),
     }
 
@@ -99,15 +100,21 @@ def test_wrong_hash_keeps_nothing(monkeypatch, server, tmp_path):
 
 def test_visa_split_into_the_1cls_layout(monkeypatch, server, tmp_path):
     top = "VisA_20220922"
-    csv = ("object,split,label,image,mask\n"
-           "candle,train,normal,candle/Data/Images/Normal/0000.JPG,\n"
-           "candle,train,normal,candle/Data/Images/Normal/0001.JPG,\n"
-           "candle,test,normal,candle/Data/Images/Normal/0002.JPG,\n"
-           "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png\n")
-    files = {f"{top}/split_csv/1cls.csv": csv.encode(),
-             f"{top}/candle/Data/Images/Normal/0000.JPG": png(90), f"{top}/candle/Data/Images/Normal/0001.JPG": png(95),
-             f"{top}/candle/Data/Images/Normal/0002.JPG": png(92), f"{top}/candle/Data/Images/Anomaly/000.JPG": png(20),
-             f"{top}/candle/Data/Masks/Anomaly/000.png": png(1, mask=True)}  # VisA's masks hold labels, not 255
+    csv = (
+        "object,split,label,image,mask\n"
+        "candle,train,normal,candle/Data/Images/Normal/0000.JPG,\n"
+        "candle,train,normal,candle/Data/Images/Normal/0001.JPG,\n"
+        "candle,test,normal,candle/Data/Images/Normal/0002.JPG,\n"
+        "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png\n"
+    )
+    files = {
+        f"{top}/split_csv/1cls.csv": csv.encode(),
+        f"{top}/candle/Data/Images/Normal/0000.JPG": png(90),
+        f"{top}/candle/Data/Images/Normal/0001.JPG": png(95),
+        f"{top}/candle/Data/Images/Normal/0002.JPG": png(92),
+        f"{top}/candle/Data/Images/Anomaly/000.JPG": png(20),
+        f"{top}/candle/Data/Masks/Anomaly/000.png": png(1, mask=True),
+    }  # VisA's masks hold labels, not 255
     serve(monkeypatch, server, "visa", tar_bytes(files, mode="w"), "VisA_20220922.tar")
     data = dl.download_dataset("visa", tmp_path, progress=False, echo=lambda line: None)
     converted = data / "VisA_pytorch" / "1cls" / "candle"
@@ -120,10 +127,13 @@ def test_visa_split_into_the_1cls_layout(monkeypatch, server, tmp_path):
 
 
 def test_mvtec_loco_masks_merged(monkeypatch, server, tmp_path):
-    files = {"loco/juice_bottle/train/good/000.png": png(100), "loco/juice_bottle/test/good/000.png": png(100),
-             "loco/juice_bottle/test/logical_anomalies/000.png": png(10),
-             "loco/juice_bottle/ground_truth/logical_anomalies/000/000.png": png(255, mask=True),
-             "loco/juice_bottle/ground_truth/logical_anomalies/000/001.png": _mask_at(20)}
+    files = {
+        "loco/juice_bottle/train/good/000.png": png(100),
+        "loco/juice_bottle/test/good/000.png": png(100),
+        "loco/juice_bottle/test/logical_anomalies/000.png": png(10),
+        "loco/juice_bottle/ground_truth/logical_anomalies/000/000.png": png(255, mask=True),
+        "loco/juice_bottle/ground_truth/logical_anomalies/000/001.png": _mask_at(20),
+    }
     serve(monkeypatch, server, "mvtec_loco", tar_bytes(files), "loco.tar.xz")
     data = dl.download_dataset("mvtec_loco", tmp_path, progress=False, echo=lambda line: None)
     merged = np.asarray(Image.open(data / "juice_bottle" / "ground_truth" / "logical_anomalies" / "000_mask.png"))
@@ -134,7 +144,7 @@ def test_mvtec_loco_masks_merged(monkeypatch, server, tmp_path):
 
 def _mask_at(offset: int) -> bytes:
     array = np.zeros((32, 32), np.uint8)
-    array[offset:offset + 4, offset:offset + 4] = 255
+    array[offset : offset + 4, offset : offset + 4] = 255
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -177,7 +187,7 @@ def test_malicious_archive_is_refused_whole(tmp_path, case):
                 zipped.writestr("../escaped.txt", b"x")
             else:
                 info = zipfile.ZipInfo("data/link")
-                info.external_attr = (0o120777 << 16)
+                info.external_attr = 0o120777 << 16
                 zipped.writestr(info, "/etc/passwd")
         archive.write_bytes(buffer.getvalue())
     target = tmp_path / "out" / "dataset"
@@ -188,8 +198,13 @@ def test_malicious_archive_is_refused_whole(tmp_path, case):
 
 
 def test_malicious_download_leaves_nothing(monkeypatch, server, tmp_path):
-    serve(monkeypatch, server, "mvtec", tar_bytes({"m/bottle/train/good/0.png": png(1), "m/../../../x": b"x"}),
-          "evil.tar.xz")
+    serve(
+        monkeypatch,
+        server,
+        "mvtec",
+        tar_bytes({"m/bottle/train/good/0.png": png(1), "m/../../../x": b"x"}),
+        "evil.tar.xz",
+    )
     with pytest.raises(UnsafeArchiveError):
         dl.download_dataset("mvtec", tmp_path / "root", progress=False, echo=lambda line: None)
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["evil.tar.xz"]  # only the (checked) archive

@@ -68,8 +68,9 @@ def test_skip_bad_images_warns_with_count(mvtec_root):
         ds = build_dataset("mvtec", mvtec_root, split="train", image_size=16, skip_bad_images=True)
     assert len(ds) == 5 and not any(p.endswith("bottle/train/good/001.png") for p in ds.paths)
     with pytest.warns(DataWarning, match="skipped 1 of 6"):
-        cached = build_dataset("mvtec", mvtec_root, split="train", image_size=16, skip_bad_images=True,
-                               validate=False, cache=True)
+        cached = build_dataset(
+            "mvtec", mvtec_root, split="train", image_size=16, skip_bad_images=True, validate=False, cache=True
+        )
     assert len(cached) == 5 and cached[4]["category"] == "cable"
 
 
@@ -94,8 +95,9 @@ def test_corrupt_middle_is_caught_by_full_check_or_at_load(mvtec_root):
         ds[0]
     with pytest.raises(BadImageError, match=r"cable/train/good/000\.png"):
         build_dataset("mvtec", mvtec_root, split="train", validate="full")
-    skipping = build_dataset("mvtec", mvtec_root, split="train", categories=["cable"], image_size=16,
-                             skip_bad_images=True)
+    skipping = build_dataset(
+        "mvtec", mvtec_root, split="train", categories=["cable"], image_size=16, skip_bad_images=True
+    )
     with pytest.warns(DataWarning, match="using another training image"):
         assert skipping[0]["path"].endswith("cable/train/good/001.png")
 

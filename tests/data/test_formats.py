@@ -143,8 +143,9 @@ def test_visa_split_file_problems(tmp_path):
 
 
 def test_goodsad(tmp_path):
-    root = make_mvtec(tmp_path / "GoodsAD", categories=("drink_can", "food_box"), defects=("dent",),
-                      ext=".jpg", mask_suffix="")
+    root = make_mvtec(
+        tmp_path / "GoodsAD", categories=("drink_can", "food_box"), defects=("dent",), ext=".jpg", mask_suffix=""
+    )
     ds = build_dataset("goodsad", root, split="test", categories=["drink_can"], image_size=224)
     assert ds.categories == ["drink_can"] and len(ds) == 4 and ds.labels.tolist() == [1, 1, 0, 0]
     assert ds[0]["image"].shape == (3, 224, 224) and ds[0]["mask"].sum() > 0
@@ -178,7 +179,11 @@ def test_aebad_domains(tmp_path):
     assert view[0]["mask"].shape == (1, 28, 28) and view[0]["mask"].sum() > 0
     everything = build_dataset("aebad", root / "AeBAD_S", split="test", image_size=32)
     assert len(everything) == 12 and {r.domain for r in everything.records} == {
-        "same", "background", "illumination", "view"}
+        "same",
+        "background",
+        "illumination",
+        "view",
+    }
     with pytest.raises(ValueError, match="domain='night'; expected one of same, background"):
         build_dataset("aebad", root, split="test", domain="night")
     with pytest.raises(ValueError, match="AeBAD-S option"):
@@ -230,15 +235,19 @@ def _make_realiad(root: Path) -> Path:
         rel = f"OK/S000{i}/audiojack_000{i}_OK_C1_2023.jpg"
         save_image(img_root / rel, (32, 32), i)
         (train if i < 2 else test).append(
-            {"category": "audiojack", "anomaly_class": "OK", "image_path": rel, "mask_path": None})
+            {"category": "audiojack", "anomaly_class": "OK", "image_path": rel, "mask_path": None}
+        )
     for i, cls in enumerate(("AK", "QS")):
         rel = f"NG/{cls}/S001{i}/audiojack_001{i}_NG_{cls}_C2_2023.jpg"
         save_image(img_root / rel, (32, 32), 10 + i)
         save_mask(img_root / rel.replace(".jpg", ".png"), (32, 32), box=(0, 0, 16, 32))
-        test.append({"category": "audiojack", "anomaly_class": cls, "image_path": rel,
-                     "mask_path": rel.replace(".jpg", ".png")})
-    write_json(root / "realiad_jsons" / "realiad_jsons" / "audiojack.json",
-               {"meta": {"normal_class": "OK"}, "train": train, "test": test})
+        test.append(
+            {"category": "audiojack", "anomaly_class": cls, "image_path": rel, "mask_path": rel.replace(".jpg", ".png")}
+        )
+    write_json(
+        root / "realiad_jsons" / "realiad_jsons" / "audiojack.json",
+        {"meta": {"normal_class": "OK"}, "train": train, "test": test},
+    )
     return root
 
 
@@ -300,9 +309,9 @@ def test_folder_several_categories(tmp_path):
 def test_unified_across_datasets_keeps_categories(tmp_path, mvtec_root):
     aebad = _make_aebad(tmp_path / "AeBAD")
     u = build_unified(
-        [dict(format="aebad", root=aebad, image_size=32, crop_size=24),
-         ("mvtec", mvtec_root, ["bottle"])],
-        split="test", image_size=24,
+        [dict(format="aebad", root=aebad, image_size=32, crop_size=24), ("mvtec", mvtec_root, ["bottle"])],
+        split="test",
+        image_size=24,
     )
     assert u.categories == ["AeBAD_S", "bottle"] and len(u) == 12 + 6
     assert u[0]["category"] == "AeBAD_S" and u[len(u) - 1]["category"] == "bottle"
@@ -310,8 +319,10 @@ def test_unified_across_datasets_keeps_categories(tmp_path, mvtec_root):
     assert u.labels.tolist()[-6:] == [1, 1, 0, 0, 1, 1]
     assert list(u.category_has_masks.values()) == [True, True]
     with pytest.raises(DatasetError, match="parts produce different image sizes"):
-        build_unified([dict(format="aebad", root=aebad, image_size=32),
-                       dict(format="mvtec", root=mvtec_root, image_size=24)], split="test")
+        build_unified(
+            [dict(format="aebad", root=aebad, image_size=32), dict(format="mvtec", root=mvtec_root, image_size=24)],
+            split="test",
+        )
 
 
 def test_unified_category_names_must_be_unique(tmp_path):
@@ -322,5 +333,9 @@ def test_unified_category_names_must_be_unique(tmp_path):
     u = build_unified([("mvtec", a), ("goodsad", b)], split="train", image_size=16, prefix_categories=True)
     assert u.categories == ["goodsad/bottle", "mvtec/bottle"]
     with pytest.raises(DatasetError, match="listed twice"):
-        build_unified([("mvtec", a, ["bottle"]), ("folder", a / "bottle", None)], split="train",
-                      image_size=16, prefix_categories=True)
+        build_unified(
+            [("mvtec", a, ["bottle"]), ("folder", a / "bottle", None)],
+            split="train",
+            image_size=16,
+            prefix_categories=True,
+        )

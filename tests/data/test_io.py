@@ -14,7 +14,6 @@ from minimaxad.data.io import check_mask_size, list_images, mask_to_uint8, probe
 
 from .helpers import photo, save_image
 
-
 # --------------------------------------------------------------------------- images
 
 
@@ -64,7 +63,9 @@ def _png_rgb16(path, arr):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def test_16bit_rgb_png(tmp_path):
@@ -100,7 +101,7 @@ def test_arrays_and_pil_inputs(tmp_path):
     rgb = photo((10, 6), 2)
     assert np.array_equal(np.asarray(load_image(rgb)), rgb)
     assert np.array_equal(np.asarray(load_image(Image.fromarray(rgb))), rgb)
-    gray16 = (rgb[..., 0].astype(np.uint16) * 257)
+    gray16 = rgb[..., 0].astype(np.uint16) * 257
     assert np.array_equal(np.asarray(load_image(gray16))[..., 2], rgb[..., 0])
     unit = rgb.astype(np.float32) / 255
     assert np.abs(np.asarray(load_image(unit)).astype(int) - rgb).max() <= 1

@@ -1,4 +1,13 @@
 from __future__ import annotations
 
-TINY = ["--backbone", "unireplknet_micro", "--encoder-weights", "none", "--image-size", "64",
-        "--batch-size", "4", "--quiet"]
+TINY = [
+    "--backbone",
+    "unireplknet_micro",
+    "--encoder-weights",
+    "none",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--quiet",
+]

@@ -30,8 +30,9 @@ def _context():
     return context
 
 
-def run_fit(argv: list[str], kill_at: tuple[str, int] | None = None, counts_file: Path | None = None,
-            timeout: float = 600) -> int | None:
+def run_fit(
+    argv: list[str], kill_at: tuple[str, int] | None = None, counts_file: Path | None = None, timeout: float = 600
+) -> int | None:
     """Run ``minimaxad`` with ``argv`` in a child; with ``kill_at=(site, n)`` the child kills
     itself at the n-th call of ``site``. Returns the child's exit code (``-SIGKILL`` when killed).
     ``counts_file`` receives the number of calls of every site (runs that are not killed)."""
@@ -65,6 +66,7 @@ def _child(argv: list[str], kill_at: tuple[str, int] | None, counts_file: str | 
         def wrapper(*args, **kwargs):
             hit(site)
             return function(*args, **kwargs)
+
         return wrapper
 
     PIL.Image.open = counting("load", PIL.Image.open)

@@ -57,8 +57,9 @@ def test_fit_per_category_then_test(synthetic_root, tmp_path, capsys):
     assert config["backbone"] == "unireplknet_micro" and config["epochs"] == 2
     # test through the CLI reproduces the numbers fit printed
     tested = tmp_path / "test"
-    assert main(["test", "--checkpoint", str(out), "--data", str(synthetic_root), "--output", str(tested),
-                 "--quiet"]) == 0
+    assert (
+        main(["test", "--checkpoint", str(out), "--data", str(synthetic_root), "--output", str(tested), "--quiet"]) == 0
+    )
     again = check_metrics_file(tested / "metrics.json", ["weave", "washer"])
     for category in ("weave", "washer"):
         for k in METRICS:
@@ -79,8 +80,23 @@ def test_no_eval_and_test_subset(synthetic_root, tmp_path):
     out = tmp_path / "noeval"
     assert main(fit_args(synthetic_root, out, "--unified", "--max-steps", "2", "--no-eval")) == 0
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").is_file()
-    assert main(["test", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(synthetic_root),
-                 "--categories", "weave", "--output", str(tmp_path / "t"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--data",
+                str(synthetic_root),
+                "--categories",
+                "weave",
+                "--output",
+                str(tmp_path / "t"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     check_metrics_file(tmp_path / "t" / "metrics.json", ["weave"])
 
 
@@ -107,8 +123,9 @@ def test_resume_matches_uninterrupted(synthetic_root, tmp_path):
 def test_resume_with_other_settings_is_refused(synthetic_root, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(fit_args(synthetic_root, out, "--unified", "--epochs", "1", "--no-eval")) == 0
-    assert main(fit_args(synthetic_root, out, "--unified", "--epochs", "1", "--no-eval", "--lr", "0.1",
-                         "--resume")) == 2
+    assert (
+        main(fit_args(synthetic_root, out, "--unified", "--epochs", "1", "--no-eval", "--lr", "0.1", "--resume")) == 2
+    )
     assert "lr: 0.005 -> 0.1" in capsys.readouterr().err
 
 
@@ -152,26 +169,66 @@ def test_corrupt_and_mismatched_checkpoints(synthetic_root, tmp_path, capsys):
     good = out / "checkpoint.pt"
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    assert main(["test", "--checkpoint", str(truncated), "--data", str(synthetic_root), "--output",
-                 str(tmp_path / "t1"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(truncated),
+                "--data",
+                str(synthetic_root),
+                "--output",
+                str(tmp_path / "t1"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "truncated.pt is unreadable or corrupt" in err
     garbage = tmp_path / "garbage.pt"
     torch.save({"hello": torch.zeros(1)}, garbage)
-    assert main(["test", "--checkpoint", str(garbage), "--data", str(synthetic_root), "--output",
-                 str(tmp_path / "t2"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(garbage),
+                "--data",
+                str(synthetic_root),
+                "--output",
+                str(tmp_path / "t2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "is not a minimaxad checkpoint" in capsys.readouterr().err
     # a checkpoint whose backbone does not match its tensors
     state = torch.load(good, weights_only=True)
     state["backbone"] = "unireplknet_a"
     torch.save(state, tmp_path / "mismatch.pt")
-    assert main(["test", "--checkpoint", str(tmp_path / "mismatch.pt"), "--data", str(synthetic_root),
-                 "--output", str(tmp_path / "t3"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(tmp_path / "mismatch.pt"),
+                "--data",
+                str(synthetic_root),
+                "--output",
+                str(tmp_path / "t3"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "does not fit unireplknet_a" in capsys.readouterr().err
 
 
 def test_checkpoint_loading_never_runs_code(tmp_path):
     """A pickle that would run code on load is refused (weights_only)."""
+
     class Evil:
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
@@ -190,9 +247,15 @@ def test_extra_data_merges_into_unified_training(synthetic_root, tmp_path):
     from minimaxad.engine.config import RunConfig
     from minimaxad.engine.runner import open_dataset
 
-    config = RunConfig(data=str(synthetic_root), format="mvtec", categories=["weave"], unified=True,
-                       image_size=80, crop_size=64,
-                       extra_datasets=[{"format": "mvtec", "root": str(synthetic_root), "categories": ["washer"]}])
+    config = RunConfig(
+        data=str(synthetic_root),
+        format="mvtec",
+        categories=["weave"],
+        unified=True,
+        image_size=80,
+        crop_size=64,
+        extra_datasets=[{"format": "mvtec", "root": str(synthetic_root), "categories": ["washer"]}],
+    )
     train = open_dataset(config, "train")
     assert sorted(train.categories) == ["washer", "weave"]
     assert len(train) == 24
@@ -207,8 +270,23 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
 
     monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as on a machine without the extra
-    args = ["fit", "--data", str(synthetic_root), "--categories", "weave", "--backbone", "unireplknet_f",
-            "--image-size", "64", "--batch-size", "4", "--max-steps", "1", "--no-eval", "--quiet"]
+    args = [
+        "fit",
+        "--data",
+        str(synthetic_root),
+        "--categories",
+        "weave",
+        "--backbone",
+        "unireplknet_f",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--no-eval",
+        "--quiet",
+    ]
     assert main([*args, "--output", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "unireplknet_f_in1k_224_acc78.6.pth" in err and "--encoder-weights PATH" in err
@@ -217,8 +295,10 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
 
     donor = MiniMaxAD("unireplknet_f")
     (tmp_path / "cache").mkdir(exist_ok=True)  # the failed download attempt may have made it
-    torch.save({"model": encoder_to_official(donor.encoder.state_dict(), donor.spec)},
-               tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.6.pth")
+    torch.save(
+        {"model": encoder_to_official(donor.encoder.state_dict(), donor.spec)},
+        tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.6.pth",
+    )
     assert main([*args, "--output", str(tmp_path / "b")]) == 0
     ckpt = read_checkpoint(tmp_path / "b" / "weave" / "checkpoint.pt")
     assert ckpt["encoder_state"] is None  # the encoder comes from its file, not the checkpoint
@@ -232,9 +312,35 @@ def test_aebad_preset_reports_each_test_domain(tmp_path):
 
     root = _make_aebad(tmp_path / "AeBAD")
     out = tmp_path / "run"
-    assert main(["fit", "--preset", "aebad", "--data", str(root), "--output", str(out), "--backbone",
-                 "unireplknet_micro", "--encoder-weights", "none", "--image-size", "80", "--crop-size", "64",
-                 "--batch-size", "2", "--max-steps", "2", "--val-fraction", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--preset",
+                "aebad",
+                "--data",
+                str(root),
+                "--output",
+                str(out),
+                "--backbone",
+                "unireplknet_micro",
+                "--encoder-weights",
+                "none",
+                "--image-size",
+                "80",
+                "--crop-size",
+                "64",
+                "--batch-size",
+                "2",
+                "--max-steps",
+                "2",
+                "--val-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "metrics.json").read_text())
     assert sorted(data["categories"]) == ["background", "illumination", "same", "view"]
     config = json.loads((out / "config.json").read_text())

@@ -27,20 +27,42 @@ import torch.multiprocessing as mp
 from minimaxad.cli import main
 from minimaxad.engine.checkpoint import read_checkpoint
 from minimaxad.engine.distributed import (
-    EpochBatchSampler, SyncBatchNorm2d, convert_sync_batchnorm, distributed_loss, revert_sync_batchnorm,
+    EpochBatchSampler,
+    SyncBatchNorm2d,
+    convert_sync_batchnorm,
+    distributed_loss,
+    revert_sync_batchnorm,
     shard_bounds,
 )
 from minimaxad.losses import compute_loss
 from minimaxad.models import MiniMaxAD
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="this PyTorch build has no torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="this PyTorch build has no torch.distributed with gloo",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # 12 weave images, global batch 11: every epoch is a batch of 11 (6 + 5 images on two ranks) and
 # a batch of 1 (rank 1 holds none): unequal shares and an empty rank in every epoch
-RUN = ["--categories", "weave", "--unified", "--backbone", "unireplknet_micro", "--encoder-weights", "none",
-       "--image-size", "64", "--batch-size", "11", "--val-fraction", "0", "--seed", "7", "--quiet"]
+RUN = [
+    "--categories",
+    "weave",
+    "--unified",
+    "--backbone",
+    "unireplknet_micro",
+    "--encoder-weights",
+    "none",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "11",
+    "--val-fraction",
+    "0",
+    "--seed",
+    "7",
+    "--quiet",
+]
 EPOCHS = 6
 
 
@@ -54,8 +76,7 @@ def test_shard_bounds_are_contiguous_and_cover_the_batch():
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_sampler_covers_every_item_once_in_the_same_global_batches(world_size):
     one = EpochBatchSampler(23, 8, seed=5, epoch=2)
-    ranks = [list(EpochBatchSampler(23, 8, seed=5, epoch=2, rank=r, world_size=world_size))
-             for r in range(world_size)]
+    ranks = [list(EpochBatchSampler(23, 8, seed=5, epoch=2, rank=r, world_size=world_size)) for r in range(world_size)]
     assert all(len(batches) == len(one) == 3 for batches in ranks)
     # the ranks' slices, joined in rank order, are the one-process batches
     joined = [sum((ranks[r][step] for r in range(world_size)), []) for step in range(3)]
@@ -99,8 +120,7 @@ def test_sync_batchnorm_conversion_round_trips_to_plain_batchnorm():
 
 # -- losses and BatchNorm in two gloo processes --------------------------------------------------
 SHAPES = [(16, 16, 16), (32, 8, 8), (64, 4, 4)]  # unireplknet_micro's maps of a 64-px image
-LOSS_CASES = [("adc", "global"), ("adc", "per-rank"), ("global", "global"), ("local", "global"),
-              ("local-hm", "global")]
+LOSS_CASES = [("adc", "global"), ("adc", "per-rank"), ("global", "global"), ("local", "global"), ("local-hm", "global")]
 GLOBAL_BATCHES = (5, 1)  # split 3 + 2, and 1 + 0 (an empty rank)
 
 
@@ -113,8 +133,7 @@ def make_features(batch: int, seed: int) -> tuple[list[torch.Tensor], list[torch
 
 def make_bn_input(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(11)
-    return (3 * torch.randn(batch, 4, 6, 6, generator=generator) + 1,
-            torch.randn(batch, 4, 6, 6, generator=generator))
+    return (3 * torch.randn(batch, 4, 6, 6, generator=generator) + 1, torch.randn(batch, 4, 6, 6, generator=generator))
 
 
 def _two_process_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
@@ -129,14 +148,22 @@ def _two_process_worker(rank: int, world_size: int, init_file: str, out_dir: str
                 if mode == "per-rank" and stop == start:
                     continue
                 local = [d[start:stop].clone().requires_grad_(True) for d in decoder]
-                share = distributed_loss(name, [e[start:stop] for e in encoder], local, 64, global_batch=batch,
-                                         adc_mode=mode)
+                share = distributed_loss(
+                    name, [e[start:stop] for e in encoder], local, 64, global_batch=batch, adc_mode=mode
+                )
                 share.backward()
                 results[(batch, name, mode)] = (share.item(), [d.grad for d in local])
             # the ADC pixel limit of a nominal batch of 8 (the authors' num_lim), exact form
             local = [d[start:stop].clone().requires_grad_(True) for d in decoder]
-            share = distributed_loss("adc", [e[start:stop] for e in encoder], local, 64, global_batch=batch,
-                                     adc_mode="global", limit_batch_size=8)
+            share = distributed_loss(
+                "adc",
+                [e[start:stop] for e in encoder],
+                local,
+                64,
+                global_batch=batch,
+                adc_mode="global",
+                limit_batch_size=8,
+            )
             share.backward()
             results[(batch, "adc", "global-nominal-8")] = (share.item(), [d.grad for d in local])
             x, weights = make_bn_input(batch)
@@ -149,8 +176,13 @@ def _two_process_worker(rank: int, world_size: int, init_file: str, out_dir: str
             (out * weights[start:stop]).sum().backward()
             grads = torch.cat([bn.weight.grad, bn.bias.grad])
             dist.all_reduce(grads)  # what DDP's gradient all-reduce sums (before its 1/N)
-            results[(batch, "bn")] = (out.detach(), local_x.grad, grads, bn.running_mean.clone(),
-                                      bn.running_var.clone())
+            results[(batch, "bn")] = (
+                out.detach(),
+                local_x.grad,
+                grads,
+                bn.running_mean.clone(),
+                bn.running_var.clone(),
+            )
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -226,7 +258,7 @@ def test_sync_batchnorm_on_gloo_equals_batchnorm_on_the_global_batch(two_process
 
 
 # -- torchrun, end to end -------------------------------------------------------------------------
-AUDIT_HOOK = '''
+AUDIT_HOOK = """
 import os, sys
 _watch, _log = os.environ.get("AUDIT_WATCH"), os.environ.get("AUDIT_LOG_DIR")
 if _watch and _log and "RANK" in os.environ:
@@ -247,24 +279,33 @@ if _watch and _log and "RANK" in os.environ:
                 handle.write(event + " " + os.fsdecode(path) + "\\n")
 
     sys.addaudithook(_hook)
-'''
+"""
 
 
 def torchrun(args: list[str], env_extra: dict[str, str], **popen) -> subprocess.Popen:
     """``python -m torch.distributed.run --standalone --nproc-per-node 2 -m minimaxad fit ...``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **env_extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env_extra.get("PYTHONPATH"), str(REPO_ROOT / "src"),
-                                                    os.environ.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "minimaxad", "fit", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (env_extra.get("PYTHONPATH"), str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "minimaxad",
+        "fit",
+        *args,
+    ]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def kill_torchrun(pid: int) -> None:
     """SIGKILL torchrun's process group and its workers' (torchrun starts each in its own session)."""
-    workers = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-               if _parent_pid(stat) == pid]
+    workers = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _parent_pid(stat) == pid]
     os.killpg(pid, signal.SIGKILL)
     for worker in workers:
         try:
@@ -317,8 +358,22 @@ def one_process_run(synthetic_root, tmp_path_factory) -> SimpleNamespace:
     folder = tmp_path_factory.mktemp("single")
     os.environ["MINIMAXAD_TRACE_BATCHES"] = str(folder / "trace")
     try:
-        assert main(["fit", "--data", str(synthetic_root), "--output", str(folder / "run"), *RUN,
-                     "--epochs", str(EPOCHS), "--no-eval"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "--data",
+                    str(synthetic_root),
+                    "--output",
+                    str(folder / "run"),
+                    *RUN,
+                    "--epochs",
+                    str(EPOCHS),
+                    "--no-eval",
+                ]
+            )
+            == 0
+        )
     finally:
         del os.environ["MINIMAXAD_TRACE_BATCHES"]
     return SimpleNamespace(out=folder / "run", trace=read_trace(folder / "trace"))
@@ -331,9 +386,17 @@ def two_process_run(synthetic_root, tmp_path_factory) -> SimpleNamespace:
     audit.mkdir()
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
-    output = finish(torchrun(["--data", str(synthetic_root), "--output", str(out), *RUN, "--epochs", str(EPOCHS)],
-                             {"MINIMAXAD_TRACE_BATCHES": str(folder / "trace"), "PYTHONPATH": str(hook),
-                              "AUDIT_WATCH": str(out), "AUDIT_LOG_DIR": str(audit)}))
+    output = finish(
+        torchrun(
+            ["--data", str(synthetic_root), "--output", str(out), *RUN, "--epochs", str(EPOCHS)],
+            {
+                "MINIMAXAD_TRACE_BATCHES": str(folder / "trace"),
+                "PYTHONPATH": str(hook),
+                "AUDIT_WATCH": str(out),
+                "AUDIT_LOG_DIR": str(audit),
+            },
+        )
+    )
     return SimpleNamespace(out=out, output=output, audit=audit, trace=read_trace(folder / "trace"))
 
 
@@ -378,8 +441,17 @@ def test_torchrun_only_rank_0_writes_files(two_process_run):
     for name in ("config.json", "train.log", "last.pt", "checkpoint.pt", "metrics.json", "report.html"):
         assert f"/{name}" in written, name
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "config.json", "evaluation.npz", "last.pt", "metrics.csv", "metrics.json", "report.html",
-         "train.log"])
+        [
+            "checkpoint.pt",
+            "config.json",
+            "evaluation.npz",
+            "last.pt",
+            "metrics.csv",
+            "metrics.json",
+            "report.html",
+            "train.log",
+        ]
+    )
     log = (out / "train.log").read_text()
     assert "distributed: 2 processes (gloo), global-batch BatchNorm statistics, ADC thresholds global" in log
     assert log.count("epoch 0 done") == 1  # one writer
@@ -388,8 +460,18 @@ def test_torchrun_only_rank_0_writes_files(two_process_run):
 
 def test_killed_torchrun_run_resumes_to_the_same_weights(synthetic_root, two_process_run, tmp_path):
     out = tmp_path / "killed"
-    args = ["--data", str(synthetic_root), "--output", str(out), *RUN, "--epochs", str(EPOCHS), "--no-eval",
-            "--checkpoint-every", "1"]
+    args = [
+        "--data",
+        str(synthetic_root),
+        "--output",
+        str(out),
+        *RUN,
+        "--epochs",
+        str(EPOCHS),
+        "--no-eval",
+        "--checkpoint-every",
+        "1",
+    ]
     process = torchrun(args, {}, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (out / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline:

@@ -16,7 +16,11 @@ import torch
 
 from minimaxad.cli import main
 from minimaxad.engine.checkpoint import (
-    CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint, remove_stale_temporaries,
+    CheckpointError,
+    CheckpointWriteError,
+    atomic_torch_save,
+    read_checkpoint,
+    remove_stale_temporaries,
 )
 from minimaxad.files import atomic_write
 
@@ -75,8 +79,27 @@ def bad_checkpoints(folder: Path, good: Path, marker: Path) -> dict[str, tuple[P
 @pytest.fixture(scope="module")
 def good_checkpoint(synthetic_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("good") / "run"
-    assert main(["fit", "--data", str(synthetic_root), "--output", str(out), *TINY, "--image-size", "32", "--unified",
-                 "--max-steps", "1", "--no-eval", "--val-fraction", "0"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(synthetic_root),
+                "--output",
+                str(out),
+                *TINY,
+                "--image-size",
+                "32",
+                "--unified",
+                "--max-steps",
+                "1",
+                "--no-eval",
+                "--val-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     return out / "checkpoint.pt"
 
 
@@ -91,8 +114,10 @@ def test_bad_checkpoints_give_a_clear_error_and_never_run_code(good_checkpoint, 
             read_checkpoint(path)
         message = str(caught.value)
         assert str(path) in message and phrase in message, (name, message)
-        for command in (["test", "--checkpoint", str(path), "--data", str(synthetic_root)],
-                        ["predict", "--checkpoint", str(path), str(photo)]):
+        for command in (
+            ["test", "--checkpoint", str(path), "--data", str(synthetic_root)],
+            ["predict", "--checkpoint", str(path), str(photo)],
+        ):
             assert main([*command, "--output", str(tmp_path / f"out-{name}"), "--quiet"]) == 2, name
             assert str(path) in capsys.readouterr().err, name
     assert not marker.exists(), "a checkpoint's code ran"
@@ -120,7 +145,7 @@ class FullDisk:
 
             def write(self, data):
                 if len(data) > disk.budget:  # what fits is written, then the disk is full
-                    handle.write(data[:disk.budget])
+                    handle.write(data[: disk.budget])
                     disk.budget = 0
                     disk.failures += 1
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -244,4 +269,7 @@ def test_stale_temporaries_are_removed_but_checkpoints_kept(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".checkpoint.pt.x.tmp", ".last.pt.abc123.tmp"]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
-        ".hidden.tmp", "cat/checkpoint.pt", "last.pt"]
+        ".hidden.tmp",
+        "cat/checkpoint.pt",
+        "last.pt",
+    ]

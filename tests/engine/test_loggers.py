@@ -14,9 +14,29 @@ STEPS = 4
 
 
 def fit_args(root, out, *extra):
-    return ["fit", "--data", str(root), "--output", str(out), "--backbone", "unireplknet_micro",
-            "--encoder-weights", "none", "--image-size", "64", "--batch-size", "4", "--max-steps", str(STEPS),
-            "--lr", "0.003", "--val-fraction", "0.25", "--quiet", *extra]
+    return [
+        "fit",
+        "--data",
+        str(root),
+        "--output",
+        str(out),
+        "--backbone",
+        "unireplknet_micro",
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        str(STEPS),
+        "--lr",
+        "0.003",
+        "--val-fraction",
+        "0.25",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,8 @@ def test_tensorboard_events_read_back(logged_run):
         csv_losses = [float(r["loss"]) for r in csv.DictReader(handle)]
     assert [e.value for e in losses] == pytest.approx(csv_losses, rel=1e-5)
     assert events.Scalars("test/washer/aupro_200")[0].value == pytest.approx(
-        metrics["categories"]["washer"]["aupro_200"], rel=1e-5)
+        metrics["categories"]["washer"]["aupro_200"], rel=1e-5
+    )
     assert events.Scalars("test/mean/i_auroc")[0].value == pytest.approx(metrics["mean"]["i_auroc"], rel=1e-5)
 
 

@@ -18,24 +18,40 @@ from tests.data.test_formats import _make_aebad, _make_mad, _make_realiad
 
 DOMAINS = ["background", "illumination", "same", "view"]
 COMMON_KEYS = {"i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro", "aupro_200"}
-TINY = ["--backbone", "unireplknet_micro", "--encoder-weights", "none", "--batch-size", "2", "--max-steps", "2",
-        "--seed", "1", "--quiet"]
+TINY = [
+    "--backbone",
+    "unireplknet_micro",
+    "--encoder-weights",
+    "none",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "2",
+    "--seed",
+    "1",
+    "--quiet",
+]
 
 
 def _tree(preset: str, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
     """(data root, extra fit arguments, the result keys expected in metrics.json)."""
     small = dict(n_train=3, n_good=1, n_defect=1, size=(40, 36))
     if preset == "goodsad":
-        root = make_mvtec(tmp_path / "GoodsAD", categories=("drink_can", "food_box"), defects=("dent",),
-                          ext=".jpg", mask_suffix="", **small)
+        root = make_mvtec(
+            tmp_path / "GoodsAD",
+            categories=("drink_can", "food_box"),
+            defects=("dent",),
+            ext=".jpg",
+            mask_suffix="",
+            **small,
+        )
         return root, ["--image-size", "64"], ["drink_can", "food_box"]
     if preset in ("mvtec-uni",):
         root = make_mvtec(tmp_path / "MVTec", categories=("bottle", "grid"), defects=("crack",), **small)
         return root, ["--image-size", "64"], ["bottle", "grid"]
     if preset in ("visa", "visa-uni"):
         base = tmp_path / "VisA_pytorch"
-        make_mvtec(base / "1cls", categories=("candle", "pcb1"), defects=("bad",), ext=".JPG", mask_suffix="",
-                   **small)
+        make_mvtec(base / "1cls", categories=("candle", "pcb1"), defects=("bad",), ext=".JPG", mask_suffix="", **small)
         return base, ["--image-size", "64"], ["candle", "pcb1"]
     if preset == "mad-sim":
         return _make_mad(tmp_path / "MAD", "MAD-Sim"), ["--image-size", "64"], ["01Gorilla", "02Unicorn"]
@@ -46,13 +62,25 @@ def _tree(preset: str, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
     if preset == "aebad-mvtec":
         mvtec = make_mvtec(tmp_path / "MVTec", categories=("bottle", "grain"), defects=("crack",), **small)
         root = _make_aebad(tmp_path / "AeBAD")
-        return (root, ["--image-size", "80", "--crop-size", "64", "--extra-data", f"mvtec={mvtec}"],
-                ["bottle", "grain", *(f"AeBAD_S/{d}" for d in DOMAINS)])
+        return (
+            root,
+            ["--image-size", "80", "--crop-size", "64", "--extra-data", f"mvtec={mvtec}"],
+            ["bottle", "grain", *(f"AeBAD_S/{d}" for d in DOMAINS)],
+        )
     raise AssertionError(preset)
 
 
-PAPER_PRESETS = ["goodsad", "mvtec-uni", "visa-uni", "visa", "aebad", "mad-sim", "aebad-mvtec", "realiad",
-                 "realiad-uni"]
+PAPER_PRESETS = [
+    "goodsad",
+    "mvtec-uni",
+    "visa-uni",
+    "visa",
+    "aebad",
+    "mad-sim",
+    "aebad-mvtec",
+    "realiad",
+    "realiad-uni",
+]
 
 
 def test_every_paper_preset_is_covered():
@@ -103,8 +131,12 @@ def test_test_protocol_overrides_the_stored_one(tmp_path):
     out = tmp_path / "run"
     assert main(["fit", "--preset", "aebad", "--data", str(root), "--output", str(out), *TINY, *extra]) == 0
     theirs = json.loads((out / "metrics.json").read_text())
-    assert main(["test", "--checkpoint", str(out), "--output", str(tmp_path / "common"), "--protocol", "single",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["test", "--checkpoint", str(out), "--output", str(tmp_path / "common"), "--protocol", "single", "--quiet"]
+        )
+        == 0
+    )
     common = json.loads((tmp_path / "common" / "metrics.json").read_text())
     assert common["protocol"] == "single" and set(common["categories"]["same"]) == COMMON_KEYS
     assert json.loads((tmp_path / "common" / "config.json").read_text())["protocol"]["name"] == "single"

@@ -15,7 +15,7 @@ from minimaxad.data import UnifiedDataset, build_dataset, calibration_subset, sp
 from minimaxad.data.transforms import RandomResizedCropFlip, Transform
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.protocol import PROTOCOLS, Protocol, get_protocol
-from minimaxad.presets import PRESETS, get_preset
+from minimaxad.presets import get_preset
 from minimaxad.reporting.results import format_paper_table, format_table, seed_spread, write_metrics
 from tests.data.helpers import make_mvtec
 from tests.data.test_formats import _make_aebad
@@ -37,11 +37,20 @@ def test_protocol_round_trips_and_checks_its_rules():
     assert get_protocol(None).name == "single"
 
 
-@pytest.mark.parametrize("preset, drop_last, top_ratio, evaluation", [
-    ("mvtec-uni", True, 0.01, "common"), ("visa-uni", True, 0.01, "common"), ("goodsad", False, 0.01, "common"),
-    ("visa", False, 0.0, "common"), ("aebad", False, 0.0, "aebad-evaluate"), ("aebad-mvtec", True, 0.01, "common"),
-    ("realiad", False, 0.01, "common"), ("realiad-uni", True, 0.01, "common"), ("mad-sim", False, 0.01, "common"),
-])
+@pytest.mark.parametrize(
+    "preset, drop_last, top_ratio, evaluation",
+    [
+        ("mvtec-uni", True, 0.01, "common"),
+        ("visa-uni", True, 0.01, "common"),
+        ("goodsad", False, 0.01, "common"),
+        ("visa", False, 0.0, "common"),
+        ("aebad", False, 0.0, "aebad-evaluate"),
+        ("aebad-mvtec", True, 0.01, "common"),
+        ("realiad", False, 0.01, "common"),
+        ("realiad-uni", True, 0.01, "common"),
+        ("mad-sim", False, 0.01, "common"),
+    ],
+)
 def test_presets_carry_their_scripts_protocol(preset, drop_last, top_ratio, evaluation):
     config = RunConfig().updated(**get_preset(preset))
     protocol = get_protocol(config.protocol)
@@ -62,7 +71,12 @@ def test_realiad_presets():
 def test_aebad_protocol_rules():
     p = get_protocol("aebad")
     assert (p.level_merge, p.smoothing, p.image_score, p.aupro, p.mask_rule) == (
-        "sum", "scipy-gaussian-sigma4-reflect", "max-pixel", "per-image-mean", "resize-crop-relabel-max")
+        "sum",
+        "scipy-gaussian-sigma4-reflect",
+        "max-pixel",
+        "per-image-mean",
+        "resize-crop-relabel-max",
+    )
     assert p.reported == ("i_auroc", "p_auroc", "aupro") and p.averaged_over == "domains"
 
 
@@ -77,19 +91,35 @@ def test_presets_verbose_lists_protocols(capsys):
 def test_cli_protocol_option_overrides_the_preset(tmp_path):
     from minimaxad.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["fit", "--preset", "visa", "--protocol", "unified", "--data", "x",
-                                      "--output", str(tmp_path)])
+    args = build_parser().parse_args(
+        ["fit", "--preset", "visa", "--protocol", "unified", "--data", "x", "--output", str(tmp_path)]
+    )
     config = config_from_args(args)
     assert config.protocol["name"] == "unified" and config.drop_last and config.top_ratio == 0.01
-    args = build_parser().parse_args(["fit", "--preset", "visa", "--protocol", "unified", "--top-ratio", "0",
-                                      "--data", "x", "--output", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "fit",
+            "--preset",
+            "visa",
+            "--protocol",
+            "unified",
+            "--top-ratio",
+            "0",
+            "--data",
+            "x",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert config_from_args(args).top_ratio == 0.0  # an explicit option still wins
 
 
 # -- seeds ------------------------------------------------------------------------------------
 def _summary(a, b):
-    return {"categories": {"bottle": {"i_auroc": a, "aupro": 0.5}, "grid": {"i_auroc": b, "aupro": 0.7}},
-            "mean": {"i_auroc": (a + b) / 2, "aupro": 0.6}}
+    return {
+        "categories": {"bottle": {"i_auroc": a, "aupro": 0.5}, "grid": {"i_auroc": b, "aupro": 0.7}},
+        "mean": {"i_auroc": (a + b) / 2, "aupro": 0.6},
+    }
 
 
 def test_seed_spread_mean_and_std_per_category_and_metric(tmp_path):
@@ -112,9 +142,13 @@ def test_seed_spread_mean_and_std_per_category_and_metric(tmp_path):
 
 
 def test_aebad_table_has_the_papers_layout():
-    summary = {"categories": {d: {"i_auroc": 0.5 + i / 10, "p_auroc": 0.6, "aupro": 0.4}
-                              for i, d in enumerate(["same", "background", "illumination", "view"])},
-               "mean": {"i_auroc": 0.65, "p_auroc": 0.6, "aupro": 0.4}}
+    summary = {
+        "categories": {
+            d: {"i_auroc": 0.5 + i / 10, "p_auroc": 0.6, "aupro": 0.4}
+            for i, d in enumerate(["same", "background", "illumination", "view"])
+        },
+        "mean": {"i_auroc": 0.65, "p_auroc": 0.6, "aupro": 0.4},
+    }
     lines = format_paper_table(summary, get_protocol("aebad")).splitlines()
     assert lines[0].split() == ["metric", "same", "background", "illumination", "view", "mean"]
     assert lines[2].split() == ["I-AUROC", "50.0", "60.0", "70.0", "80.0", "65.0"]
@@ -124,8 +158,26 @@ def test_aebad_table_has_the_papers_layout():
 @pytest.mark.slow
 def test_fit_seeds_writes_the_spread(synthetic_root, tmp_path):
     out = tmp_path / "seeds"
-    assert main(["fit", "--data", str(synthetic_root), "--categories", "weave", "--output", str(out), *TINY,
-                 "--max-steps", "1", "--seeds", "1", "11"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(synthetic_root),
+                "--categories",
+                "weave",
+                "--output",
+                str(out),
+                *TINY,
+                "--max-steps",
+                "1",
+                "--seeds",
+                "1",
+                "11",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["seeds"] == [1, 11] and sorted(doc["runs"]) == ["1", "11"]
     for seed in ("1", "11"):
@@ -188,8 +240,11 @@ def test_aebad_training_crop_is_taken_from_the_original_photo(tmp_path):
 def test_a_test_domain_uses_its_categorys_thresholds():
     from minimaxad.engine.thresholds import resolve_thresholds
 
-    calibration = {"image": {"value": 1.0}, "pixel": {"value": 2.0},
-                   "per_category": {"AeBAD_S": {"image": {"value": 5.0}, "pixel": {"value": 6.0}}}}
+    calibration = {
+        "image": {"value": 1.0},
+        "pixel": {"value": 2.0},
+        "per_category": {"AeBAD_S": {"image": {"value": 5.0}, "pixel": {"value": 6.0}}},
+    }
     assert resolve_thresholds(calibration, category="AeBAD_S/view")["image"]["value"] == 5.0
     assert resolve_thresholds(calibration, category="bottle")["image"]["value"] == 1.0
 

@@ -13,7 +13,11 @@ from minimaxad.engine.checkpoint import read_checkpoint
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import current_context
 from minimaxad.engine.resume import (
-    FREE_WHEN_RESUMING, ResumeError, check_resume_compatible, data_fingerprint, resume_differences,
+    FREE_WHEN_RESUMING,
+    ResumeError,
+    check_resume_compatible,
+    data_fingerprint,
+    resume_differences,
 )
 from minimaxad.engine.trainer import Batch, TrainingRun
 
@@ -23,8 +27,24 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def fit_args(root, out, *extra):
-    return ["fit", "--data", str(root), "--format", "mvtec", "--output", str(out), *TINY, "--image-size", "32",
-            "--categories", "weave", "--val-fraction", "0", "--no-eval", *extra]
+    return [
+        "fit",
+        "--data",
+        str(root),
+        "--format",
+        "mvtec",
+        "--output",
+        str(out),
+        *TINY,
+        "--image-size",
+        "32",
+        "--categories",
+        "weave",
+        "--val-fraction",
+        "0",
+        "--no-eval",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -35,23 +55,62 @@ def data_copy(synthetic_root, tmp_path):
 
 def test_every_training_setting_is_compared():
     compared = set(RunConfig().to_dict()) - FREE_WHEN_RESUMING
-    assert {"val_fraction", "format", "categories", "augment", "extra_datasets", "p_hard", "p_lim", "betas", "lr",
-            "loss", "seed", "batch_size", "epochs", "image_size", "crop_size", "lr_gamma", "weight_decay",
-            "backbone", "unified", "precision", "skip_bad_images", "sync_batchnorm", "adc_sync"} <= compared
+    assert {
+        "val_fraction",
+        "format",
+        "categories",
+        "augment",
+        "extra_datasets",
+        "p_hard",
+        "p_lim",
+        "betas",
+        "lr",
+        "loss",
+        "seed",
+        "batch_size",
+        "epochs",
+        "image_size",
+        "crop_size",
+        "lr_gamma",
+        "weight_decay",
+        "backbone",
+        "unified",
+        "precision",
+        "skip_bad_images",
+        "sync_batchnorm",
+        "adc_sync",
+    } <= compared
     assert "max_steps" not in compared and "data" not in compared  # the data's files are compared instead
 
 
 def test_differences_are_all_listed():
-    config = RunConfig(data="/d", val_fraction=0.1, p_hard=0.9999, betas=(0.9, 0.999), augment=False,
-                       extra_datasets=[])
-    state = {"config": config.to_dict(), "training_state": {"data": None}, "path": "run/last.pt",
-             "encoder_weights": {"identity": "unireplknet_n@abc123"}}
-    changed = config.updated(val_fraction=0.2, p_hard=0.99, betas=(0.5, 0.9), augment=True, lr=0.1,
-                             extra_datasets=[{"format": "mvtec", "root": "/m"}], max_steps=5, data="/moved")
+    config = RunConfig(data="/d", val_fraction=0.1, p_hard=0.9999, betas=(0.9, 0.999), augment=False, extra_datasets=[])
+    state = {
+        "config": config.to_dict(),
+        "training_state": {"data": None},
+        "path": "run/last.pt",
+        "encoder_weights": {"identity": "unireplknet_n@abc123"},
+    }
+    changed = config.updated(
+        val_fraction=0.2,
+        p_hard=0.99,
+        betas=(0.5, 0.9),
+        augment=True,
+        lr=0.1,
+        extra_datasets=[{"format": "mvtec", "root": "/m"}],
+        max_steps=5,
+        data="/moved",
+    )
     found = resume_differences(state, changed, encoder_identity="unireplknet_n@def456")
-    assert found == ["augment: False -> True", "extra_datasets: [] -> [{'format': 'mvtec', 'root': '/m'}]",
-                     "p_hard: 0.9999 -> 0.99", "lr: 0.005 -> 0.1", "betas: [0.9, 0.999] -> [0.5, 0.9]",
-                     "val_fraction: 0.1 -> 0.2", "encoder weights: unireplknet_n@abc123 -> unireplknet_n@def456"]
+    assert found == [
+        "augment: False -> True",
+        "extra_datasets: [] -> [{'format': 'mvtec', 'root': '/m'}]",
+        "p_hard: 0.9999 -> 0.99",
+        "lr: 0.005 -> 0.1",
+        "betas: [0.9, 0.999] -> [0.5, 0.9]",
+        "val_fraction: 0.1 -> 0.2",
+        "encoder weights: unireplknet_n@abc123 -> unireplknet_n@def456",
+    ]
     with pytest.raises(ResumeError, match="cannot --resume run/last.pt.*val_fraction: 0.1 -> 0.2"):
         check_resume_compatible(state, changed)
     check_resume_compatible(state, config.updated(max_steps=5, data="/moved", workers=2))  # free to change
@@ -80,8 +139,7 @@ def test_data_fingerprint_sees_added_removed_renamed_and_edited_files(tmp_path):
 def test_resume_with_other_settings_or_data_is_refused(data_copy, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(fit_args(data_copy, out, "--epochs", "2", "--max-steps", "2")) == 0
-    assert main(fit_args(data_copy, out, "--epochs", "2", "--resume", "--val-fraction", "0.5",
-                         "--p-lim", "0.9")) == 2
+    assert main(fit_args(data_copy, out, "--epochs", "2", "--resume", "--val-fraction", "0.5", "--p-lim", "0.9")) == 2
     err = capsys.readouterr().err
     assert "val_fraction: 0.0 -> 0.5" in err and "p_lim: 0.9995 -> 0.9" in err
     extra = data_copy / "weave" / "train" / "good" / "zzz_new.png"
@@ -108,14 +166,16 @@ def test_mid_epoch_resume_is_exact_and_keeps_the_schedule_in_phase(synthetic_roo
     assert b["training_state"]["step"] == a["training_state"]["step"] == 6
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert a["training_state"]["scheduler"] == b["training_state"]["scheduler"]
-    for sa, sb in zip(a["training_state"]["optimizer"]["state"].values(),
-                      b["training_state"]["optimizer"]["state"].values()):
+    for sa, sb in zip(
+        a["training_state"]["optimizer"]["state"].values(), b["training_state"]["optimizer"]["state"].values()
+    ):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_a_skipped_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
-    config = RunConfig(backbone="unireplknet_micro", encoder_weights="none", image_size=32, batch_size=2,
-                       device="cpu", epochs=1)
+    config = RunConfig(
+        backbone="unireplknet_micro", encoder_weights="none", image_size=32, batch_size=2, device="cpu", epochs=1
+    )
     run = TrainingRun(config, tmp_path, ["x"], current_context())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,8 +183,11 @@ def test_a_skipped_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
     run.network.train()
 
     def statistics():
-        return {k: v.clone() for k, v in run.model.state_dict().items()
-                if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        return {
+            k: v.clone()
+            for k, v in run.model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        }
 
     weights = {k: v.clone() for k, v in run.model.trainable_state_dict().items()}
     before = statistics()
@@ -137,4 +200,3 @@ def test_a_skipped_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
     run.step(Batch(torch.randn(2, 3, 32, 32), 2, [0, 1], ["a", "b"]))  # a finite step does move them
     moved = statistics()
     assert any(not torch.equal(before[k], moved[k]) for k in before if k.endswith("running_mean"))
-

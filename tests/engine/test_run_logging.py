@@ -52,7 +52,20 @@ def test_test_after_fit_in_one_process(trained_checkpoint, synthetic_root, tmp_p
     train_log = trained_checkpoint.parent / "train.log"
     before = train_log.read_text()
     out = tmp_path / "evaluation"
-    assert main(["test", "--checkpoint", str(trained_checkpoint), "--data", str(synthetic_root), "--output",
-                 str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(trained_checkpoint),
+                "--data",
+                str(synthetic_root),
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert train_log.read_text() == before
     assert (out / "test.log").is_file() and run_handlers() == []

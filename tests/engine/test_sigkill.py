@@ -27,9 +27,32 @@ SEED = int(os.environ.get("MINIMAXAD_KILL_SEED", "14"))
 
 
 def fit_argv(root, out, *extra):
-    return ["fit", "--data", str(root), "--categories", "weave", "--backbone", "unireplknet_micro",
-            "--encoder-weights", "none", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
-            "--val-fraction", "0", "--no-eval", "--checkpoint-every", "1", "--quiet", "--output", str(out), *extra]
+    return [
+        "fit",
+        "--data",
+        str(root),
+        "--categories",
+        "weave",
+        "--backbone",
+        "unireplknet_micro",
+        "--encoder-weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0",
+        "--no-eval",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        "--output",
+        str(out),
+        *extra,
+    ]
 
 
 def kill_points(counts: dict[str, int], seed: int) -> list[tuple[str, int]]:
@@ -42,7 +65,7 @@ def kill_points(counts: dict[str, int], seed: int) -> list[tuple[str, int]]:
 
 
 def same_run(a: dict, b: dict) -> bool:
-    return (a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -65,13 +88,24 @@ def test_sigkill_at_20_points_then_resume(synthetic_root, tmp_path):
         assert run_fit(fit_argv(synthetic_root, out, "--resume")) == 0, (site, n)
         resumed = read_checkpoint(out / "weave" / "checkpoint.pt")
         last = read_checkpoint(out / "weave" / "last.pt")["training_state"]
-        identical = (same_run(resumed["state"], reference["state"])
-                     and resumed["thresholds"]["image"]["value"] == reference["thresholds"]["image"]["value"]
-                     and last["scheduler"] == reference_last["scheduler"]
-                     and all(same_run(x, y) for x, y in zip(last["optimizer"]["state"].values(),
-                                                             reference_last["optimizer"]["state"].values())))
-        outcomes.append({"site": site, "call": n, "checkpoints_left": [p.name for p in checkpoints],
-                         "identical": identical, "temporary_files_left": len(list(out.rglob(".*.tmp")))})
+        identical = (
+            same_run(resumed["state"], reference["state"])
+            and resumed["thresholds"]["image"]["value"] == reference["thresholds"]["image"]["value"]
+            and last["scheduler"] == reference_last["scheduler"]
+            and all(
+                same_run(x, y)
+                for x, y in zip(last["optimizer"]["state"].values(), reference_last["optimizer"]["state"].values())
+            )
+        )
+        outcomes.append(
+            {
+                "site": site,
+                "call": n,
+                "checkpoints_left": [p.name for p in checkpoints],
+                "identical": identical,
+                "temporary_files_left": len(list(out.rglob(".*.tmp"))),
+            }
+        )
     print("\nSIGKILL suite (seed %d):" % SEED)
     for site in QUOTA:
         mine = [o for o in outcomes if o["site"] == site]

@@ -16,8 +16,10 @@ from minimaxad.engine.trainer import TrainingError, adc_limit_batch_size, train
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_sampler_cuts_the_same_global_batches_for_every_world_size(world_size, drop_last):
     n, b = 23, 5
-    samplers = [EpochBatchSampler(n, b, seed=3, epoch=1, rank=r, world_size=world_size, drop_last=drop_last)
-                for r in range(world_size)]
+    samplers = [
+        EpochBatchSampler(n, b, seed=3, epoch=1, rank=r, world_size=world_size, drop_last=drop_last)
+        for r in range(world_size)
+    ]
     expected = EpochBatchSampler(n, b, seed=3, epoch=1, drop_last=drop_last).global_batches()
     assert [len(g) for g in expected] == ([5, 5, 5, 5] if drop_last else [5, 5, 5, 5, 3])
     per_rank = [list(s) for s in samplers]
@@ -38,9 +40,20 @@ def test_sampler_refuses_to_drop_every_batch():
 
 
 def tiny_config(root, **overrides) -> RunConfig:
-    values = dict(data=str(root), format="mvtec", categories=["weave"], backbone="unireplknet_micro",
-                  encoder_weights="none", image_size=32, batch_size=5, epochs=1, val_fraction=0.0,
-                  evaluate=False, seed=7, checkpoint_every=0)
+    values = dict(
+        data=str(root),
+        format="mvtec",
+        categories=["weave"],
+        backbone="unireplknet_micro",
+        encoder_weights="none",
+        image_size=32,
+        batch_size=5,
+        epochs=1,
+        val_fraction=0.0,
+        evaluate=False,
+        seed=7,
+        checkpoint_every=0,
+    )
     values.update(overrides)
     return RunConfig(**values)
 
@@ -97,8 +110,14 @@ def test_the_short_batch_takes_the_branch_of_the_nominal_limit(synthetic_root, t
 def test_single_class_run_refuses_nothing_and_drop_last_refuses_a_tiny_set(synthetic_root, tmp_path):
     dataset = build_dataset("mvtec", synthetic_root, split="train", categories=["weave"], image_size=32)
     with pytest.raises(TrainingError, match="lower --batch-size to at most 12"):
-        train(tiny_config(synthetic_root, drop_last=True, batch_size=16), dataset, None, tmp_path / "r",
-              categories=["weave"], progress=False)
+        train(
+            tiny_config(synthetic_root, drop_last=True, batch_size=16),
+            dataset,
+            None,
+            tmp_path / "r",
+            categories=["weave"],
+            progress=False,
+        )
     assert adc_limit_batch_size(tiny_config(synthetic_root)) == 5
     assert adc_limit_batch_size(tiny_config(synthetic_root, adc_limit_batch="actual")) is None
     with pytest.raises(ValueError, match="expected 'nominal'"):

@@ -14,9 +14,20 @@ from minimaxad.models import MiniMaxAD
 
 
 def tiny_config(root, **overrides):
-    values = dict(data=str(root), format="mvtec", categories=["weave"], unified=True,
-                  backbone="unireplknet_micro", encoder_weights="none", image_size=64, batch_size=4,
-                  val_fraction=0.0, evaluate=False, seed=7, checkpoint_every=0)
+    values = dict(
+        data=str(root),
+        format="mvtec",
+        categories=["weave"],
+        unified=True,
+        backbone="unireplknet_micro",
+        encoder_weights="none",
+        image_size=64,
+        batch_size=4,
+        val_fraction=0.0,
+        evaluate=False,
+        seed=7,
+        checkpoint_every=0,
+    )
     values.update(overrides)
     return RunConfig(**values)
 
@@ -31,8 +42,12 @@ def test_one_engine_step_equals_the_authors_step(synthetic_root, tmp_path, loss)
     seed_everything(config.seed)
     model = MiniMaxAD("unireplknet_micro")
     before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-    optimizer = torch.optim.AdamW(list(model.bottleneck.parameters()) + list(model.decoder.parameters()),
-                                  lr=0.005, betas=(0.9, 0.999), weight_decay=1e-5)
+    optimizer = torch.optim.AdamW(
+        list(model.bottleneck.parameters()) + list(model.decoder.parameters()),
+        lr=0.005,
+        betas=(0.9, 0.999),
+        weight_decay=1e-5,
+    )
     # the engine's first batch: the first 4 of a permutation seeded by (seed, epoch 0) only
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 100_003 + 0))
     images = collate([dataset[int(i)] for i in order[:4]])["image"]
@@ -71,11 +86,23 @@ def test_nonfinite_loss_skips_then_stops(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setattr(distributed_module, "compute_loss", sometimes_nan)
     dataset = build_dataset("mvtec", synthetic_root, split="train", categories=["weave"], image_size=64)
     with pytest.warns(RuntimeWarning, match="non-finite loss .* step skipped"):
-        result = train(tiny_config(synthetic_root, max_steps=3), dataset, None, tmp_path / "a",
-                       categories=["weave"], progress=False)
+        result = train(
+            tiny_config(synthetic_root, max_steps=3),
+            dataset,
+            None,
+            tmp_path / "a",
+            categories=["weave"],
+            progress=False,
+        )
     assert result.steps == 3 and torch.isfinite(torch.tensor(result.final_loss))
 
     monkeypatch.setattr(distributed_module, "compute_loss", lambda *a, **k: real(*a, **k) * float("inf"))
     with pytest.warns(RuntimeWarning), pytest.raises(TrainingError, match="non-finite for 5 steps in a row"):
-        train(tiny_config(synthetic_root, max_steps=20), dataset, None, tmp_path / "b", categories=["weave"],
-              progress=False)
+        train(
+            tiny_config(synthetic_root, max_steps=20),
+            dataset,
+            None,
+            tmp_path / "b",
+            categories=["weave"],
+            progress=False,
+        )

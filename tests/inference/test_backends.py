@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from minimaxad.cli import main
 from minimaxad.engine.trainer import cpu_supports_bf16
 from minimaxad.inference.backends import BACKENDS, BackendUnavailable, available_backends, create_backend
 from minimaxad.inference.benchmark import randomize_batchnorm
-from minimaxad.cli import main
 from minimaxad.inference.export import ExportError, check_parity, export, export_pipeline, relative_error
-from minimaxad.models import MiniMaxAD
 from minimaxad.inference.pipeline import InferencePipeline
 from minimaxad.inference.predict import Predictor
+from minimaxad.models import MiniMaxAD
 
 SIZE = 64
 # OpenVINO's cases run in their own pytest process (scripts/test.sh): with OpenVINO loaded, the
@@ -29,6 +29,8 @@ OV = pytest.mark.openvino
 
 def ov(name: str):
     return pytest.param(name, marks=OV) if name.startswith("openvino") else name
+
+
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 HAS_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
 
@@ -159,8 +161,9 @@ print(json.dumps({"scores": out[1].tolist(), "decision": out[2].tolist(), "map_s
 """
 
 
-@pytest.mark.parametrize("suffix,kind", [(".onnx", "onnx"), pytest.param(".xml", "openvino", marks=OV),
-                                         (".pt", "torchscript")])
+@pytest.mark.parametrize(
+    "suffix,kind", [(".onnx", "onnx"), pytest.param(".xml", "openvino", marks=OV), (".pt", "torchscript")]
+)
 def test_exported_files_run_in_a_fresh_process(suffix, kind, trained_checkpoint, synthetic_root, tmp_path):
     needs({"onnx": "onnxruntime", "openvino": "openvino"}.get(kind, kind))
     out = export(trained_checkpoint, tmp_path / f"model{suffix}")
@@ -172,8 +175,12 @@ def test_exported_files_run_in_a_fresh_process(suffix, kind, trained_checkpoint,
     paths = _test_images(synthetic_root)[:3]
     batch, _ = predictor.preprocess(paths)  # batch 3: the batch axis is dynamic
     np.save(tmp_path / "x.npy", batch.numpy())
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out), kind, str(tmp_path / "x.npy")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(out), kind, str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     expected = predictor.predict(paths)
@@ -186,13 +193,16 @@ def test_predict_runs_an_exported_onnx_file_and_the_onnxruntime_backend(trained_
     needs("onnxruntime")
     onnx_path = export(trained_checkpoint, tmp_path / "model.onnx")
     photos = synthetic_root / "washer" / "test"
-    runs = {"torch": ["--checkpoint", str(trained_checkpoint)],
-            "backend": ["--checkpoint", str(trained_checkpoint), "--backend", "onnxruntime"],
-            "file": ["--checkpoint", str(onnx_path)]}
+    runs = {
+        "torch": ["--checkpoint", str(trained_checkpoint)],
+        "backend": ["--checkpoint", str(trained_checkpoint), "--backend", "onnxruntime"],
+        "file": ["--checkpoint", str(onnx_path)],
+    }
     scores = {}
     for name, args in runs.items():
-        assert main(["predict", *args, str(photos), "--output", str(tmp_path / name), "--device", "cpu",
-                     "--quiet"]) == 0
+        assert (
+            main(["predict", *args, str(photos), "--output", str(tmp_path / name), "--device", "cpu", "--quiet"]) == 0
+        )
         with open(tmp_path / name / "scores.csv") as handle:
             rows = list(csv.DictReader(handle))
         scores[name] = {r["name"]: (float(r["score"]), r["decision"]) for r in rows}
@@ -208,8 +218,29 @@ def test_predict_runs_an_exported_onnx_file_and_the_onnxruntime_backend(trained_
 def test_benchmark_reduced_runs_every_backend_and_writes_json(tmp_path, capsys):
     backends = ["eager", "fused", "torchscript"] + (["onnxruntime"] if HAS_ORT else [])
     out = tmp_path / "bench.json"
-    assert main(["benchmark", "--backbones", "unireplknet_micro", "--image-sizes", "64", "--batch-sizes", "1", "2",
-                 "--seconds", "0.05", "--device", "cpu", "--backends", *backends, "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--backbones",
+                "unireplknet_micro",
+                "--image-sizes",
+                "64",
+                "--batch-sizes",
+                "1",
+                "2",
+                "--seconds",
+                "0.05",
+                "--device",
+                "cpu",
+                "--backends",
+                *backends,
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["machine"]["matmul_fp32_flops"] > 1e9 and report["flops_per_image"]["64"] > 1e6
@@ -230,8 +261,13 @@ def test_streamed_batches_equal_one_session(name, random_model, tmp_path):
     needs(name)
     from minimaxad.inference.backends import load_backend
 
-    path = create_backend("onnxruntime" if name == "onnxruntime" else "openvino", random_model, image_size=SIZE,
-                          device="cpu", workdir=tmp_path)
+    path = create_backend(
+        "onnxruntime" if name == "onnxruntime" else "openvino",
+        random_model,
+        image_size=SIZE,
+        device="cpu",
+        workdir=tmp_path,
+    )
     onnx_file = tmp_path / "pipeline.onnx"
     assert onnx_file.is_file() and path is not None
     single = load_backend(onnx_file, name, device="cpu")
@@ -260,6 +296,7 @@ def test_scores_near_the_threshold_are_rechecked_in_float32(name, trained_checkp
     assert result.rechecked[k] and result.rechecked.sum() < len(paths)
     assert result.scores[k] == pytest.approx(exact.scores[k], rel=1e-6)  # float32's own score
     assert result.is_anomalous.tolist() == (exact.scores >= threshold).tolist()
-    off = Predictor.from_checkpoint(trained_checkpoint, device="cpu", backend=name, image_threshold=threshold,
-                                    recheck_margin=0).predict(paths)
+    off = Predictor.from_checkpoint(
+        trained_checkpoint, device="cpu", backend=name, image_threshold=threshold, recheck_margin=0
+    ).predict(paths)
     assert not off.rechecked.any()

@@ -66,8 +66,13 @@ def test_openvino_export_leaves_an_onnx_file_of_the_same_name_alone(trained_chec
     before = digest(onnx), digest(Path(f"{onnx}.json"))
     export(trained_checkpoint, tmp_path / "model.xml")
     assert (digest(onnx), digest(Path(f"{onnx}.json"))) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.onnx", "model.onnx.json",
-                                                        "model.xml", "model.xml.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.bin",
+        "model.onnx",
+        "model.onnx.json",
+        "model.xml",
+        "model.xml.json",
+    ]
 
 
 def test_a_failed_export_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch):
@@ -121,10 +126,22 @@ def test_torchscript_needs_trust(trained_checkpoint, synthetic_root, tmp_path, c
     with pytest.raises(UntrustedFileError, match="trust=True"):
         Predictor.from_checkpoint(script)
     photo = next((synthetic_root / "weave" / "test" / "good").glob("*.png"))
-    assert main(["predict", "--checkpoint", str(script), str(photo), "--output", str(tmp_path / "p"),
-                 "--quiet"]) == 2
+    assert main(["predict", "--checkpoint", str(script), str(photo), "--output", str(tmp_path / "p"), "--quiet"]) == 2
     assert "TorchScript" in capsys.readouterr().err
     assert not (tmp_path / "p" / "scores.csv").exists()
-    assert main(["predict", "--checkpoint", str(script), str(photo), "--output", str(tmp_path / "p"),
-                 "--quiet", "--trust-torchscript"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(script),
+                str(photo),
+                "--output",
+                str(tmp_path / "p"),
+                "--quiet",
+                "--trust-torchscript",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "p" / "scores.csv").is_file()

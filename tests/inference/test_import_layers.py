@@ -52,8 +52,17 @@ LAYERS = (
     ("data and metrics", ("minimaxad.data", "minimaxad.metrics")),
     ("reporting", ("minimaxad.reporting",)),
     ("the engine", ("minimaxad.engine", "minimaxad.presets")),
-    ("deployment and the command line", ("minimaxad.inference", "minimaxad.predict", "minimaxad.report",
-                                         "minimaxad.cli", "minimaxad.demo", "minimaxad.__main__")),
+    (
+        "deployment and the command line",
+        (
+            "minimaxad.inference",
+            "minimaxad.predict",
+            "minimaxad.report",
+            "minimaxad.cli",
+            "minimaxad.demo",
+            "minimaxad.__main__",
+        ),
+    ),
 )
 
 
@@ -71,17 +80,22 @@ def test_each_module_imports_only_its_own_layer_and_those_below():
     # The package root is exempt both ways: Python imports it before any of its modules anyway
     # (``from minimaxad import __version__`` costs nothing), and its lazy ``minimaxad.MiniMaxAD``
     # imports the model only when that name is used.
-    upward = sorted(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
-                    for name, path in files.items() if name != "minimaxad"
-                    for target in imports_of(path, known) if target != "minimaxad"
-                    and layer_of(target) > layer_of(name))
+    upward = sorted(
+        f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for name, path in files.items()
+        if name != "minimaxad"
+        for target in imports_of(path, known)
+        if target != "minimaxad" and layer_of(target) > layer_of(name)
+    )
     assert upward == []
 
 
 def test_the_layer_check_sees_function_local_imports(tmp_path):
     module = tmp_path / "runner.py"
-    module.write_text("import os\n\n\ndef fit():\n    from minimaxad.inference import export\n"
-                      "    from minimaxad.reporting.html import write_report\n")
+    module.write_text(
+        "import os\n\n\ndef fit():\n    from minimaxad.inference import export\n"
+        "    from minimaxad.reporting.html import write_report\n"
+    )
     found = imports_of(module, {"minimaxad.inference", "minimaxad.inference.export", "minimaxad.reporting.html"})
     assert found == {"minimaxad.inference.export", "minimaxad.reporting.html"}
     assert layer_of("minimaxad.reporting.html") < layer_of("minimaxad.engine.runner") < layer_of("minimaxad.cli")

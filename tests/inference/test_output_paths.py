@@ -13,19 +13,32 @@ import pytest
 from PIL import Image
 
 from minimaxad.cli import main
-from minimaxad.files import (
-    MAX_NAME_LENGTH, UnsafePathError, check_writable_folder, inside, safe_name, unique_names,
-)
+from minimaxad.files import MAX_NAME_LENGTH, UnsafePathError, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.inference.predict import collect_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("x", "x"), ("a/b\\c", "a_b_c"), ("..", "_"), (".hidden", "hidden"), ("...", "_"), ("", "_"),
-    ("/", "_"), ("CON", "_CON"), ("nul.tar", "_nul.tar"), ("com7", "_com7"), ("CONSOLE", "CONSOLE"),
-    ("a:b*c?d", "a_b_c_d"), ("tab\there", "tab_here"), ("ends. ", "ends"), ("Défaut-日本", "Défaut-日本"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("x", "x"),
+        ("a/b\\c", "a_b_c"),
+        ("..", "_"),
+        (".hidden", "hidden"),
+        ("...", "_"),
+        ("", "_"),
+        ("/", "_"),
+        ("CON", "_CON"),
+        ("nul.tar", "_nul.tar"),
+        ("com7", "_com7"),
+        ("CONSOLE", "CONSOLE"),
+        ("a:b*c?d", "a_b_c_d"),
+        ("tab\there", "tab_here"),
+        ("ends. ", "ends"),
+        ("Défaut-日本", "Défaut-日本"),
+    ],
+)
 def test_safe_name(text, expected):
     assert safe_name(text) == expected
 
@@ -84,8 +97,18 @@ def awkward_inputs(tmp_path):
     shallow = Path(tempfile.mkdtemp(prefix="q", dir="/tmp"))  # /tmp/qXXXX/x.png: three components
     deep = tmp_path / "zz" / "tmp" / shallow.name / "x.png"
     folder = tmp_path / "photos"
-    names = ["CON.png", "aux.jpg", "Défaut 日本.png", "y" * 240 + ".png", "a.png", "A.png", "b.png", "b.jpg",
-             "...weird.png", "sp ace .png"]
+    names = [
+        "CON.png",
+        "aux.jpg",
+        "Défaut 日本.png",
+        "y" * 240 + ".png",
+        "a.png",
+        "A.png",
+        "b.png",
+        "b.jpg",
+        "...weird.png",
+        "sp ace .png",
+    ]
     for i, name in enumerate(names):
         _png(folder / name, i)
     _png(folder / "..." / "x.png", 20)  # a folder named '...'
@@ -122,8 +145,20 @@ def test_predict_writes_only_inside_output(trained_checkpoint, awkward_inputs, t
     root_before = set(os.listdir("/"))
     inputs_before = {**_hashes(shallow.parent), **_hashes(tmp_path)}
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(trained_checkpoint), str(shallow), str(deep.relative_to(tmp_path)),
-                 str(folder), "--output", "out", "--quiet", "--report"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(trained_checkpoint),
+            str(shallow),
+            str(deep.relative_to(tmp_path)),
+            str(folder),
+            "--output",
+            "out",
+            "--quiet",
+            "--report",
+        ]
+    )
     assert code == 0
     assert set(os.listdir("/")) == root_before, "predict wrote into the file-system root"
     written = {str(p) for p in out.rglob("*") if p.is_file()}
@@ -143,7 +178,6 @@ def test_predict_refuses_an_output_subfolder_that_links_elsewhere(trained_checkp
     out = tmp_path / "out"
     out.mkdir()
     (out / "heatmaps").symlink_to(elsewhere)
-    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(photo), "--output", str(out),
-                 "--quiet"]) == 2
+    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(photo), "--output", str(out), "--quiet"]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert not list(elsewhere.iterdir())

@@ -25,7 +25,7 @@ def photo_folder(synthetic_root, tmp_path_factory):
     base.resize((97, 61)).convert("L").save(folder / "gray.png")
     base.resize((80, 120)).convert("RGBA").save(folder / "rgba.png")
     base.convert("P", palette=Image.ADAPTIVE).save(folder / "palette.png")
-    sixteen = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    sixteen = np.asarray(base.convert("L"), dtype=np.uint16) * 257
     Image.fromarray(sixteen).save(folder / "sixteen.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display: the upright photo is 50 wide, 70 high
@@ -39,14 +39,33 @@ def photo_folder(synthetic_root, tmp_path_factory):
     return folder
 
 
-EXPECTED_SIZES = {"good": (64, 64), "hole": (64, 64), "gray": (97, 61), "rgba": (80, 120), "palette": (64, 64),
-                  "sixteen": (64, 64), "rotated": (50, 70), "line2__good": (64, 64)}
+EXPECTED_SIZES = {
+    "good": (64, 64),
+    "hole": (64, 64),
+    "gray": (97, 61),
+    "rgba": (80, 120),
+    "palette": (64, 64),
+    "sixteen": (64, 64),
+    "rotated": (50, 70),
+    "line2__good": (64, 64),
+}
 
 
 def test_predict_folder_outputs(trained_checkpoint, photo_folder, tmp_path, capsys):
     out = tmp_path / "pred"
-    code = main(["predict", "--checkpoint", str(trained_checkpoint), str(photo_folder), "--output", str(out),
-                 "--quiet", "--batch-size", "3"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(trained_checkpoint),
+            str(photo_folder),
+            "--output",
+            str(out),
+            "--quiet",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "1 input(s) could not be read" in printed and "corrupt.png" in printed
@@ -71,8 +90,21 @@ def test_predict_folder_outputs(trained_checkpoint, photo_folder, tmp_path, caps
 
 def test_cli_and_python_api_agree(trained_checkpoint, photo_folder, tmp_path):
     out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(photo_folder / "hole.png"),
-                 str(photo_folder / "gray.png"), "--output", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_checkpoint),
+                str(photo_folder / "hole.png"),
+                str(photo_folder / "gray.png"),
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "scores.json").read_text())["predictions"]
     predictor = Predictor.from_checkpoint(trained_checkpoint, device="cpu")
     images = [Image.open(photo_folder / "hole.png"), np.asarray(Image.open(photo_folder / "gray.png"))]
@@ -87,8 +119,21 @@ def test_cli_and_python_api_agree(trained_checkpoint, photo_folder, tmp_path):
 def test_threshold_options_change_decisions(trained_checkpoint, photo_folder, tmp_path):
     def decisions(*extra):
         out = tmp_path / f"p{len(list(tmp_path.iterdir()))}"
-        assert main(["predict", "--checkpoint", str(trained_checkpoint), str(photo_folder), "--output", str(out),
-                     "--quiet", *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(trained_checkpoint),
+                    str(photo_folder),
+                    "--output",
+                    str(out),
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return json.loads((out / "scores.json").read_text())
 
     high = decisions("--threshold", "1e9")
@@ -100,6 +145,7 @@ def test_threshold_options_change_decisions(trained_checkpoint, photo_folder, tm
     half = decisions("--false-positive-rate", "0.5")
     assert half["image_threshold"] == pytest.approx(float(np.quantile(normal, 0.5)))
     assert "chosen by the user's false-positive rate" in half["image_threshold_note"]
+
     # a lower threshold never flags fewer images
     def count(summary):
         return sum(r["decision"] == "anomalous" for r in summary["predictions"])
@@ -110,8 +156,17 @@ def test_threshold_options_change_decisions(trained_checkpoint, photo_folder, tm
 
 
 def test_missing_input_is_reported(trained_checkpoint, tmp_path, capsys):
-    code = main(["predict", "--checkpoint", str(trained_checkpoint), str(tmp_path / "nope.png"),
-                 "--output", str(tmp_path / "o"), "--quiet"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(trained_checkpoint),
+            str(tmp_path / "nope.png"),
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert code == 1  # nothing could be predicted
     assert "nope.png: no such file or folder" in capsys.readouterr().out
 
@@ -122,8 +177,9 @@ def test_output_names_are_unique_and_readable(tmp_path):
     for sub in ("a/x", "b/x", "b/y"):
         (tmp_path / sub).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / sub / "000.png")
-    files, names, missing = collect_inputs([tmp_path / "a" / "x" / "000.png", tmp_path / "b" / "x" / "000.png",
-                                            tmp_path / "b" / "y" / "000.png"])
+    files, names, missing = collect_inputs(
+        [tmp_path / "a" / "x" / "000.png", tmp_path / "b" / "x" / "000.png", tmp_path / "b" / "y" / "000.png"]
+    )
     assert names == ["a__x__000", "b__x__000", "b__y__000"] and not missing
     _, names, _ = collect_inputs([tmp_path / "b"])
     assert names == ["x__000", "y__000"]
@@ -148,11 +204,29 @@ def test_unified_model_has_per_category_thresholds(trained_checkpoint, synthetic
         predictor.predict([image], category="bolt")
     # the CLI option, and a user threshold still wins over the category's
     out = tmp_path / "p"
-    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(image), "--category", "weave",
-                 "--output", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_checkpoint),
+                str(image),
+                "--category",
+                "weave",
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "scores.json").read_text())["image_threshold"] == pytest.approx(own.image_threshold)
-    assert Predictor.from_checkpoint(trained_checkpoint, image_threshold=0.3).predict(
-        [image], category="weave").image_threshold == 0.3
+    assert (
+        Predictor.from_checkpoint(trained_checkpoint, image_threshold=0.3)
+        .predict([image], category="weave")
+        .image_threshold
+        == 0.3
+    )
     # the evaluation report of the unified run decides per category
     html = (trained_checkpoint.parent / "report.html").read_text()
     assert "per category: 99th percentile of the image scores" in html

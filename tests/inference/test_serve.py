@@ -41,8 +41,9 @@ TOL = 1e-6
 
 
 # -- a tiny HTTP client and server harness ---------------------------------------------------
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -53,8 +54,9 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
 
 
 def post_png(port: int, data: bytes, query: str = "", headers: dict | None = None) -> tuple[int, dict, dict]:
-    status, head, body = request(port, "POST", f"/v1/predict{query}", data,
-                                 {"Content-Type": "image/png", **(headers or {})})
+    status, head, body = request(
+        port, "POST", f"/v1/predict{query}", data, {"Content-Type": "image/png", **(headers or {})}
+    )
     return status, head, json.loads(body)
 
 
@@ -64,8 +66,10 @@ def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = No
     for name, value in (fields or {}).items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for filename, data in files:
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-                  f'Content-Type: image/png\r\n\r\n'.encode())
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+        )
         out.write(data + b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -92,8 +96,9 @@ class ThreadServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                    timeout_graceful_shutdown=10))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ThreadServer":
@@ -125,10 +130,12 @@ def wait_ready(port: int, timeout: float = 60, process: subprocess.Popen | None 
 @pytest.fixture(scope="module")
 def photos(synthetic_root) -> dict[str, bytes]:
     """Four PNG photos (two per category, one defective) and odd sizes/modes, as bytes."""
-    files = {"weave_good": synthetic_root / "weave" / "test" / "good" / "000.png",
-             "weave_good2": synthetic_root / "weave" / "test" / "good" / "001.png",
-             "washer_good": synthetic_root / "washer" / "test" / "good" / "000.png",
-             "washer_hole": synthetic_root / "washer" / "test" / "hole" / "000.png"}
+    files = {
+        "weave_good": synthetic_root / "weave" / "test" / "good" / "000.png",
+        "weave_good2": synthetic_root / "weave" / "test" / "good" / "001.png",
+        "washer_good": synthetic_root / "washer" / "test" / "good" / "000.png",
+        "washer_hole": synthetic_root / "washer" / "test" / "hole" / "000.png",
+    }
     out = {name: path.read_bytes() for name, path in files.items()}
     base = Image.open(files["weave_good"]).convert("RGB")
     buffer = io.BytesIO()
@@ -148,13 +155,19 @@ def expected(predictor, photos) -> dict[str, dict]:
     names = list(photos)
     images = [Image.open(io.BytesIO(photos[n])) for n in names]
     result = predictor.predict(images)
-    return {n: {"score": float(result.scores[i]), "decision": "anomalous" if result.is_anomalous[i] else "normal",
-                "normalized": float(result.normalized_scores[i]), "map": result.maps[i], "size": result.sizes[i]}
-            for i, n in enumerate(names)}
+    return {
+        n: {
+            "score": float(result.scores[i]),
+            "decision": "anomalous" if result.is_anomalous[i] else "normal",
+            "normalized": float(result.normalized_scores[i]),
+            "map": result.maps[i],
+            "size": result.sizes[i],
+        }
+        for i, n in enumerate(names)
+    }
 
 
-SETTINGS = dict(max_batch=8, max_wait_ms=40, max_queue=64, max_request_mb=1, max_pixels=1_000_000,
-                workers_threads=2)
+SETTINGS = dict(max_batch=8, max_wait_ms=40, max_queue=64, max_request_mb=1, max_pixels=1_000_000, workers_threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +218,9 @@ def test_raw_png_equals_predictor(server, photos, expected):
 def test_multipart_several_images_with_pictures(server, photos, expected, predictor):
     names = ["washer_hole", "gray_97x61", "weave_good"]
     body, content_type = multipart([(f"{n}.png", photos[n]) for n in names], {"category": "washer"})
-    status, _, raw = request(server.port, "POST", "/v1/predict?return=heatmap,mask", body,
-                             {"Content-Type": content_type})
+    status, _, raw = request(
+        server.port, "POST", "/v1/predict?return=heatmap,mask", body, {"Content-Type": content_type}
+    )
     assert status == 200, raw
     results = json.loads(raw)["results"]
     washer = predictor.predict([Image.open(io.BytesIO(photos[n])) for n in names], category="washer")
@@ -263,12 +277,14 @@ def test_concurrent_requests_are_batched(server, photos, expected):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A small PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_inputs_answered_while_good_requests_succeed(server, photos, expected):
@@ -431,13 +447,16 @@ def _free_port() -> int:
 def _send_half(port: int, data: bytes) -> socket.socket:
     """Open a request and send its headers and half its body: it is in flight until the rest comes."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+    sock.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data[: len(data) // 2]
+    )
     return sock
 
 
 def _finish(sock: socket.socket, data: bytes) -> tuple[int, dict]:
-    sock.sendall(data[len(data) // 2:])
+    sock.sendall(data[len(data) // 2 :])
     response = http.client.HTTPResponse(sock)
     response.begin()
     body = json.loads(response.read())
@@ -450,9 +469,25 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(trained_checkpoint, phot
     """``minimaxad serve`` in its own process gets SIGTERM while three requests are in flight
     (their bodies half sent): it takes no new connection, answers the three, then shuts down."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "minimaxad", "serve", "--checkpoint", str(trained_checkpoint),
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minimaxad",
+            "serve",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_ready(port, process=process)
         names = ["weave_good", "washer_good", "washer_hole"]
@@ -485,7 +520,9 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(trained_checkpoint, phot
 
 
 # -- the web page in headless Chromium ----------------------------------------------------------
-BROWSER_SCRIPT = CHROME + """
+BROWSER_SCRIPT = (
+    CHROME
+    + """
 url, photo, profile, shot = sys.argv[1:5]
 driver = start_chrome(profile, "1280,1100")
 try:
@@ -515,6 +552,7 @@ try:
 finally:
     driver.quit()
 """
+)
 
 
 @pytest.mark.browser
@@ -531,8 +569,20 @@ def test_web_page_in_headless_chromium(server, photos, expected, tmp_path):
     photo = tmp_path / "washer_hole.png"
     photo.write_bytes(photos["washer_hole"])
     shot = tmp_path / "page.png"
-    done = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, f"http://127.0.0.1:{server.port}/", str(photo),
-                           str(tmp_path / "chromium-profile"), str(shot)], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BROWSER_SCRIPT,
+            f"http://127.0.0.1:{server.port}/",
+            str(photo),
+            str(tmp_path / "chromium-profile"),
+            str(shot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     want = expected["washer_hole"]

@@ -20,8 +20,11 @@ from minimaxad.inference.watch import FolderWatcher, read_json_lines
 
 def folder_hashes(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with its SHA-256 (the folder's content, names included)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 class FakeClock:
@@ -39,10 +42,12 @@ def predictor(trained_checkpoint) -> Predictor:
 
 @pytest.fixture()
 def sources(synthetic_root) -> dict[str, Path]:
-    return {"a": synthetic_root / "weave" / "test" / "good" / "000.png",
-            "b": synthetic_root / "washer" / "test" / "good" / "000.png",
-            "c": synthetic_root / "washer" / "test" / "hole" / "000.png",
-            "d": synthetic_root / "weave" / "test" / "good" / "001.png"}
+    return {
+        "a": synthetic_root / "weave" / "test" / "good" / "000.png",
+        "b": synthetic_root / "washer" / "test" / "good" / "000.png",
+        "c": synthetic_root / "washer" / "test" / "hole" / "000.png",
+        "d": synthetic_root / "weave" / "test" / "good" / "001.png",
+    }
 
 
 def expected_scores(predictor: Predictor, paths: dict[str, Path]) -> dict[str, float]:
@@ -57,31 +62,33 @@ def test_slow_writes_corrupt_file_and_restart(predictor, sources, tmp_path):
     shutil.copy(sources["b"], inbox / "line2" / "b.png")
     (inbox / "notes.txt").write_text("not an image: ignored")
     slow = sources["c"].read_bytes()
-    (inbox / "slow.png").write_bytes(slow[:len(slow) // 3])  # the camera is still writing this one
+    (inbox / "slow.png").write_bytes(slow[: len(slow) // 3])  # the camera is still writing this one
     good = sources["d"].read_bytes()
-    (inbox / "broken.png").write_bytes(good[:len(good) // 2])  # truncated for good
+    (inbox / "broken.png").write_bytes(good[: len(good) // 2])  # truncated for good
     clock = FakeClock()
     messages: list[str] = []
-    watcher = FolderWatcher(inbox, out, predictor, settle_seconds=1.0, give_up_seconds=5.0, clock=clock,
-                            echo=messages.append)
+    watcher = FolderWatcher(
+        inbox, out, predictor, settle_seconds=1.0, give_up_seconds=5.0, clock=clock, echo=messages.append
+    )
     assert watcher.poll() == 0  # first sight: nothing has settled yet
     clock.now = 0.5
     assert watcher.poll() == 0
     clock.now = 1.2
     assert watcher.poll() == 2  # a and line2/b; slow.png and broken.png do not decode yet
     assert watcher.pending == 2
-    (inbox / "slow.png").open("ab").write(slow[len(slow) // 3: 2 * len(slow) // 3])  # more arrives
+    (inbox / "slow.png").open("ab").write(slow[len(slow) // 3 : 2 * len(slow) // 3])  # more arrives
     clock.now = 2.0
     assert watcher.poll() == 0  # slow.png changed: it settles again from now
 
     # a restart in the middle: a new watcher on the same output folder
     clock2 = FakeClock()
-    watcher = FolderWatcher(inbox, out, predictor, settle_seconds=1.0, give_up_seconds=5.0, clock=clock2,
-                            echo=messages.append)
+    watcher = FolderWatcher(
+        inbox, out, predictor, settle_seconds=1.0, give_up_seconds=5.0, clock=clock2, echo=messages.append
+    )
     assert any("resuming; 2 file(s) already done" in m for m in messages)
     assert watcher.poll() == 0
     with open(inbox / "slow.png", "ab") as handle:
-        handle.write(slow[2 * len(slow) // 3:])  # now complete
+        handle.write(slow[2 * len(slow) // 3 :])  # now complete
     shutil.copy(sources["d"], inbox / "d.png")
     written = folder_hashes(inbox)  # what the camera wrote; the watcher must leave it as it is
     clock2.now = 0.5
@@ -98,8 +105,9 @@ def test_slow_writes_corrupt_file_and_restart(predictor, sources, tmp_path):
     files = [r["file"] for r in records]
     assert sorted(files) == ["a.png", "broken.png", "d.png", "line2/b.png", "slow.png"]  # each exactly once
     by_file = {r["file"]: r for r in records}
-    truth = expected_scores(predictor, {"a.png": sources["a"], "line2/b.png": sources["b"],
-                                        "slow.png": sources["c"], "d.png": sources["d"]})
+    truth = expected_scores(
+        predictor, {"a.png": sources["a"], "line2/b.png": sources["b"], "slow.png": sources["c"], "d.png": sources["d"]}
+    )
     for name, score in truth.items():
         assert by_file[name]["score"] == pytest.approx(score, rel=1e-6, abs=1e-6)
         assert by_file[name]["decision"] in ("normal", "anomalous") and by_file[name]["error"] is None
@@ -191,7 +199,7 @@ def test_cli_watch_once_with_a_file_written_in_chunks(trained_checkpoint, predic
     inbox.mkdir()
     shutil.copy(sources["a"], inbox / "a.png")
     data = sources["c"].read_bytes()
-    chunks = [data[i:i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
+    chunks = [data[i : i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
     (inbox / "chunked.png").write_bytes(chunks[0])
 
     def writer() -> None:
@@ -202,8 +210,23 @@ def test_cli_watch_once_with_a_file_written_in_chunks(trained_checkpoint, predic
 
     thread = threading.Thread(target=writer)
     thread.start()
-    code = main(["watch", str(inbox), "--checkpoint", str(trained_checkpoint), "--output", str(out), "--once",
-                 "--settle-seconds", "0.5", "--give-up-seconds", "3", "--interval", "0.05"])
+    code = main(
+        [
+            "watch",
+            str(inbox),
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--output",
+            str(out),
+            "--once",
+            "--settle-seconds",
+            "0.5",
+            "--give-up-seconds",
+            "3",
+            "--interval",
+            "0.05",
+        ]
+    )
     thread.join()
     assert code == 0
     before = folder_hashes(inbox)
@@ -215,10 +238,28 @@ def test_cli_watch_once_with_a_file_written_in_chunks(trained_checkpoint, predic
     assert records["chunked.png"]["size"] == len(data)
     assert "2 file(s) finished" in capsys.readouterr().out
     # a second run finds nothing new, and the input folder is as it was
-    assert main(["watch", str(inbox), "--checkpoint", str(trained_checkpoint), "--output", str(out), "--once",
-                 "--settle-seconds", "0.2", "--interval", "0.05"]) == 0
+    assert (
+        main(
+            [
+                "watch",
+                str(inbox),
+                "--checkpoint",
+                str(trained_checkpoint),
+                "--output",
+                str(out),
+                "--once",
+                "--settle-seconds",
+                "0.2",
+                "--interval",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     assert len(read_json_lines(out / "results.jsonl")) == 2
     assert folder_hashes(inbox) == before
-    assert main(["watch", str(inbox), "--checkpoint", str(trained_checkpoint), "--output", str(inbox / "x"),
-                 "--once"]) == 2
+    assert (
+        main(["watch", str(inbox), "--checkpoint", str(trained_checkpoint), "--output", str(inbox / "x"), "--once"])
+        == 2
+    )
     assert not (inbox / "x").exists()

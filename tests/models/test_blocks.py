@@ -114,8 +114,7 @@ def test_pointwise_linear_equals_a_linear_over_channels_in_both_layouts(batch):
     assert last.is_contiguous(memory_format=torch.channels_last)  # no layout change on the way
     torch.testing.assert_close(last, expected)
     per_image = torch.randn(batch, 10, 6, generator=g)
-    torch.testing.assert_close(pointwise_linear(x, per_image),
-                               torch.einsum("noc,nchw->nohw", per_image, x))
+    torch.testing.assert_close(pointwise_linear(x, per_image), torch.einsum("noc,nchw->nohw", per_image, x))
 
 
 def test_fused_block_keeps_a_channels_first_map_channels_first():
@@ -128,5 +127,4 @@ def test_fused_block_keeps_a_channels_first_map_channels_first():
 def test_block_gives_the_same_result_on_a_channels_last_map():
     block = randomize(UniRepLKNetBlock(8, 3), seed=4)
     x = torch.randn(2, 8, 16, 16)
-    torch.testing.assert_close(block(x.contiguous(memory_format=torch.channels_last)), block(x),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(block(x.contiguous(memory_format=torch.channels_last)), block(x), rtol=1e-5, atol=1e-6)

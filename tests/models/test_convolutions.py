@@ -18,12 +18,15 @@ def reference_grads(conv: DepthwiseConv2d, x: torch.Tensor, upstream: torch.Tens
     return out, x.grad, weight.grad, None if bias is None else bias.grad
 
 
-@pytest.mark.parametrize("shape, kernel, dilation, bias", [
-    ((2, 6, 8, 8), 13, 1, False),    # kernel larger than the map
-    ((1, 4, 9, 7), 3, 4, False),     # batch of one, non-square, dilation
-    ((3, 5, 16, 12), 5, 2, True),
-    ((2, 3, 11, 10), 7, 3, True),
-])
+@pytest.mark.parametrize(
+    "shape, kernel, dilation, bias",
+    [
+        ((2, 6, 8, 8), 13, 1, False),  # kernel larger than the map
+        ((1, 4, 9, 7), 3, 4, False),  # batch of one, non-square, dilation
+        ((3, 5, 16, 12), 5, 2, True),
+        ((2, 3, 11, 10), 7, 3, True),
+    ],
+)
 def test_gradients_equal_autograd_through_conv2d(shape, kernel, dilation, bias):
     torch.manual_seed(0)
     conv = DepthwiseConv2d(shape[1], kernel, dilation=dilation, bias=bias).double()
@@ -97,11 +100,14 @@ def test_rejects_even_kernels():
         DepthwiseConv2d(4, 4)
 
 
-@pytest.mark.parametrize("shape, out_channels, uses_gemm", [
-    ((1, 12, 8, 8), 10, True),     # batch of one, 4x4 output: the GEMM weight gradient
-    ((3, 6, 7, 9), 5, True),       # odd, non-square map
-    ((2, 4, 32, 32), 6, False),    # a 16x16 output: oneDNN's own
-])
+@pytest.mark.parametrize(
+    "shape, out_channels, uses_gemm",
+    [
+        ((1, 12, 8, 8), 10, True),  # batch of one, 4x4 output: the GEMM weight gradient
+        ((3, 6, 7, 9), 5, True),  # odd, non-square map
+        ((2, 4, 32, 32), 6, False),  # a 16x16 output: oneDNN's own
+    ],
+)
 def test_strided_conv_gradients_equal_autograd(shape, out_channels, uses_gemm):
     torch.manual_seed(2)
     conv = StridedConv2d(shape[1], out_channels, 3).double()

@@ -24,16 +24,16 @@ from minimaxad.models.blocks import GRN, LayerNorm2d, UniRepLKNetBlock
 AUTHORS_F_SEED_111 = {
     "encoder.downsample_layers.0.0.weight": (8.29713643e-02, 5.70840682e-01, 1.08737612e-01),
     "encoder.downsample_layers.0.0.bias": (-3.34923319e-03, -3.68824053e-01, 1.06587913e-01),
-    "encoder.downsample_layers.2.0.weight": (3.53532843e-03, -5.14698646e+00, 1.96495455e-02),
-    "encoder.stages.0.1.dwconv.weight": (-8.19154233e-02, 6.41050888e+00, 1.89309802e-01),
-    "encoder.stages.2.5.dwconv.lk_origin.weight": (5.10511883e-02, 1.18689303e+01, 4.43213369e-02),
-    "encoder.stages.2.5.dwconv.dil_conv_k7_2.weight": (-1.50808785e-02, -1.52387276e+01, 8.25301531e-02),
-    "encoder.stages.1.0.se.up.bias": (1.80514574e-01, 1.66958883e+00, 1.23912919e-01),
-    "encoder.stages.1.1.pwconv1.1.weight": (1.56875607e-02, -1.44434579e+01, 5.89302806e-02),
-    "encoder.stages.2.3.pwconv2.0.weight": (-5.62615041e-03, 9.49332865e+00, 2.08710805e-02),
-    "bottleneck.conv4.weight": (3.74657027e-02, -4.98174317e+01, 2.40508704e-02),
-    "bottleneck.stages.0.1.pwconv1.1.weight": (-4.44195420e-02, 1.25590255e+01, 2.94494798e-02),
-    "decoder.upsample_layers.0.0.weight": (-3.51470001e-02, -3.78740904e+00, 2.08280044e-02),
+    "encoder.downsample_layers.2.0.weight": (3.53532843e-03, -5.14698646e00, 1.96495455e-02),
+    "encoder.stages.0.1.dwconv.weight": (-8.19154233e-02, 6.41050888e00, 1.89309802e-01),
+    "encoder.stages.2.5.dwconv.lk_origin.weight": (5.10511883e-02, 1.18689303e01, 4.43213369e-02),
+    "encoder.stages.2.5.dwconv.dil_conv_k7_2.weight": (-1.50808785e-02, -1.52387276e01, 8.25301531e-02),
+    "encoder.stages.1.0.se.up.bias": (1.80514574e-01, 1.66958883e00, 1.23912919e-01),
+    "encoder.stages.1.1.pwconv1.1.weight": (1.56875607e-02, -1.44434579e01, 5.89302806e-02),
+    "encoder.stages.2.3.pwconv2.0.weight": (-5.62615041e-03, 9.49332865e00, 2.08710805e-02),
+    "bottleneck.conv4.weight": (3.74657027e-02, -4.98174317e01, 2.40508704e-02),
+    "bottleneck.stages.0.1.pwconv1.1.weight": (-4.44195420e-02, 1.25590255e01, 2.94494798e-02),
+    "decoder.upsample_layers.0.0.weight": (-3.51470001e-02, -3.78740904e00, 2.08280044e-02),
     "decoder.stages.2.0.dwconv.lk_origin.weight": (-9.88884736e-03, -8.73091211e-01, 7.84071206e-03),
 }
 
@@ -78,13 +78,22 @@ def test_every_encoder_layer_has_pytorch_default_init(model_f_seed_111):
         layers[next(kind for kind in layers if isinstance(module, kind))] += 1
     # variant F: 2 stem + 2 downsampling convs, each with a LayerNorm, and norm0..2; per block a
     # dwconv (+ 5 dilated branches when kernel 13), SE down/up, 2 linears; 10 blocks, 8 of kernel 13
-    assert layers == {nn.Conv2d: 4 + 10 * 3 + 8 * 5, nn.Linear: 20, LayerNorm2d: 4 + 3,
-                      nn.BatchNorm2d: 10 * 2 + 8 * 6, GRN: 10, UniRepLKNetBlock: 10}
+    assert layers == {
+        nn.Conv2d: 4 + 10 * 3 + 8 * 5,
+        nn.Linear: 20,
+        LayerNorm2d: 4 + 3,
+        nn.BatchNorm2d: 10 * 2 + 8 * 6,
+        GRN: 10,
+        UniRepLKNetBlock: 10,
+    }
 
 
 def test_seed_111_gives_the_authors_initial_weights(model_f_seed_111):
-    state = {f"{part}.{k}": v for part in ("encoder", "bottleneck", "decoder")
-             for k, v in getattr(model_f_seed_111, part).state_dict().items()}
+    state = {
+        f"{part}.{k}": v
+        for part in ("encoder", "bottleneck", "decoder")
+        for k, v in getattr(model_f_seed_111, part).state_dict().items()
+    }
     for name, (first, total, std) in AUTHORS_F_SEED_111.items():
         t = state[name].double()
         assert t.flatten()[0].item() == pytest.approx(first, rel=1e-6, abs=1e-12), name

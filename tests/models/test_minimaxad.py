@@ -25,8 +25,11 @@ def test_registry_lists_paper_variants():
 def test_forward_shapes(size):
     model = MiniMaxAD("unireplknet_micro").eval()
     enc, dec = model(torch.randn(2, 3, size, size))
-    assert [tuple(e.shape) for e in enc] == [(2, 16, size // 4, size // 4), (2, 32, size // 8, size // 8),
-                                             (2, 64, size // 16, size // 16)]
+    assert [tuple(e.shape) for e in enc] == [
+        (2, 16, size // 4, size // 4),
+        (2, 32, size // 8, size // 8),
+        (2, 64, size // 16, size // 16),
+    ]
     assert [e.shape for e in enc] == [d.shape for d in dec]
 
 
@@ -98,8 +101,9 @@ def test_trainable_parameter_count_of_n():
     assert 20e6 < n < 26e6, n
 
 
-@pytest.mark.parametrize("backbone", ["unireplknet_a", "unireplknet_f", "unireplknet_p", "unireplknet_n",
-                                      "unireplknet_t"])
+@pytest.mark.parametrize(
+    "backbone", ["unireplknet_a", "unireplknet_f", "unireplknet_p", "unireplknet_n", "unireplknet_t"]
+)
 def test_reparameterize_is_exact_for_every_variant(backbone):
     """In float64 the fused model equals the training form to rounding (randomised weights and
     statistics; in float32 deep randomised variants are ill-conditioned, the fusion is not)."""

@@ -18,8 +18,14 @@ def imagenet_like(reference_dir):
     layout = json.loads((reference_dir / "state_dict_keys_unireplknet_n.json").read_text())
     keys = layout["imagenet_checkpoint_unireplknet_n_in1k"]
     g = torch.Generator().manual_seed(0)
-    return {k: (torch.randint(0, 100, shape, generator=g) if k.endswith("num_batches_tracked")
-                else torch.randn(shape, generator=g)) for k, shape in keys.items()}
+    return {
+        k: (
+            torch.randint(0, 100, shape, generator=g)
+            if k.endswith("num_batches_tracked")
+            else torch.randn(shape, generator=g)
+        )
+        for k, shape in keys.items()
+    }
 
 
 def test_imagenet_checkpoint_loads_every_encoder_weight(imagenet_like, tmp_path, caplog):

@@ -21,33 +21,47 @@ THR = 0.5
 
 # (name, category, label, score, has_mask); expected gallery order with THR = 0.5:
 SPEC = [
-    ("b_miss_low.png", "bottle", 1, 0.10, True),   # 1 miss (lowest score first)
-    ("s_miss.png", "screw", 1, 0.20, True),        # 2 miss
-    ("b_miss.png", "bottle", 1, 0.30, True),       # 3 miss
-    ("b_fa_high.png", "bottle", 0, 0.90, False),   # 4 false alarm (highest score first)
-    ("s_fa.png", "screw", 0, 0.60, False),         # 5 false alarm
-    (WEIRD, "screw", 0, 0.45, False),              # 6 correct, 0.05 from the threshold
-    ("b_norm.png", "bottle", 0, 0.25, False),      # 7 correct, 0.25 away
-    ("b_anom.png", "bottle", 1, 0.80, True),       # 8 correct, 0.30 away
-    ("b_norm2.png", "bottle", 0, 0.10, False),     # 9 correct, 0.40 away
-    ("s_anom.png", "screw", 1, 0.95, False),       # 10 correct, 0.45 away (anomalous, no mask)
-    ("s_norm.png", "screw", 0, 0.02, False),       # 11 correct, 0.48 away
-    ("broken.png", "screw", -1, 0.70, False),      # 12 unknown label, unreadable file
+    ("b_miss_low.png", "bottle", 1, 0.10, True),  # 1 miss (lowest score first)
+    ("s_miss.png", "screw", 1, 0.20, True),  # 2 miss
+    ("b_miss.png", "bottle", 1, 0.30, True),  # 3 miss
+    ("b_fa_high.png", "bottle", 0, 0.90, False),  # 4 false alarm (highest score first)
+    ("s_fa.png", "screw", 0, 0.60, False),  # 5 false alarm
+    (WEIRD, "screw", 0, 0.45, False),  # 6 correct, 0.05 from the threshold
+    ("b_norm.png", "bottle", 0, 0.25, False),  # 7 correct, 0.25 away
+    ("b_anom.png", "bottle", 1, 0.80, True),  # 8 correct, 0.30 away
+    ("b_norm2.png", "bottle", 0, 0.10, False),  # 9 correct, 0.40 away
+    ("s_anom.png", "screw", 1, 0.95, False),  # 10 correct, 0.45 away (anomalous, no mask)
+    ("s_norm.png", "screw", 0, 0.02, False),  # 11 correct, 0.48 away
+    ("broken.png", "screw", -1, 0.70, False),  # 12 unknown label, unreadable file
 ]
 EXPECTED_ORDER = [s[0] for s in SPEC]
 
 METRICS = {
     "categories": {
-        "bottle": {"i_auroc": 0.973, "i_ap": 0.951, "i_f1max": 0.9, "p_auroc": 0.9812, "p_ap": 0.604,
-                   "p_f1max": 0.553, "aupro": 0.914, "i_auroc_ci": [0.951, 0.99]},
+        "bottle": {
+            "i_auroc": 0.973,
+            "i_ap": 0.951,
+            "i_f1max": 0.9,
+            "p_auroc": 0.9812,
+            "p_ap": 0.604,
+            "p_f1max": 0.553,
+            "aupro": 0.914,
+            "i_auroc_ci": [0.951, 0.99],
+        },
         "screw": {"i_auroc": 0.8567, "i_ap": 0.8, "i_f1max": 0.77},  # no pixel metrics
     },
     "mean": {"i_auroc": 0.91485, "i_ap": 0.876, "i_f1max": 0.835},
 }
-NOTES = {"image": "99th percentile of 20 held-out normal images (calibrated at the end of training)",
-         "pixel": "max of held-out normal maps <p99>"}
-CONFIG = {"model": {"backbone": "unireplknet_n", "image_size": 256}, "epochs": 10, "lr": 0.001,
-          "categories": ["bottle", "screw"]}
+NOTES = {
+    "image": "99th percentile of 20 held-out normal images (calibrated at the end of training)",
+    "pixel": "max of held-out normal maps <p99>",
+}
+CONFIG = {
+    "model": {"backbone": "unireplknet_n", "image_size": 256},
+    "epochs": 10,
+    "lr": 0.001,
+    "categories": ["bottle", "screw"],
+}
 
 
 def _make_items(root: Path) -> list[ReportItem]:
@@ -71,11 +85,12 @@ def _make_items(root: Path) -> list[ReportItem]:
                 mask[8:16, 10:20] = True
             else:  # ground truth at the original photo size
                 mask = np.zeros((h, w), bool)
-                mask[h // 4: h // 2, w // 3: 2 * w // 3] = True
+                mask[h // 4 : h // 2, w // 3 : 2 * w // 3] = True
         # half of the photos are given in memory, the others loaded from disk
         image = Image.open(path).convert("RGB") if (k % 2 and name != "broken.png") else None
-        items.append(ReportItem(path=str(path), category=cat, label=label, score=score,
-                                anomaly_map=amap, mask=mask, image=image))
+        items.append(
+            ReportItem(path=str(path), category=cat, label=label, score=score, anomaly_map=amap, mask=mask, image=image)
+        )
     return items
 
 
@@ -83,9 +98,17 @@ def _make_items(root: Path) -> list[ReportItem]:
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[ReportItem]]:
     root = tmp_path_factory.mktemp("report")
     items = _make_items(root / "data")
-    out = write_report(root / "out" / "report.html", metrics=METRICS, items=items, image_threshold=THR,
-                       pixel_threshold=0.6, threshold_notes=NOTES, title="Report <QA> & co",
-                       config=CONFIG, max_gallery=60)
+    out = write_report(
+        root / "out" / "report.html",
+        metrics=METRICS,
+        items=items,
+        image_threshold=THR,
+        pixel_threshold=0.6,
+        threshold_notes=NOTES,
+        title="Report <QA> & co",
+        config=CONFIG,
+        max_gallery=60,
+    )
     return out, out.read_text(encoding="utf-8"), items
 
 
@@ -116,8 +139,22 @@ def test_writes_single_self_contained_file(report) -> None:
 
 def test_metrics_table(report) -> None:
     _, page, _ = report
-    for txt in ("97.3", "95.1", "90.0", "98.1", "60.4", "55.3", "91.4", "85.7", "80.0", "77.0",
-                "91.5", "87.6", "83.5", "[95.1, 99.0]"):
+    for txt in (
+        "97.3",
+        "95.1",
+        "90.0",
+        "98.1",
+        "60.4",
+        "55.3",
+        "91.4",
+        "85.7",
+        "80.0",
+        "77.0",
+        "91.5",
+        "87.6",
+        "83.5",
+        "[95.1, 99.0]",
+    ):
         assert txt in page, txt
     metrics = re.search(r'<section id="metrics">(.*?)</section>', page, re.S).group(1)
     assert "—" in metrics  # screw has no pixel metrics
@@ -178,8 +215,9 @@ def test_img_count_placeholders_and_escaping(report) -> None:
 
 def test_gallery_cap_and_note(tmp_path: Path) -> None:
     items = _make_items(tmp_path / "data")
-    out = write_report(tmp_path / "small.html", metrics=METRICS, items=items, image_threshold=THR,
-                       max_gallery=4, thumb_size=64)
+    out = write_report(
+        tmp_path / "small.html", metrics=METRICS, items=items, image_threshold=THR, max_gallery=4, thumb_size=64
+    )
     page = out.read_text(encoding="utf-8")
     assert _gallery_names(page) == EXPECTED_ORDER[:4]
     assert "8 more image(s) omitted" in page
@@ -201,8 +239,13 @@ def test_without_thresholds_and_map_range(tmp_path: Path) -> None:
 
 def test_per_category_thresholds_and_directory_path(tmp_path: Path) -> None:
     items = _make_items(tmp_path / "data")
-    out = write_report(tmp_path, metrics=METRICS, items=items,
-                       image_threshold={"bottle": 0.95, "screw": 0.15}, pixel_threshold={"bottle": 0.5})
+    out = write_report(
+        tmp_path,
+        metrics=METRICS,
+        items=items,
+        image_threshold={"bottle": 0.95, "screw": 0.15},
+        pixel_threshold={"bottle": 0.5},
+    )
     assert out == tmp_path / "report.html"
     page = out.read_text(encoding="utf-8")
     names = _gallery_names(page)
@@ -233,7 +276,9 @@ def test_roc_pr_helper_matches_brute_force() -> None:
 # --------------------------------------------------------------------------- browser
 
 
-BROWSER_SCRIPT = CHROME + """
+BROWSER_SCRIPT = (
+    CHROME
+    + """
 page, profile, shot = sys.argv[1:4]
 driver = start_chrome(profile, "1400,1000")
 try:
@@ -255,6 +300,7 @@ try:
 finally:
     driver.quit()
 """
+)
 
 
 @pytest.mark.browser
@@ -274,9 +320,12 @@ def test_renders_in_headless_chromium(report, tmp_path: Path) -> None:
             pytest.skip(f"{binary} not found (apt-get install {pkg})")
     out, _, _ = report
     shot = tmp_path / "report.png"
-    done = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, out.resolve().as_uri(),
-                           str(tmp_path / "chromium-profile"), str(shot)],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", BROWSER_SCRIPT, out.resolve().as_uri(), str(tmp_path / "chromium-profile"), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     imgs = result["imgs"]

@@ -16,8 +16,9 @@ from minimaxad.reporting.plots import Marker, ScoreGroup, Series, colorbar, hist
 
 def _points(svg: str) -> list[np.ndarray]:
     """The (n, 2) SVG coordinates of each polyline."""
-    return [np.array([p.split(",") for p in pts.split()], float)
-            for pts in re.findall(r'<polyline points="([^"]*)"', svg)]
+    return [
+        np.array([p.split(",") for p in pts.split()], float) for pts in re.findall(r'<polyline points="([^"]*)"', svg)
+    ]
 
 
 def _tied_scores(seed: int, n: int = 80) -> tuple[np.ndarray, np.ndarray]:
@@ -50,9 +51,17 @@ def test_report_curves_are_ranking_curves(seed: int) -> None:
 
 def test_roc_polyline_in_the_page_is_roc_curve(tmp_path: Path) -> None:
     y, s = _tied_scores(5, 40)
-    items = [ReportItem(path=f"{i}.png", category="bottle", label=int(lab), score=float(sc),
-                        anomaly_map=np.zeros((4, 4), np.float32), image=None)
-             for i, (lab, sc) in enumerate(zip(y, s))]
+    items = [
+        ReportItem(
+            path=f"{i}.png",
+            category="bottle",
+            label=int(lab),
+            score=float(sc),
+            anomaly_map=np.zeros((4, 4), np.float32),
+            image=None,
+        )
+        for i, (lab, sc) in enumerate(zip(y, s))
+    ]
     page = write_report(tmp_path / "r.html", metrics={}, items=items, max_gallery=0).read_text(encoding="utf-8")
     curves = re.search(r'<section id="curves">(.*?)</section>', page, re.S).group(1)
     roc_drawn = _points(curves)[0]
@@ -74,8 +83,14 @@ def test_long_curves_are_thinned_along_their_length() -> None:
 
 
 def test_line_plot_clips_to_unit_square_and_draws_markers() -> None:
-    svg = line_plot("T <&>", "x", "y", [Series("a", [-0.5, 0.5, 2.0], [0.5, 1.5, -1.0], "#123456", "6 3", 2.4)],
-                    diagonal=True, markers=[Marker(0.25, 0.75, "#123456", "op <1>")])
+    svg = line_plot(
+        "T <&>",
+        "x",
+        "y",
+        [Series("a", [-0.5, 0.5, 2.0], [0.5, 1.5, -1.0], "#123456", "6 3", 2.4)],
+        diagonal=True,
+        markers=[Marker(0.25, 0.75, "#123456", "op <1>")],
+    )
     (pts,) = _points(svg)
     assert pts.tolist() == [[58.0, 160.0], [208.0, 30.0], [358.0, 290.0]]
     assert 'stroke-dasharray="6 3"' in svg and 'stroke-width="2.4"' in svg and 'class="chance"' in svg
@@ -84,8 +99,10 @@ def test_line_plot_clips_to_unit_square_and_draws_markers() -> None:
 
 
 def test_histogram_counts_finite_scores_and_shows_threshold() -> None:
-    groups = [ScoreGroup("normal", np.array([0.1, 0.2, 0.2, np.nan]), "#1f77b4"),
-              ScoreGroup("anomalous", np.array([0.8, np.inf]), "#d62728")]
+    groups = [
+        ScoreGroup("normal", np.array([0.1, 0.2, 0.2, np.nan]), "#1f77b4"),
+        ScoreGroup("anomalous", np.array([0.8, np.inf]), "#d62728"),
+    ]
     svg = histogram("Scores", groups, threshold=0.5)
     assert "normal (n=3)" in svg and "anomalous (n=1)" in svg
     assert svg.count('class="thr"') == 1 and "threshold 0.5" in svg

@@ -21,7 +21,7 @@ def _category_data(seed: int, n: int, anomalous_pixels: bool = True):
     if anomalous_pixels:
         for i in np.flatnonzero(labels):
             y, x = rng.integers(0, 9, 2)
-            masks[i, y:y + 3, x:x + 3] = True
+            masks[i, y : y + 3, x : x + 3] = True
     maps = (rng.normal(size=masks.shape) + 2 * masks).astype(np.float32)
     scores = maps.reshape(n, -1).max(1) + rng.normal(0, 0.5, n)
     return scores, labels, maps, masks
@@ -39,10 +39,11 @@ def three_categories():
 
 
 def test_summarize_means_over_categories_that_have_the_metric():
-    per = {"a": {"i_auroc": 0.9, "p_auroc": 0.8, "i_f1max_threshold": 1.5, "i_auroc_ci": (0.85, 0.95),
-                 "curves": {}},
-           "b": {"i_auroc": 0.7},
-           "c": {"i_auroc": 0.8, "p_auroc": 0.6, "aupro_200": float("nan")}}
+    per = {
+        "a": {"i_auroc": 0.9, "p_auroc": 0.8, "i_f1max_threshold": 1.5, "i_auroc_ci": (0.85, 0.95), "curves": {}},
+        "b": {"i_auroc": 0.7},
+        "c": {"i_auroc": 0.8, "p_auroc": 0.6, "aupro_200": float("nan")},
+    }
     s = summarize(per)
     assert list(s["categories"]) == ["a", "b", "c"]
     assert s["categories"]["a"] == {"i_auroc": 0.9, "p_auroc": 0.8, "i_auroc_ci": (0.85, 0.95)}
@@ -54,8 +55,15 @@ def test_summarize_means_over_categories_that_have_the_metric():
 
 def test_evaluate_by_category_equals_evaluate_per_subset(three_categories):
     parts, scores, labels, maps, masks, cats = three_categories
-    s = evaluate_by_category(scores, labels, cats, anomaly_maps=torch.from_numpy(maps)[:, None],
-                             masks=torch.from_numpy(masks)[:, None], bootstrap=50, seed=4)
+    s = evaluate_by_category(
+        scores,
+        labels,
+        cats,
+        anomaly_maps=torch.from_numpy(maps)[:, None],
+        masks=torch.from_numpy(masks)[:, None],
+        bootstrap=50,
+        seed=4,
+    )
     for name, (sc, lb, mp, mk) in parts.items():
         ref = evaluate(sc, lb, anomaly_maps=mp, masks=mk, bootstrap=50, seed=4)
         for k in ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro", "aupro_200", "i_auroc_ci"):
@@ -68,8 +76,14 @@ def test_evaluate_by_category_mask_availability_and_order(three_categories):
     has_mask = np.array([c != "cable" for c in cats])
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(cats))  # interleaved categories (indexing, not slicing)
-    s = evaluate_by_category(scores[perm], labels[perm], [cats[i] for i in perm], anomaly_maps=maps[perm],
-                             masks=masks[perm], has_mask=has_mask[perm])
+    s = evaluate_by_category(
+        scores[perm],
+        labels[perm],
+        [cats[i] for i in perm],
+        anomaly_maps=maps[perm],
+        masks=masks[perm],
+        has_mask=has_mask[perm],
+    )
     assert "p_auroc" not in s["categories"]["cable"] and "p_auroc" in s["categories"]["bottle"]
     ref = evaluate(*parts["screw"][:2], anomaly_maps=parts["screw"][2], masks=parts["screw"][3])
     assert s["categories"]["screw"]["aupro"] == pytest.approx(ref["aupro"], abs=1e-12)
@@ -83,15 +97,24 @@ def test_evaluate_by_category_mask_availability_and_order(three_categories):
 
 def test_category_without_anomalous_pixels_has_no_pixel_metrics():
     a, b = _category_data(0, 10), _category_data(1, 10, anomalous_pixels=False)
-    s = evaluate_by_category(np.r_[a[0], b[0]], np.r_[a[1], b[1]], ["x"] * 10 + ["y"] * 10,
-                             anomaly_maps=np.concatenate([a[2], b[2]]), masks=np.concatenate([a[3], b[3]]))
+    s = evaluate_by_category(
+        np.r_[a[0], b[0]],
+        np.r_[a[1], b[1]],
+        ["x"] * 10 + ["y"] * 10,
+        anomaly_maps=np.concatenate([a[2], b[2]]),
+        masks=np.concatenate([a[3], b[3]]),
+    )
     assert "p_auroc" not in s["categories"]["y"]
     assert s["mean"]["p_auroc"] == s["categories"]["x"]["p_auroc"]
 
 
 def test_write_metrics_json_and_csv(tmp_path):
-    summary = summarize({"bottle": {"i_auroc": 1.0, "p_auroc": 0.98, "i_auroc_ci": (0.99, 1.0)},
-                         "grid": {"i_auroc": 0.95, "aupro_200": float("nan")}})
+    summary = summarize(
+        {
+            "bottle": {"i_auroc": 1.0, "p_auroc": 0.98, "i_auroc_ci": (0.99, 1.0)},
+            "grid": {"i_auroc": 0.95, "aupro_200": float("nan")},
+        }
+    )
     out = tmp_path / "run" / "eval"
     json_path, csv_path = write_metrics(summary, out)
     assert (json_path.name, csv_path.name) == ("metrics.json", "metrics.csv")
@@ -111,8 +134,7 @@ def test_write_metrics_json_and_csv(tmp_path):
 
 
 def test_format_table_percent_one_decimal():
-    summary = summarize({"bottle": {"i_auroc": 1.0, "p_auroc": 0.98765},
-                         "transistor": {"i_auroc": 0.9512}})
+    summary = summarize({"bottle": {"i_auroc": 1.0, "p_auroc": 0.98765}, "transistor": {"i_auroc": 0.9512}})
     table = format_table(summary)
     lines = table.splitlines()
     assert lines[0].split() == ["category", "I-AUROC", "P-AUROC"]

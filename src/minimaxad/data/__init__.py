@@ -29,13 +29,7 @@ from minimaxad.data.io import (
 )
 from minimaxad.data.loader import collate, make_loader
 from minimaxad.data.synthetic import generate_synthetic_dataset, render_sample
-from minimaxad.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandomResizedCropFlip,
-    Transform,
-    denormalize,
-)
+from minimaxad.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomResizedCropFlip, Transform, denormalize
 
 __all__ = [
     "AnomalyDataset",

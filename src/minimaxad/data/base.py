@@ -98,9 +98,7 @@ def _check_record(rec: Record, full: bool) -> Optional[str]:
 
 
 def validate_records(
-    records: Sequence[Record],
-    level: Union[bool, str] = True,
-    num_threads: Optional[int] = None,
+    records: Sequence[Record], level: Union[bool, str] = True, num_threads: Optional[int] = None
 ) -> list[tuple[int, str]]:
     """Check every file of ``records``; returns (index, problem) pairs, empty when all pass.
 
@@ -118,9 +116,7 @@ def validate_records(
     return [(i, p) for i, p in enumerate(results) if p is not None]
 
 
-def _report_problems(
-    problems: list[tuple[int, str]], total: int, name: str, skip: bool
-) -> None:
+def _report_problems(problems: list[tuple[int, str]], total: int, name: str, skip: bool) -> None:
     """Raise (or, with ``skip``, warn) about files that cannot be used."""
     if not problems:
         return
@@ -309,10 +305,7 @@ class AnomalyDataset(_RecordViews, Dataset):
             mrow = int(self._mask_rows[index])
             return self._images[self._rows[index]], (self._masks[mrow] if mrow >= 0 else None)
         image, mask = self._decode(index)
-        return (
-            self.transform.resize_image(image),
-            None if mask is None else self.transform.resize_mask(mask),
-        )
+        return (self.transform.resize_image(image), None if mask is None else self.transform.resize_mask(mask))
 
     def _augmented(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rows is not None:  # crop the cached image: an approximation, see docs
@@ -328,9 +321,7 @@ class AnomalyDataset(_RecordViews, Dataset):
                     mask = mask.resize(image.size, Image.BILINEAR)
         image, mask = self.augment(image.convert("RGB"), mask)
         # The crop already gave the final size: normalise without a center crop.
-        return self.transform.finish(
-            np.asarray(image), None if mask is None else np.asarray(mask), crop=False
-        )
+        return self.transform.finish(np.asarray(image), None if mask is None else np.asarray(mask), crop=False)
 
     def _item(self, index: int) -> dict:
         rec = self.records[index]
@@ -595,9 +586,7 @@ def _EmptyUnified(template: UnifiedDataset) -> UnifiedDataset:
 
 
 def split_holdout(
-    dataset: Union[AnomalyDataset, UnifiedDataset],
-    holdout: Union[int, float] = 0.1,
-    seed: int = 0,
+    dataset: Union[AnomalyDataset, UnifiedDataset], holdout: Union[int, float] = 0.1, seed: int = 0
 ) -> tuple[Union[AnomalyDataset, UnifiedDataset], Union[AnomalyDataset, UnifiedDataset]]:
     """Split off held-out normal images (e.g. to calibrate thresholds), per category.
 

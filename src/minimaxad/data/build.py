@@ -32,19 +32,42 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         Format("mvtec", "MVTec AD (and any MVTec-like tree)", mvtec.list_records, mvtec.list_categories),
-        Format("visa", "VisA, released (split_csv/1cls.csv + Data/) or converted 1cls", visa.list_records, visa.list_categories),
+        Format(
+            "visa",
+            "VisA, released (split_csv/1cls.csv + Data/) or converted 1cls",
+            visa.list_records,
+            visa.list_categories,
+        ),
         Format("goodsad", "GoodsAD (MVTec-like, 6 categories of goods)", goodsad.list_records, goodsad.list_categories),
         Format("aebad", "AeBAD-S, 4 test domains (domain=...)", aebad.list_records, aebad.list_categories),
         Format("mad", "MAD-Sim / MAD-Real (LEGO toys)", mad.list_records, mad.list_categories),
-        Format("realiad", "Real-IAD (realiad_<res>/ + JSON split files)", realiad.list_records, realiad.list_categories),
-        Format("folder", "your own folders: train/, test/<good|defect>/, optional masks", folder.list_records, folder.list_categories),
+        Format(
+            "realiad", "Real-IAD (realiad_<res>/ + JSON split files)", realiad.list_records, realiad.list_categories
+        ),
+        Format(
+            "folder",
+            "your own folders: train/, test/<good|defect>/, optional masks",
+            folder.list_records,
+            folder.list_categories,
+        ),
     )
 }
 _ALIASES = {
-    "mvtec_ad": "mvtec", "mvtec-ad": "mvtec", "mvtecad": "mvtec", "visa_pytorch": "visa",
-    "goods_ad": "goodsad", "pku-goodsad": "goodsad", "aebad_s": "aebad", "aebad-s": "aebad",
-    "mad_sim": "mad", "mad-sim": "mad", "mad_real": "mad", "mad-real": "mad",
-    "real_iad": "realiad", "real-iad": "realiad", "custom": "folder",
+    "mvtec_ad": "mvtec",
+    "mvtec-ad": "mvtec",
+    "mvtecad": "mvtec",
+    "visa_pytorch": "visa",
+    "goods_ad": "goodsad",
+    "pku-goodsad": "goodsad",
+    "aebad_s": "aebad",
+    "aebad-s": "aebad",
+    "mad_sim": "mad",
+    "mad-sim": "mad",
+    "mad_real": "mad",
+    "mad-real": "mad",
+    "real_iad": "realiad",
+    "real-iad": "realiad",
+    "custom": "folder",
 }
 
 
@@ -117,9 +140,7 @@ def build_dataset(
         options["domain"] = domain
     unknown = sorted(set(options) - set(fmt.options))
     if unknown:
-        raise TypeError(
-            f"build_dataset: unknown option(s) {unknown} for format {fmt.name!r}; accepted: {fmt.options}"
-        )
+        raise TypeError(f"build_dataset: unknown option(s) {unknown} for format {fmt.name!r}; accepted: {fmt.options}")
     records = fmt.list_records(Path(root), split, categories, **options)
     cats = sorted({r.category for r in records})
     label = f"{fmt.name} {split} ({', '.join(cats[:4])}{', ...' if len(cats) > 4 else ''})"
@@ -142,10 +163,7 @@ Spec = Union[Mapping[str, Any], Sequence[Any]]
 
 
 def build_unified(
-    specs: Sequence[Spec],
-    split: str = "train",
-    prefix_categories: bool = False,
-    **common: Any,
+    specs: Sequence[Spec], split: str = "train", prefix_categories: bool = False, **common: Any
 ) -> UnifiedDataset:
     """Several datasets merged into one (the paper merges AeBAD-S with MVTec AD).
 

@@ -64,8 +64,10 @@ class DatasetSource:
         return PurePosixPath(self.url or "").name or f"{self.name}.archive"
 
 
-CC_BY_NC_SA = "CC BY-NC-SA 4.0 (https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only, " \
-              "attribution, share alike"
+CC_BY_NC_SA = (
+    "CC BY-NC-SA 4.0 (https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only, "
+    "attribution, share alike"
+)
 
 
 # -- conversions ---------------------------------------------------------------------------------
@@ -134,56 +136,105 @@ def convert_btad(root: Path, echo: Echo) -> None:
 # checked against the server's Content-Length and the SHA-256.
 DATASETS: dict[str, DatasetSource] = {
     "mvtec": DatasetSource(
-        "mvtec", "MVTec AD (15 categories)", CC_BY_NC_SA,
-        "https://www.mvtec.com/company/research/datasets/mvtec-ad", "mvtec", "mvtec_ad",
+        "mvtec",
+        "MVTec AD (15 categories)",
+        CC_BY_NC_SA,
+        "https://www.mvtec.com/company/research/datasets/mvtec-ad",
+        "mvtec",
+        "mvtec_ad",
         url="https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/420938113-1629960298/"
-            "mvtec_anomaly_detection.tar.xz",
-        sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"),
+        "mvtec_anomaly_detection.tar.xz",
+        sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+    ),
     "visa": DatasetSource(
-        "visa", "VisA (12 objects)", "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
-        "https://github.com/amazon-science/spot-diff", "visa", "visa",
+        "visa",
+        "VisA (12 objects)",
+        "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
+        "https://github.com/amazon-science/spot-diff",
+        "visa",
+        "visa",
         url="https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
-        sha256="2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362", convert=convert_visa),
+        sha256="2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362",
+        convert=convert_visa,
+    ),
     "mvtec_loco": DatasetSource(
-        "mvtec_loco", "MVTec LOCO AD (5 categories, logical and structural anomalies)", CC_BY_NC_SA,
-        "https://www.mvtec.com/company/research/datasets/mvtec-loco", "mvtec", "mvtec_loco",
+        "mvtec_loco",
+        "MVTec LOCO AD (5 categories, logical and structural anomalies)",
+        CC_BY_NC_SA,
+        "https://www.mvtec.com/company/research/datasets/mvtec-loco",
+        "mvtec",
+        "mvtec_loco",
         url="https://www.mydrive.ch/shares/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/430647091-1646842701/"
-            "mvtec_loco_anomaly_detection.tar.xz",
-        sha256="9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687", convert=convert_mvtec_loco),
+        "mvtec_loco_anomaly_detection.tar.xz",
+        sha256="9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687",
+        convert=convert_mvtec_loco,
+    ),
     "btad": DatasetSource(
-        "btad", "BTAD / BeanTech (3 products)", CC_BY_NC_SA, "https://github.com/pankajmishra000/VT-ADL",
-        "mvtec", "btad", url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
-        sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", convert=convert_btad),
+        "btad",
+        "BTAD / BeanTech (3 products)",
+        CC_BY_NC_SA,
+        "https://github.com/pankajmishra000/VT-ADL",
+        "mvtec",
+        "btad",
+        url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
+        sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
+        convert=convert_btad,
+    ),
     "mpdd": DatasetSource(
-        "mpdd", "MPDD, Metal Parts Defect Detection (6 parts)", CC_BY_NC_SA, "https://github.com/stepanje/MPDD",
-        "mvtec", "mpdd",
+        "mpdd",
+        "MPDD, Metal Parts Defect Detection (6 parts)",
+        CC_BY_NC_SA,
+        "https://github.com/stepanje/MPDD",
+        "mvtec",
+        "mpdd",
         instructions="MPDD is shared as a OneDrive folder (no stable file URL). Download it from the link on "
-                     "https://github.com/stepanje/MPDD and unpack it so that {root}/mpdd/<part>/train/good exists "
-                     "(MVTec layout); then: --format mvtec --data {root}/mpdd"),
+        "https://github.com/stepanje/MPDD and unpack it so that {root}/mpdd/<part>/train/good exists "
+        "(MVTec layout); then: --format mvtec --data {root}/mpdd",
+    ),
     "goodsad": DatasetSource(
-        "goodsad", "GoodsAD (6 categories of retail goods)", CC_BY_NC_SA, "https://github.com/jianzhang96/GoodsAD",
-        "goodsad", "goodsad",
+        "goodsad",
+        "GoodsAD (6 categories of retail goods)",
+        CC_BY_NC_SA,
+        "https://github.com/jianzhang96/GoodsAD",
+        "goodsad",
+        "goodsad",
         instructions="GoodsAD is distributed through the links on https://github.com/jianzhang96/GoodsAD (cloud "
-                     "drives, no stable file URL). Unpack it into {root}/goodsad (<category>/train/good, test/, "
-                     "ground_truth/); then: --format goodsad --data {root}/goodsad"),
+        "drives, no stable file URL). Unpack it into {root}/goodsad (<category>/train/good, test/, "
+        "ground_truth/); then: --format goodsad --data {root}/goodsad",
+    ),
     "aebad": DatasetSource(
-        "aebad", "AeBAD-S (aero-engine blades)", "see the dataset page", "https://github.com/zhangzilongc/MMR",
-        "aebad", "AeBAD",
+        "aebad",
+        "AeBAD-S (aero-engine blades)",
+        "see the dataset page",
+        "https://github.com/zhangzilongc/MMR",
+        "aebad",
+        "AeBAD",
         instructions="AeBAD is distributed through the links on https://github.com/zhangzilongc/MMR (cloud drives). "
-                     "Unpack it into {root}/AeBAD (AeBAD_S/train/good, AeBAD_S/test/<defect>/<domain>, "
-                     "AeBAD_S/ground_truth/...); then: --preset aebad --data {root}/AeBAD"),
+        "Unpack it into {root}/AeBAD (AeBAD_S/train/good, AeBAD_S/test/<defect>/<domain>, "
+        "AeBAD_S/ground_truth/...); then: --preset aebad --data {root}/AeBAD",
+    ),
     "realiad": DatasetSource(
-        "realiad", "Real-IAD (30 objects, 5 views)", "CC BY-NC-SA 4.0, after the authors approve a request",
-        "https://huggingface.co/datasets/REAL-IAD/Real-IAD", "realiad", "realiad",
+        "realiad",
+        "Real-IAD (30 objects, 5 views)",
+        "CC BY-NC-SA 4.0, after the authors approve a request",
+        "https://huggingface.co/datasets/REAL-IAD/Real-IAD",
+        "realiad",
+        "realiad",
         instructions="Real-IAD needs an access request: sign in on https://huggingface.co/datasets/REAL-IAD/Real-IAD "
-                     "and ask for access; once approved, download realiad_<resolution> (e.g. realiad_512) and "
-                     "realiad_jsons into {root}/realiad; then: --format realiad --data {root}/realiad"),
+        "and ask for access; once approved, download realiad_<resolution> (e.g. realiad_512) and "
+        "realiad_jsons into {root}/realiad; then: --format realiad --data {root}/realiad",
+    ),
     "mad": DatasetSource(
-        "mad", "MAD-Sim / MAD-Real (LEGO toys, multi-pose)", "CC BY-NC-SA 4.0", "https://github.com/EricLee0224/PAD",
-        "mad", "MAD",
+        "mad",
+        "MAD-Sim / MAD-Real (LEGO toys, multi-pose)",
+        "CC BY-NC-SA 4.0",
+        "https://github.com/EricLee0224/PAD",
+        "mad",
+        "MAD",
         instructions="MAD-Sim and MAD-Real are shared through the cloud-drive links on "
-                     "https://github.com/EricLee0224/PAD. Unpack them into {root}/MAD (MAD-Sim/<toy>/train/good ...); "
-                     "then: --preset mad-sim --data {root}/MAD/MAD-Sim"),
+        "https://github.com/EricLee0224/PAD. Unpack them into {root}/MAD (MAD-Sim/<toy>/train/good ...); "
+        "then: --preset mad-sim --data {root}/MAD/MAD-Sim",
+    ),
 }
 
 
@@ -195,8 +246,9 @@ def _safe_relative(name: str, archive: Path) -> PurePosixPath | None:
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; nothing was extracted")
     parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(f"{archive}: member {name!r} climbs out of the target folder with '..'; "
-                                 f"nothing was extracted")
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} climbs out of the target folder with '..'; nothing was extracted"
+        )
     return PurePosixPath(*parts) if parts else None
 
 
@@ -207,8 +259,9 @@ def _members(archive: Path) -> Iterator[tuple[PurePosixPath, bool, Callable]]:
             for info in zipped.infolist():
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link; "
-                                             f"nothing was extracted")
+                    raise UnsafeArchiveError(
+                        f"{archive}: member {info.filename!r} is a symbolic link; nothing was extracted"
+                    )
                 relative = _safe_relative(info.filename, archive)
                 if relative is not None:
                     yield relative, info.is_dir(), (lambda i=info: zipped.open(i))
@@ -216,22 +269,29 @@ def _members(archive: Path) -> Iterator[tuple[PurePosixPath, bool, Callable]]:
     try:
         tar = tarfile.open(archive)  # gz, bz2, xz or plain, detected from the content
     except tarfile.TarError as exc:
-        raise RuntimeError(f"{archive} is neither a zip nor a tar archive ({exc}); delete it and download again") from exc
+        raise RuntimeError(
+            f"{archive} is neither a zip nor a tar archive ({exc}); delete it and download again"
+        ) from exc
     with tar:
         for member in tar:
             if member.issym() or member.islnk():
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a "
-                                         f"{'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r}); "
-                                         f"nothing was extracted")
+                raise UnsafeArchiveError(
+                    f"{archive}: member {member.name!r} is a "
+                    f"{'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r}); "
+                    f"nothing was extracted"
+                )
             if not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device or pipe; nothing was extracted")
+                raise UnsafeArchiveError(
+                    f"{archive}: member {member.name!r} is a device or pipe; nothing was extracted"
+                )
             relative = _safe_relative(member.name, archive)
             if relative is not None:
                 yield relative, member.isdir(), (lambda m=member: tar.extractfile(m))
 
 
-def safe_extract(archive: Path, target: Path, *, strip_single_top: bool = True,
-                 prepare: Callable[[Path], None] | None = None) -> Path:
+def safe_extract(
+    archive: Path, target: Path, *, strip_single_top: bool = True, prepare: Callable[[Path], None] | None = None
+) -> Path:
     """Unpack ``archive`` into the new folder ``target`` (which must not exist).
 
     Extraction goes to ``target.partial`` first; any unsafe member aborts it, deletes what was
@@ -273,8 +333,15 @@ def safe_extract(archive: Path, target: Path, *, strip_single_top: bool = True,
 
 
 # -- the command -----------------------------------------------------------------------------------
-def download_dataset(name: str, root: Path, *, url: str | None = None, keep_archive: bool = False,
-                     progress: bool = True, echo: Echo = print) -> Path | None:
+def download_dataset(
+    name: str,
+    root: Path,
+    *,
+    url: str | None = None,
+    keep_archive: bool = False,
+    progress: bool = True,
+    echo: Echo = print,
+) -> Path | None:
     """Download, check, unpack and convert dataset ``name`` into ``root``; returns the folder to
     pass as ``--data`` (None for datasets that need a manual step: their instructions are printed).
 
@@ -300,11 +367,14 @@ def download_dataset(name: str, root: Path, *, url: str | None = None, keep_arch
     archive = root / source.archive_name
     root.mkdir(parents=True, exist_ok=True)
     echo(f"downloading {location} -> {archive}")
-    result = download_file(location, archive, size=source.size, sha256=source.sha256, progress=progress,
-                           description=source.name, echo=echo)
+    result = download_file(
+        location, archive, size=source.size, sha256=source.sha256, progress=progress, description=source.name, echo=echo
+    )
     if source.sha256 is None:
-        echo(f"no published SHA-256 for this archive: it is {result.sha256} ({result.size} bytes); "
-             f"compare it with the publisher's, if they give one")
+        echo(
+            f"no published SHA-256 for this archive: it is {result.sha256} ({result.size} bytes); "
+            f"compare it with the publisher's, if they give one"
+        )
     else:
         echo(f"SHA-256 checked: {result.sha256}")
     echo(f"unpacking into {target}")

@@ -43,8 +43,7 @@ def _category_dirs(root: Path, category: Optional[str]) -> dict[str, Path]:
         return {category or root.resolve().name: root}
     if category is not None:
         raise DatasetError(
-            f"folder: category={category!r} names a single-category root, but {root} has no "
-            "train/ or test/ folder"
+            f"folder: category={category!r} names a single-category root, but {root} has no train/ or test/ folder"
         )
     return {c: root / c for c in discover_categories(root)}
 

@@ -22,8 +22,7 @@ CATEGORIES = ("cigarette_box", "drink_bottle", "drink_can", "food_bottle", "food
 
 EXPECTED = (
     "<root>/<category>/train/good/*.jpg, <root>/<category>/test/<good|defect>/*.jpg and "
-    "<root>/<category>/ground_truth/<defect>/<name>.png, categories "
-    + ", ".join(CATEGORIES)
+    "<root>/<category>/ground_truth/<defect>/<name>.png, categories " + ", ".join(CATEGORIES)
 )
 
 
@@ -33,10 +32,7 @@ def list_categories(root: Path) -> list[str]:
 
 
 def list_records(
-    root: Path,
-    split: str,
-    categories: Optional[Iterable[str]] = None,
-    allow_missing_masks: bool = False,
+    root: Path, split: str, categories: Optional[Iterable[str]] = None, allow_missing_masks: bool = False
 ) -> list[Record]:
     """GoodsAD records (the generic MVTec-like reader)."""
     return mvtec_like_records(root, split, categories, "goodsad", EXPECTED, allow_missing_masks)

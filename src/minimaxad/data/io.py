@@ -131,9 +131,7 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise ValueError(
-            f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
-        )
+        raise ValueError(f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
@@ -179,13 +177,27 @@ def load_image(src: ImageSource) -> Image.Image:
 
 # What PIL's format plugins raise on malformed files, besides OSError: a broken header can end
 # in any of these (found by the fuzz test in tests/data/test_bad_corpus.py).
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
-                 TypeError, ZeroDivisionError, OverflowError, struct.error, MemoryError)
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    struct.error,
+    MemoryError,
+)
 
 
 def _bomb_reason(exc: Exception) -> str:
-    return (f"{exc}; so many pixels are refused as a possible decompression bomb (a small file that "
-            f"would fill the memory). Resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine")
+    return (
+        f"{exc}; so many pixels are refused as a possible decompression bomb (a small file that "
+        f"would fill the memory). Resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
+    )
 
 
 # --------------------------------------------------------------------------- masks
@@ -234,15 +246,13 @@ def mask_to_uint8(arr: np.ndarray, where: str = "mask", mode: str = "auto") -> n
     if np.issubdtype(arr.dtype, np.floating):
         if np.isnan(arr).any() or lo < 0 or hi > 255:
             raise BadMaskError(
-                f"{where}: float mask values {lo:g}..{hi:g} are out of range; "
-                "expected values in [0, 1] (or 0..255)"
+                f"{where}: float mask values {lo:g}..{hi:g} are out of range; expected values in [0, 1] (or 0..255)"
             )
         arr = np.round(arr * (255.0 if hi <= 1.0 else 1.0)).astype(np.uint8)
     elif arr.dtype != np.uint8:
         if lo < 0 or hi > 65535:
             raise BadMaskError(
-                f"{where}: mask values {lo:g}..{hi:g} are out of range; expected 0..255 "
-                "(8-bit) or 0..65535 (16-bit)"
+                f"{where}: mask values {lo:g}..{hi:g} are out of range; expected 0..255 (8-bit) or 0..65535 (16-bit)"
             )
         arr = arr.astype(np.uint8) if hi <= 255 else _sixteen_bit_to_uint8(arr)
     hi = int(arr.max())

@@ -56,8 +56,7 @@ def select_categories(
     missing = [c for c in requested if c not in available]
     if missing:
         raise DatasetNotFoundError(
-            f"{fmt}: category {', '.join(map(repr, missing))} not found under {root}; "
-            f"available: {', '.join(available)}"
+            f"{fmt}: category {', '.join(map(repr, missing))} not found under {root}; available: {', '.join(available)}"
         )
     return requested
 
@@ -133,13 +132,7 @@ class Problems:
 
 
 def mvtec_category_records(
-    cat_dir: Path,
-    category: str,
-    split: str,
-    fmt: str,
-    finder: MaskFinder,
-    problems: Problems,
-    mask_mode: str = "auto",
+    cat_dir: Path, category: str, split: str, fmt: str, finder: MaskFinder, problems: Problems, mask_mode: str = "auto"
 ) -> list[Record]:
     """Records of one MVTec-like category folder::
 
@@ -182,9 +175,7 @@ def mvtec_category_records(
             mask = finder.find([gt_root / d.name], p.stem) if has_gt else None
             if mask is None and has_gt:
                 problems.missing_mask(p, [gt_root / d.name / f"{p.stem}_mask.png", gt_root / d.name / f"{p.stem}.png"])
-            records.append(
-                Record(str(p), 1, category, d.name, None if mask is None else str(mask), mask_mode)
-            )
+            records.append(Record(str(p), 1, category, d.name, None if mask is None else str(mask), mask_mode))
     if not records:
         raise DatasetError(f"{fmt} '{category}': empty test set: no images in the sub-folders of {test}")
     return records

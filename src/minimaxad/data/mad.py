@@ -22,7 +22,10 @@ EXPECTED = (
     "<root>/<toy>/train/good/*.png, <root>/<toy>/test/<good|defect>/*.png and "
     "<root>/<toy>/ground_truth/<defect>/<name>_mask.png (root = the MAD-Sim or MAD-Real folder)"
 )
-_SUBSETS = {"sim": ("MAD-Sim", "MAD_Sim", "MAD_sim", "mad_sim"), "real": ("MAD-Real", "MAD_Real", "MAD_real", "mad_real")}
+_SUBSETS = {
+    "sim": ("MAD-Sim", "MAD_Sim", "MAD_sim", "mad_sim"),
+    "real": ("MAD-Real", "MAD_Real", "MAD_real", "mad_real"),
+}
 
 
 def resolve_root(root: Path, subset: Optional[str] = None) -> Path:
@@ -30,9 +33,7 @@ def resolve_root(root: Path, subset: Optional[str] = None) -> Path:
     root = Path(root).expanduser()
     if subset is not None and subset not in _SUBSETS:
         raise ValueError(f"mad: subset={subset!r}; expected 'sim' or 'real'")
-    present = {
-        key: root / name for key, names in _SUBSETS.items() for name in names if (root / name).is_dir()
-    }
+    present = {key: root / name for key, names in _SUBSETS.items() for name in names if (root / name).is_dir()}
     if not present:
         return root
     if subset is None:
@@ -60,6 +61,4 @@ def list_records(
     allow_missing_masks: bool = False,
 ) -> list[Record]:
     """MAD-Sim / MAD-Real records (one category per toy)."""
-    return mvtec_like_records(
-        resolve_root(root, subset), split, categories, "mad", EXPECTED, allow_missing_masks
-    )
+    return mvtec_like_records(resolve_root(root, subset), split, categories, "mad", EXPECTED, allow_missing_masks)

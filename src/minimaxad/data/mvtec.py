@@ -17,13 +17,7 @@ from typing import Iterable, Optional
 
 from minimaxad.data.base import Record
 from minimaxad.data.io import DatasetNotFoundError
-from minimaxad.data.layout import (
-    MaskFinder,
-    Problems,
-    discover_categories,
-    mvtec_category_records,
-    select_categories,
-)
+from minimaxad.data.layout import MaskFinder, Problems, discover_categories, mvtec_category_records, select_categories
 
 __all__ = ["list_records", "list_categories", "mvtec_like_records", "category_dirs"]
 
@@ -70,10 +64,7 @@ def mvtec_like_records(
 
 
 def list_records(
-    root: Path,
-    split: str,
-    categories: Optional[Iterable[str]] = None,
-    allow_missing_masks: bool = False,
+    root: Path, split: str, categories: Optional[Iterable[str]] = None, allow_missing_masks: bool = False
 ) -> list[Record]:
     """MVTec AD records."""
     return mvtec_like_records(root, split, categories, "mvtec", EXPECTED, allow_missing_masks)

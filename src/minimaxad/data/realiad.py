@@ -40,7 +40,7 @@ def resolve_dirs(
         kind = "is a file, not a folder" if root.exists() else "does not exist"
         raise DatasetNotFoundError(f"realiad: dataset root {root} {kind}; expected {EXPECTED}")
     res_dirs = {
-        p.name[len("realiad_"):]: p
+        p.name[len("realiad_") :]: p
         for p in root.iterdir()
         if p.is_dir() and p.name.startswith("realiad_") and not p.name.startswith("realiad_jsons")
     }
@@ -146,7 +146,8 @@ def list_records(
             n = len(missing)
             raise DatasetNotFoundError(
                 f"realiad '{cat}': {n} image(s) listed in {json_path} do not exist:\n  "
-                + "\n  ".join(missing[:10]) + (f"\n  ... and {n - 10} more" if n > 10 else "")
+                + "\n  ".join(missing[:10])
+                + (f"\n  ... and {n - 10} more" if n > 10 else "")
                 + f"\nExpected them relative to {cat_dir}; check resolution= and json_dir="
             )
     problems.raise_or_warn(allow_missing_masks)

@@ -31,12 +31,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-__all__ = [
-    "CATEGORIES",
-    "DEFECT_TYPES",
-    "generate_synthetic_dataset",
-    "render_sample",
-]
+__all__ = ["CATEGORIES", "DEFECT_TYPES", "generate_synthetic_dataset", "render_sample"]
 
 CATEGORIES = ("weave", "grain", "washer")
 DEFECT_TYPES = ("scratch", "spot", "hole", "foreign", "missing", "color")
@@ -260,8 +255,14 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
 # --------------------------------------------------------------------------- defects
 
 
-def _apply_defect(scene: _Scene, defect: str, rng: np.random.Generator, size: int,
-                  subtle_fraction: float = 0.35, clear_strength: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+def _apply_defect(
+    scene: _Scene,
+    defect: str,
+    rng: np.random.Generator,
+    size: int,
+    subtle_fraction: float = 0.35,
+    clear_strength: tuple[float, float] = (0.25, 1.0),
+) -> np.ndarray:
     """The scene's image with one defect (float32, before noise); ``subtle_fraction`` of the
     defects are drawn faint (strength 0.08-0.3), the others clear (``clear_strength``, 0.25-1.0)."""
     img = scene.image.copy()
@@ -434,12 +435,20 @@ def generate_synthetic_dataset(
             for i in range(n_test_defect):
                 # Each defect type has its own index range: counts do not shift other images.
                 index = 10_000 * (1 + DEFECT_TYPES.index(d)) + i
-                image, mask = render_sample(cat, seed, index, d, image_size, subtle_fraction=subtle_fraction,
-                                            clear_strength=clear_strength)
+                image, mask = render_sample(
+                    cat, seed, index, d, image_size, subtle_fraction=subtle_fraction, clear_strength=clear_strength
+                )
                 save(image, cat_dir / "test" / d / f"{i:03d}.png")
                 save(mask, cat_dir / "ground_truth" / d / f"{i:03d}_mask.png")
-        params = dict(seed=seed, image_size=image_size, n_train=n_train, n_test_good=n_test_good,
-                      n_test_defect=n_test_defect, defects=list(defects), subtle_fraction=subtle_fraction,
-                      clear_strength=list(clear_strength))
+        params = dict(
+            seed=seed,
+            image_size=image_size,
+            n_train=n_train,
+            n_test_good=n_test_good,
+            n_test_defect=n_test_defect,
+            defects=list(defects),
+            subtle_fraction=subtle_fraction,
+            clear_strength=list(clear_strength),
+        )
         (cat_dir / _MARKER).write_text(json.dumps(params, indent=1))
     return root

@@ -94,9 +94,7 @@ class Transform:
     ) -> None:
         self.image_size = _pair(image_size, "image_size")
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
-        if self.crop_size and (
-            self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]
-        ):
+        if self.crop_size and (self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]):
             raise ValueError(
                 f"crop_size {self.crop_size} is larger than image_size {self.image_size}; "
                 "the crop is taken from the resized image, so it must fit inside it"
@@ -252,9 +250,7 @@ class RandomResizedCropFlip:
 
 
 def denormalize(
-    image: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> np.ndarray:
     """Normalised (3, H, W) or (B, 3, H, W) tensor -> uint8 (H, W, 3) or (B, H, W, 3) array."""
     if image.ndim not in (3, 4) or image.shape[-3] != 3:

@@ -28,8 +28,18 @@ from minimaxad.data.mvtec import mvtec_like_records
 __all__ = ["CATEGORIES", "list_records", "list_categories", "is_released_layout"]
 
 CATEGORIES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
-    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
 )
 EXPECTED = (
     "either the released layout (<root>/split_csv/1cls.csv and <root>/<object>/Data/Images/...) "
@@ -57,8 +67,7 @@ def _read_split(csv_path: Path) -> list[dict[str, str]]:
         missing = [c for c in _COLUMNS if c not in fields]
         if missing:
             raise DatasetError(
-                f"visa: split file {csv_path} lacks column(s) {missing}; found {fields}, "
-                f"expected {','.join(_COLUMNS)}"
+                f"visa: split file {csv_path} lacks column(s) {missing}; found {fields}, expected {','.join(_COLUMNS)}"
             )
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
 
@@ -106,9 +115,7 @@ def list_records(
             continue
         label = {"normal": 0, "anomaly": 1}.get(row["label"])
         if label is None:
-            raise DatasetError(
-                f"visa: {csv_path} line {line}: label {row['label']!r}; expected 'normal' or 'anomaly'"
-            )
+            raise DatasetError(f"visa: {csv_path} line {line}: label {row['label']!r}; expected 'normal' or 'anomaly'")
         image = root / row["image"]
         if row["image"] in seen:
             raise DatasetError(
@@ -129,13 +136,20 @@ def list_records(
             else:
                 problems.missing_mask(image, [Path("<mask column is empty>")])
         records.append(
-            Record(str(image), label, row["object"], "bad" if label else "good",
-                   None if mask is None else str(mask), "nonzero")
+            Record(
+                str(image),
+                label,
+                row["object"],
+                "bad" if label else "good",
+                None if mask is None else str(mask),
+                "nonzero",
+            )
         )
     if missing_files:
         n = len(missing_files)
         raise DatasetNotFoundError(
-            f"visa: {n} image(s) listed in {csv_path} do not exist:\n  " + "\n  ".join(missing_files[:10])
+            f"visa: {n} image(s) listed in {csv_path} do not exist:\n  "
+            + "\n  ".join(missing_files[:10])
             + (f"\n  ... and {n - 10} more" if n > 10 else "")
             + f"\nExpected them relative to {root}; is root the folder that holds split_csv/?"
         )

@@ -54,11 +54,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         cause = _os_error_in(exc)  # torch.save can wrap the OSError of a failed write in a RuntimeError
         if cause is None:
             raise
-        previous = (f"the previous {path.name} is intact" if path.is_file()
-                    else f"no {path.name} was written")
-        raise CheckpointWriteError(cause.errno, f"could not write the checkpoint {path} "
-                                                f"({cause.strerror or cause}); {previous}. Free some space (or fix "
-                                                f"the folder) and run again with --resume") from exc
+        previous = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise CheckpointWriteError(
+            cause.errno,
+            f"could not write the checkpoint {path} "
+            f"({cause.strerror or cause}); {previous}. Free some space (or fix "
+            f"the folder) and run again with --resume",
+        ) from exc
 
 
 def _os_error_in(exc: BaseException | None) -> OSError | None:
@@ -101,13 +103,14 @@ def rng_state() -> dict[str, Any]:
     Python's state is kept as its ``repr`` and NumPy's keys as an int64 tensor, so that
     ``torch.load(weights_only=True)`` reads them back.
     """
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": repr(random.getstate()),
-    }
+    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate())}
     _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state["numpy"] = {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -120,8 +123,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuple(ast.literal_eval(state["python"])))
     numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -201,8 +211,10 @@ def _load_plain_data(path: Path) -> Any:
     its own message naming the file."""
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never completely written; "
-                              f"use another checkpoint, or train again")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): it was never completely written; "
+            f"use another checkpoint, or train again"
+        )
     with open(path, "rb") as handle:
         head = handle.read(4)
     try:
@@ -221,15 +233,17 @@ def _load_plain_data(path: Path) -> Any:
 
 def _corrupt_message(path: Path, size: int, head: bytes, exc: BaseException) -> str:
     if head.startswith(b"PK"):
-        what = ("a zip archive that is not a complete torch checkpoint (truncated, or another kind of zip "
-                "file)")
+        what = "a zip archive that is not a complete torch checkpoint (truncated, or another kind of zip file)"
     elif head[:1] == b"\x80":
-        what = ("a bare Python pickle, not a torch checkpoint; it was not unpickled (a pickle can run code), "
-                "only checked")
+        what = (
+            "a bare Python pickle, not a torch checkpoint; it was not unpickled (a pickle can run code), only checked"
+        )
     else:
         what = "not a torch checkpoint, or truncated"
-    return (f"checkpoint {path} is unreadable or corrupt ({size} bytes, {what}; {type(exc).__name__}: "
-            f"{str(exc)[:160]}); it may be truncated, or not a minimaxad checkpoint")
+    return (
+        f"checkpoint {path} is unreadable or corrupt ({size} bytes, {what}; {type(exc).__name__}: "
+        f"{str(exc)[:160]}); it may be truncated, or not a minimaxad checkpoint"
+    )
 
 
 def load_model_state(model: MiniMaxAD, checkpoint: dict[str, Any]) -> MiniMaxAD:
@@ -251,7 +265,7 @@ def load_model_state(model: MiniMaxAD, checkpoint: dict[str, Any]) -> MiniMaxAD:
         )
     for name in ("bottleneck", "decoder"):
         prefix = f"{name}."
-        getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        getattr(model, name).load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     if checkpoint.get("encoder_state") is not None:
         try:
             model.encoder.load_state_dict(checkpoint["encoder_state"])
@@ -261,8 +275,7 @@ def load_model_state(model: MiniMaxAD, checkpoint: dict[str, Any]) -> MiniMaxAD:
 
 
 def model_from_checkpoint(
-    checkpoint: dict[str, Any] | str | Path,
-    encoder_weights: str | Path | None = None,
+    checkpoint: dict[str, Any] | str | Path, encoder_weights: str | Path | None = None
 ) -> MiniMaxAD:
     """Rebuild the trained model: backbone from the file, encoder from its ImageNet file (the one
     recorded, or ``encoder_weights``) or from the checkpoint when it was random."""
@@ -272,7 +285,12 @@ def model_from_checkpoint(
     info = checkpoint.get("encoder_weights") or {}
     if checkpoint.get("encoder_state") is None:
         source = encoder_weights or info.get("source") or "hub"
-        if source and Path(str(source)).name and not Path(str(source)).exists() and str(source) not in ("hub", "imagenet"):
+        if (
+            source
+            and Path(str(source)).name
+            and not Path(str(source)).exists()
+            and str(source) not in ("hub", "imagenet")
+        ):
             source = "hub"  # the recorded path moved: fall back to the cache / hub
         model.load_encoder_weights(source)
         recorded = info.get("identity")

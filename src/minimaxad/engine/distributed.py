@@ -93,8 +93,12 @@ def current_context() -> DistributedContext:
     """The context of an initialised default process group, else :data:`SINGLE_PROCESS`."""
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE_PROCESS
-    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                              local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+    return DistributedContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=dist.get_backend(),
+    )
 
 
 def backend_for(device: torch.device) -> str:
@@ -119,8 +123,10 @@ def distributed_session(device: torch.device) -> Iterator[DistributedContext]:
         yield current_context()
         return
     if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; "
-                           "install a build with distributed support or run one process")
+        raise RuntimeError(
+            "WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; "
+            "install a build with distributed support or run one process"
+        )
     backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -169,11 +175,22 @@ class EpochBatchSampler(Sampler[list[int]]):
     batch of zero images.
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         if batch_size < 1 or num_items < 1:
-            raise ValueError(f"EpochBatchSampler needs items and a positive batch size, "
-                             f"got {num_items} items, batch size {batch_size}")
+            raise ValueError(
+                f"EpochBatchSampler needs items and a positive batch size, "
+                f"got {num_items} items, batch size {batch_size}"
+            )
         if drop_last and num_items < batch_size:
             raise ValueError(
                 f"dropping the short last batch leaves no batch at all: {num_items} training images, "
@@ -198,7 +215,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         """The epoch's global batches of item indices; the last one short, or left out under ``drop_last``."""
         order = self.permutation()
         stop = len(self) * self.batch_size if self.drop_last else self.num_items
-        return [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
+        return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
@@ -223,7 +240,7 @@ def gather_rows(tensor: torch.Tensor, group=None) -> torch.Tensor:
     counts = [int(s.item()) for s in sizes]
     longest = max(counts)
     padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[:tensor.shape[0]] = tensor
+    padded[: tensor.shape[0]] = tensor
     pieces = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(pieces, padded, group=group)
     return torch.cat([piece[:count] for piece, count in zip(pieces, counts)])
@@ -364,15 +381,18 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 unbiased = variance.detach() * count / (count - 1).clamp(min=1)
                 self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
         return output
 
 
-def _replace_batchnorms(module: nn.Module, wanted: Callable[[nn.Module], bool],
-                        make: Callable[[nn.BatchNorm2d | nn.SyncBatchNorm], nn.Module]) -> nn.Module:
+def _replace_batchnorms(
+    module: nn.Module,
+    wanted: Callable[[nn.Module], bool],
+    make: Callable[[nn.BatchNorm2d | nn.SyncBatchNorm], nn.Module],
+) -> nn.Module:
     """Swap every child for which ``wanted`` holds with ``make(child)``, state copied."""
     for name, child in module.named_children():
         if wanted(child):
@@ -386,8 +406,9 @@ def _replace_batchnorms(module: nn.Module, wanted: Callable[[nn.Module], bool],
 
 
 def _same_shape(kind: type) -> Callable[[nn.Module], nn.Module]:
-    return lambda bn: kind(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                           track_running_stats=bn.track_running_stats)
+    return lambda bn: kind(
+        bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats
+    )
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
@@ -402,8 +423,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 def revert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Back to plain ``nn.BatchNorm2d`` (what re-parameterization, export and checkpoints expect)."""
-    return _replace_batchnorms(model, lambda m: isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm2d)),
-                               _same_shape(nn.BatchNorm2d))
+    return _replace_batchnorms(
+        model, lambda m: isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm2d)), _same_shape(nn.BatchNorm2d)
+    )
 
 
 # -- what the training loop asks ----------------------------------------------------------------
@@ -415,8 +437,14 @@ class DataParallel:
     BatchNorm and losses), so it has no branch on the world size.
     """
 
-    def __init__(self, context: DistributedContext, device: torch.device, *, sync_batchnorm: bool = True,
-                 adc_mode: str = "global") -> None:
+    def __init__(
+        self,
+        context: DistributedContext,
+        device: torch.device,
+        *,
+        sync_batchnorm: bool = True,
+        adc_mode: str = "global",
+    ) -> None:
         self.context, self.device = context, device
         self.sync_batchnorm, self.adc_mode = sync_batchnorm, adc_mode
 
@@ -429,9 +457,11 @@ class DataParallel:
         """One log line about the process group, or None for a one-process run."""
         if not self.context.enabled:
             return None
-        return (f"distributed: {self.context.world_size} processes ({self.context.backend}), "
-                f"{'global-batch' if self.sync_batchnorm else 'per-rank'} BatchNorm statistics, "
-                f"ADC thresholds {self.adc_mode}")
+        return (
+            f"distributed: {self.context.world_size} processes ({self.context.backend}), "
+            f"{'global-batch' if self.sync_batchnorm else 'per-rank'} BatchNorm statistics, "
+            f"ADC thresholds {self.adc_mode}"
+        )
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Global-batch BatchNorms where asked; call before building the optimiser (new parameters)."""
@@ -446,17 +476,37 @@ class DataParallel:
         # harmless: depthwise kernels (C, 1, k, k) have a size-1 dim whose stride differs from DDP's bucket
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
-    def loss(self, name: str, encoder_features: Sequence[torch.Tensor], decoder_features: Sequence[torch.Tensor],
-             image_size: int | Sequence[int], *, global_batch: int, p_hard: float, p_lim: float,
-             **loss_options: Any) -> torch.Tensor:
+    def loss(
+        self,
+        name: str,
+        encoder_features: Sequence[torch.Tensor],
+        decoder_features: Sequence[torch.Tensor],
+        image_size: int | Sequence[int],
+        *,
+        global_batch: int,
+        p_hard: float,
+        p_lim: float,
+        **loss_options: Any,
+    ) -> torch.Tensor:
         """This process's share of the loss of the global batch (the whole loss in one process)."""
         if not self.context.enabled:
-            return compute_loss(name, encoder_features, decoder_features, image_size, p_hard=p_hard, p_lim=p_lim,
-                                **loss_options)
-        return distributed_loss(name, encoder_features, decoder_features, image_size, global_batch=global_batch,
-                                p_hard=p_hard, p_lim=p_lim, adc_mode=self.adc_mode, **loss_options)
+            return compute_loss(
+                name, encoder_features, decoder_features, image_size, p_hard=p_hard, p_lim=p_lim, **loss_options
+            )
+        return distributed_loss(
+            name,
+            encoder_features,
+            decoder_features,
+            image_size,
+            global_batch=global_batch,
+            p_hard=p_hard,
+            p_lim=p_lim,
+            adc_mode=self.adc_mode,
+            **loss_options,
+        )
 
     def loss_value(self, share: torch.Tensor) -> float:
         """The global batch's loss, the same number on every rank (so that all decide alike)."""

@@ -123,8 +123,9 @@ class TensorBoardLogger(RunLogger):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # torch's writer needs the tensorboard package
-            raise RuntimeError("--logger tensorboard needs the tensorboard package: "
-                               "pip install 'minimaxad[tensorboard]'") from exc
+            raise RuntimeError(
+                "--logger tensorboard needs the tensorboard package: pip install 'minimaxad[tensorboard]'"
+            ) from exc
         self.folder = Path(output) / "tensorboard"
         self.writer = SummaryWriter(str(self.folder))
         self.last_step = 0
@@ -158,8 +159,10 @@ class MLflowLogger(RunLogger):
         try:
             import mlflow
         except ImportError as exc:
-            raise RuntimeError("--logger mlflow needs MLflow: pip install 'minimaxad[mlflow]' "
-                               "(mlflow-skinny; or the full mlflow package)") from exc
+            raise RuntimeError(
+                "--logger mlflow needs MLflow: pip install 'minimaxad[mlflow]' "
+                "(mlflow-skinny; or the full mlflow package)"
+            ) from exc
         self.mlflow = mlflow
         output = Path(output).resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -181,7 +184,7 @@ class MLflowLogger(RunLogger):
 
         flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(flat), 100):  # the API takes at most 100 per batch
-            self.client.log_batch(self.run_id, params=flat[start:start + 100])
+            self.client.log_batch(self.run_id, params=flat[start : start + 100])
 
     def log_step(self, job, step, values):
         """The step's finite values as MLflow metrics."""
@@ -200,7 +203,7 @@ class MLflowLogger(RunLogger):
         now, at = _now_ms(), self.last_step if step is None else step
         metrics = [Metric(tag, value, now, at) for tag, value in metric_items(summary)]
         for start in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def log_artifact(self, path, folder=None):
         """Upload ``path`` into the run's artifacts, in ``folder`` (None: at the top)."""

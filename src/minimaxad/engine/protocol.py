@@ -48,11 +48,17 @@ class Protocol:
     averaged_over: str = "categories"
 
     def __post_init__(self) -> None:
-        for field, allowed in (("train_batches", TRAIN_BATCHES), ("adc_limit_batch", ADC_LIMIT_BATCH),
-                               ("augmentation", AUGMENTATIONS), ("evaluation", EVALUATIONS),
-                               ("mask_rule", MASK_RULES), ("level_merge", LEVEL_MERGES),
-                               ("smoothing", SMOOTHINGS), ("image_score", IMAGE_SCORES),
-                               ("aupro", AUPRO_FORMS)):
+        for field, allowed in (
+            ("train_batches", TRAIN_BATCHES),
+            ("adc_limit_batch", ADC_LIMIT_BATCH),
+            ("augmentation", AUGMENTATIONS),
+            ("evaluation", EVALUATIONS),
+            ("mask_rule", MASK_RULES),
+            ("level_merge", LEVEL_MERGES),
+            ("smoothing", SMOOTHINGS),
+            ("image_score", IMAGE_SCORES),
+            ("aupro", AUPRO_FORMS),
+        ):
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"protocol {self.name!r}: {field}={value!r}; expected one of {', '.join(allowed)}")
@@ -73,8 +79,13 @@ class Protocol:
         """The ``RunConfig`` keys this protocol sets (a preset applies them; the command line
         may still override each). ``augment`` switches the augmentation of the run's own
         dataset (AeBAD-S); datasets merged with ``--extra-data`` are never augmented."""
-        return {"protocol": self.to_dict(), "drop_last": self.drop_last, "adc_limit_batch": self.adc_limit_batch,
-                "top_ratio": self.top_ratio, "augment": self.augmentation != "none"}
+        return {
+            "protocol": self.to_dict(),
+            "drop_last": self.drop_last,
+            "adc_limit_batch": self.adc_limit_batch,
+            "top_ratio": self.top_ratio,
+            "augment": self.augmentation != "none",
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The protocol as plain data (``reported`` a list), as ``RunConfig.protocol`` stores it."""
@@ -93,10 +104,12 @@ class Protocol:
 
     def describe(self) -> str:
         """One line: the rules that differ between scripts."""
-        return (f"{self.name}: batches {self.train_batches}, ADC limit {self.adc_limit_batch} batch, "
-                f"augmentation {self.augmentation}, masks {self.mask_rule}, map {self.level_merge} of levels + "
-                f"{self.smoothing}, image score {self.image_score}, AUPRO {self.aupro}, "
-                f"reported {'/'.join(self.reported)}, averaged over the {self.averaged_over}")
+        return (
+            f"{self.name}: batches {self.train_batches}, ADC limit {self.adc_limit_batch} batch, "
+            f"augmentation {self.augmentation}, masks {self.mask_rule}, map {self.level_merge} of levels + "
+            f"{self.smoothing}, image score {self.image_score}, AUPRO {self.aupro}, "
+            f"reported {'/'.join(self.reported)}, averaged over the {self.averaged_over}"
+        )
 
 
 #: what each rule's value means (``minimaxad presets -v`` prints it)
@@ -104,14 +117,14 @@ RULES: dict[str, str] = {
     "drop-last": "the short last batch of each epoch is dropped (DataLoader drop_last=True): floor(N/B) steps",
     "keep-last": "the short last batch is trained on: ceil(N/B) steps",
     "nominal": "ADC pixel limit image_size^2 * batch_size * (1 - p_lim) with the nominal batch size, "
-               "the short last batch too",
+    "the short last batch too",
     "actual": "ADC pixel limit from the size of the batch at hand",
     "random-resized-crop-flip": "RandomResizedCrop(crop, scale 0.7-1, bicubic) of the original photo + flip",
     "resize-binarise": "masks resized like the image (bilinear), > 0.5",
     "resize-crop-relabel-max": "masks Resize(image) + CenterCrop(crop) + ToTensor; an anomalous image whose "
-                               "cropped mask is empty is relabelled normal; only max-valued pixels count",
+    "cropped mask is empty is relabelled normal; only max-valued pixels count",
     "resize-crop-relabel-binarise": "AeBAD-S masks as above (crop-emptied anomalies relabelled normal), "
-                                    "divided by their max, > 0.5 (evaluation_batch); MVTec AD masks > 0.5",
+    "divided by their max, > 0.5 (evaluation_batch); MVTec AD masks > 0.5",
     "mean": "mean over the 3 levels of 1 - cos, bilinear (align_corners=True)",
     "sum": "sum over the 3 levels of 1 - cos, bilinear (align_corners=True)",
     "gaussian-5x5-zero-pad": "normalised 5x5 Gaussian, sigma 4, zero padding (evaluation_batch)",
@@ -119,26 +132,44 @@ RULES: dict[str, str] = {
     "top1pct-mean": "image score = mean of the top 1% pixels",
     "max-pixel": "image score = max pixel",
     "pooled": "AUPRO over the regions of all test images at once: aupro_200 the authors' 200-threshold form "
-              "(the paper's), aupro the exact one",
+    "(the paper's), aupro the exact one",
     "per-image-mean": "AUPRO = mean over anomalous images of each image's own 200-threshold AUPRO",
     "common": "the authors' evaluation_batch (per category)",
     "aebad-evaluate": "the authors' evaluate() of train_single_AeBAD.py (per domain)",
 }
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("unified", "train_multi_MVTecAD.py / train_multi_ViSA.py", train_batches="drop-last"),
-    Protocol("single", "train_single_GoodsAD.py"),
-    Protocol("visa-single", "train_single_ViSA.py", image_score="max-pixel"),
-    Protocol("aebad", "train_single_AeBAD.py", augmentation="random-resized-crop-flip",
-             evaluation="aebad-evaluate", mask_rule="resize-crop-relabel-max", level_merge="sum",
-             smoothing="scipy-gaussian-sigma4-reflect", image_score="max-pixel", aupro="per-image-mean",
-             reported=("i_auroc", "p_auroc", "aupro"), averaged_over="domains"),
-    Protocol("aebad-mvtec", "train_multi_AeBADMVTecAD.py", train_batches="drop-last",
-             augmentation="random-resized-crop-flip", mask_rule="resize-crop-relabel-binarise", averaged_over="test sets (15 MVTec AD classes + 4 AeBAD-S domains)"),
-    Protocol("realiad", "train_single_RealIAD.py"),
-    Protocol("realiad-uni", "train_multi_RealIAD.py", train_batches="drop-last"),
-    Protocol("mad-sim", "(the paper's MAD-Sim setting; no script in the authors' repository)"),
-)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("unified", "train_multi_MVTecAD.py / train_multi_ViSA.py", train_batches="drop-last"),
+        Protocol("single", "train_single_GoodsAD.py"),
+        Protocol("visa-single", "train_single_ViSA.py", image_score="max-pixel"),
+        Protocol(
+            "aebad",
+            "train_single_AeBAD.py",
+            augmentation="random-resized-crop-flip",
+            evaluation="aebad-evaluate",
+            mask_rule="resize-crop-relabel-max",
+            level_merge="sum",
+            smoothing="scipy-gaussian-sigma4-reflect",
+            image_score="max-pixel",
+            aupro="per-image-mean",
+            reported=("i_auroc", "p_auroc", "aupro"),
+            averaged_over="domains",
+        ),
+        Protocol(
+            "aebad-mvtec",
+            "train_multi_AeBADMVTecAD.py",
+            train_batches="drop-last",
+            augmentation="random-resized-crop-flip",
+            mask_rule="resize-crop-relabel-binarise",
+            averaged_over="test sets (15 MVTec AD classes + 4 AeBAD-S domains)",
+        ),
+        Protocol("realiad", "train_single_RealIAD.py"),
+        Protocol("realiad-uni", "train_multi_RealIAD.py", train_batches="drop-last"),
+        Protocol("mad-sim", "(the paper's MAD-Sim setting; no script in the authors' repository)"),
+    )
+}
 
 
 def get_protocol(name_or_values: str | Mapping[str, Any] | Protocol | None) -> Protocol:

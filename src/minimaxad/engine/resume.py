@@ -20,13 +20,28 @@ from minimaxad.files import sha256_of
 
 # settings that do not change what is trained (how long, where, how fast, what is evaluated):
 # they may differ when resuming; every other RunConfig field must be the same
-FREE_WHEN_RESUMING = frozenset({
-    "max_steps",  # to go on further than an earlier --max-steps
-    "data",  # the folder may move: its files are compared instead (data_fingerprint)
-    "encoder_weights",  # the file may move: its identity (name and hash) is compared instead
-    "device", "workers", "cache", "channels_last", "max_nonfinite_steps", "test_domains", "top_ratio",
-    "val_max_images", "image_fpr", "pixel_fpr", "evaluate", "bootstrap", "checkpoint_every", "logger", "preset",
-})
+FREE_WHEN_RESUMING = frozenset(
+    {
+        "max_steps",  # to go on further than an earlier --max-steps
+        "data",  # the folder may move: its files are compared instead (data_fingerprint)
+        "encoder_weights",  # the file may move: its identity (name and hash) is compared instead
+        "device",
+        "workers",
+        "cache",
+        "channels_last",
+        "max_nonfinite_steps",
+        "test_domains",
+        "top_ratio",
+        "val_max_images",
+        "image_fpr",
+        "pixel_fpr",
+        "evaluate",
+        "bootstrap",
+        "checkpoint_every",
+        "logger",
+        "preset",
+    }
+)
 
 
 class ResumeError(RuntimeError):
@@ -55,14 +70,16 @@ def data_fingerprint(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
     return {"count": len(paths), "sha256": total.hexdigest(), "files": relative}
 
 
-def resume_differences(state: dict[str, Any], config: RunConfig, data: dict[str, Any] | None = None,
-                       encoder_identity: str | None = None) -> list[str]:
+def resume_differences(
+    state: dict[str, Any], config: RunConfig, data: dict[str, Any] | None = None, encoder_identity: str | None = None
+) -> list[str]:
     """Each difference between the run saved in ``state`` (a resumable checkpoint) and the one
     about to start, as ``"name: saved -> now"``."""
     saved, now = training_settings(state.get("config") or {}), training_settings(config)
-    differences = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-                   if k in (state.get("config") or {}) and saved[k] != now[k]]
-    recorded = ((state.get("training_state") or {}).get("data"))
+    differences = [
+        f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if k in (state.get("config") or {}) and saved[k] != now[k]
+    ]
+    recorded = (state.get("training_state") or {}).get("data")
     if data is not None and recorded is not None and recorded["sha256"] != data["sha256"]:
         differences.append(_describe_data_change(recorded, data))
     saved_encoder = (state.get("encoder_weights") or {}).get("identity")
@@ -71,8 +88,9 @@ def resume_differences(state: dict[str, Any], config: RunConfig, data: dict[str,
     return differences
 
 
-def check_resume_compatible(state: dict[str, Any], config: RunConfig, data: dict[str, Any] | None = None,
-                            encoder_identity: str | None = None) -> None:
+def check_resume_compatible(
+    state: dict[str, Any], config: RunConfig, data: dict[str, Any] | None = None, encoder_identity: str | None = None
+) -> None:
     """Raise :class:`ResumeError` listing every difference (see :func:`resume_differences`)."""
     if state.get("training_state") is None:
         raise ResumeError(f"{state.get('path')} holds no training state to resume from")

@@ -14,16 +14,19 @@ from typing import Any, Callable
 import numpy as np
 
 from minimaxad.engine.checkpoint import (
-    CheckpointError, model_from_checkpoint, read_checkpoint, remove_stale_temporaries,
+    CheckpointError,
+    model_from_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import DistributedContext, distributed_session
 from minimaxad.engine.loggers import RunLogger, create_logger
-from minimaxad.files import check_writable_folder, inside
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
 from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
+from minimaxad.files import check_writable_folder, inside
 
 log = logging.getLogger("minimaxad")
 Echo = Callable[[str], None]
@@ -69,6 +72,7 @@ def close_run_logging() -> None:
 
 def with_run_logging(function: Callable) -> Callable:
     """A command whose log file is closed when it returns or fails."""
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
@@ -81,8 +85,11 @@ def with_run_logging(function: Callable) -> Callable:
 
 # -- datasets ---------------------------------------------------------------------------------
 #: the dataset's mask rule (data.transforms.relabel_cropped_mask) for each protocol mask rule
-_DATASET_MASK_RULES = {"resize-binarise": "binarise", "resize-crop-relabel-max": "relabel-max",
-                       "resize-crop-relabel-binarise": "relabel-half"}
+_DATASET_MASK_RULES = {
+    "resize-binarise": "binarise",
+    "resize-crop-relabel-max": "relabel-max",
+    "resize-crop-relabel-binarise": "relabel-half",
+}
 
 
 def run_protocol(config: RunConfig) -> Protocol:
@@ -102,8 +109,7 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
     if config.data is None:
         raise ValueError("no data root given: pass --data ROOT")
     augment = config.augment and split == "train"
-    common = dict(image_size=config.image_size, crop_size=config.crop_size,
-                  skip_bad_images=config.skip_bad_images)
+    common = dict(image_size=config.image_size, crop_size=config.crop_size, skip_bad_images=config.skip_bad_images)
     kwargs = dict(common, augment=augment, cache=config.cache and split == "train" and not augment)
     if split == "test":
         kwargs["mask_rule"] = _DATASET_MASK_RULES[run_protocol(config).mask_rule]
@@ -111,8 +117,13 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
         log.info("training images not cached: the augmentation crops each original photo")
     if domain is not None:
         kwargs["domain"] = domain
-    dataset = build_dataset(config.format, config.data, split=split,
-                            categories=categories if categories is not None else config.categories, **kwargs)
+    dataset = build_dataset(
+        config.format,
+        config.data,
+        split=split,
+        categories=categories if categories is not None else config.categories,
+        **kwargs,
+    )
     if split == "train" and config.extra_datasets:
         from minimaxad.data import UnifiedDataset
 
@@ -126,10 +137,16 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
 def _open_extra(config: RunConfig, extra: dict[str, Any], split: str, categories: list[str] | None):
     from minimaxad.data import build_dataset
 
-    return build_dataset(extra["format"], extra["root"], split=split, categories=categories,
-                         # the paper resizes MVTec AD straight to AeBAD-S's crop size (224)
-                         image_size=extra.get("image_size", config.crop_size or config.image_size),
-                         crop_size=extra.get("crop_size"), skip_bad_images=config.skip_bad_images)
+    return build_dataset(
+        extra["format"],
+        extra["root"],
+        split=split,
+        categories=categories,
+        # the paper resizes MVTec AD straight to AeBAD-S's crop size (224)
+        image_size=extra.get("image_size", config.crop_size or config.image_size),
+        crop_size=extra.get("crop_size"),
+        skip_bad_images=config.skip_bad_images,
+    )
 
 
 @dataclass
@@ -163,8 +180,9 @@ def test_sets(config: RunConfig, categories: list[str]) -> list[TestSet]:
                 extra_categories.append((extra, wanted))
     if main_categories:
         if config.test_domains:
-            sets += [TestSet(open_dataset(config, "test", main_categories, domain=d), d, own)
-                     for d in config.test_domains]
+            sets += [
+                TestSet(open_dataset(config, "test", main_categories, domain=d), d, own) for d in config.test_domains
+            ]
         else:
             sets.append(TestSet(open_dataset(config, "test", main_categories), None, own))
     for extra, wanted in extra_categories:
@@ -182,13 +200,21 @@ class Evaluation:
     ``summary``: ``{"categories": {name: metrics}}``; ``outputs``: every test item's maps and scores;
     ``thresholds``: the thresholds in force (calibrated or given), ``per_category`` too where calibrated.
     """
+
     summary: dict[str, Any]
     outputs: DatasetOutputs
     thresholds: dict[str, dict[str, Any]]
 
 
-def evaluate_model(model, config: RunConfig, categories: list[str], calibration: dict | None,
-                   echo: Echo = print, progress: bool = True, **threshold_overrides) -> Evaluation:
+def evaluate_model(
+    model,
+    config: RunConfig,
+    categories: list[str],
+    calibration: dict | None,
+    echo: Echo = print,
+    progress: bool = True,
+    **threshold_overrides,
+) -> Evaluation:
     """Maps and scores of every test item, metrics per category (and per AeBAD-S domain), by
     the run's protocol: the common path (``evaluation_batch``) or the AeBAD-S script's
     ``evaluate()`` (:func:`minimaxad.metrics.aebad.evaluate_aebad`)."""
@@ -205,9 +231,16 @@ def evaluate_model(model, config: RunConfig, categories: list[str], calibration:
         domain, dataset = test_set.domain, test_set.dataset
         echo(f"  testing on {len(dataset)} images{f' (domain {domain})' if domain else ''}")
         own = test_set.protocol_evaluation and protocol.evaluation == "aebad-evaluate"
-        outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
-                              device=device, workers=config.workers, progress=progress,
-                              protocol_map=(protocol.level_merge, protocol.smoothing) if own else None)
+        outputs = run_dataset(
+            model,
+            dataset,
+            top_ratio=config.top_ratio,
+            batch_size=config.batch_size,
+            device=device,
+            workers=config.workers,
+            progress=progress,
+            protocol_map=(protocol.level_merge, protocol.smoothing) if own else None,
+        )
         if domain is not None:
             outputs.categories = [f"{c}/{domain}" if several else domain for c in outputs.categories]
         if own:
@@ -216,9 +249,16 @@ def evaluate_model(model, config: RunConfig, categories: list[str], calibration:
                 per_category[name] = evaluate_aebad(part.protocol_maps, part.masks, part.labels)
         else:
             has_mask = outputs.has_mask if len(outputs.has_mask) else None
-            summary = evaluate_by_category(outputs.scores, outputs.labels, outputs.categories,
-                                           anomaly_maps=outputs.maps, masks=outputs.masks, has_mask=has_mask,
-                                           bootstrap=config.bootstrap, seed=config.seed)
+            summary = evaluate_by_category(
+                outputs.scores,
+                outputs.labels,
+                outputs.categories,
+                anomaly_maps=outputs.maps,
+                masks=outputs.masks,
+                has_mask=has_mask,
+                bootstrap=config.bootstrap,
+                seed=config.seed,
+            )
             per_category.update(summary["categories"])
         outputs.protocol_maps = None  # the metrics are done: keep one copy of the maps
         collected.append(outputs)
@@ -235,16 +275,19 @@ def _concat_outputs(parts: list[DatasetOutputs]) -> DatasetOutputs:
     import torch
 
     return DatasetOutputs(
-        np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]),
-        [c for p in parts for c in p.categories], [x for p in parts for x in p.paths],
+        np.concatenate([p.scores for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        [c for p in parts for c in p.categories],
+        [x for p in parts for x in p.paths],
         torch.cat([p.maps for p in parts]),
         None if any(p.masks is None for p in parts) else torch.cat([p.masks for p in parts]),
         np.concatenate([p.has_mask for p in parts]),
     )
 
 
-def finish_results(per_category: dict[str, dict], output: Path, echo: Echo,
-                   protocol: Protocol | None = None) -> dict[str, Any]:
+def finish_results(
+    per_category: dict[str, dict], output: Path, echo: Echo, protocol: Protocol | None = None
+) -> dict[str, Any]:
     """Mean over categories (or AeBAD-S domains, or test sets), ``metrics.json`` + ``metrics.csv``
     (each with the metrics the protocol reports), and the printed table in the paper's layout."""
     from minimaxad.reporting.results import format_paper_table, summarize, write_metrics
@@ -258,10 +301,9 @@ def finish_results(per_category: dict[str, dict], output: Path, echo: Echo,
     return summary
 
 
-def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path, config: dict,
-                            title: str) -> Path:
+def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path, config: dict, title: str) -> Path:
     """``report.html`` plus ``evaluation.npz`` (what ``minimaxad report`` re-renders from)."""
-    from minimaxad.reporting.saved import save_evaluation, render_saved_evaluation
+    from minimaxad.reporting.saved import render_saved_evaluation, save_evaluation
 
     npz = save_evaluation(output / "evaluation.npz", evaluation, summary, config)
     return render_saved_evaluation(npz, output / "report.html", title=title)
@@ -269,8 +311,9 @@ def write_evaluation_report(evaluation: Evaluation, summary: dict, output: Path,
 
 # -- fit ----------------------------------------------------------------------------------------
 @with_run_logging
-def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool = True,
-        echo: Echo = print) -> dict[str, Any] | None:
+def fit(
+    config: RunConfig, output: Path, *, resume: bool = False, progress: bool = True, echo: Echo = print
+) -> dict[str, Any] | None:
     """Train (one model for all categories, or one per category), then evaluate unless
     ``config.evaluate`` is False. Returns the metrics summary (None without evaluation, and on
     the ranks other than 0 of a distributed run).
@@ -283,8 +326,15 @@ def fit(config: RunConfig, output: Path, *, resume: bool = False, progress: bool
         return _fit(config, Path(output), context, resume=resume, progress=progress, echo=echo, closing=closing)
 
 
-def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool = False, progress: bool = True,
-              echo: Echo = print) -> dict[str, Any] | None:
+def fit_seeds(
+    config: RunConfig,
+    output: Path,
+    seeds: list[int],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    echo: Echo = print,
+) -> dict[str, Any] | None:
     """One :func:`fit` per seed, each in ``output/seed-<N>``, then mean ± std over the seeds per
     metric and per category (the paper's error bars over seeds 1, 11, 111): ``metrics.json``
     (which keeps every run under ``runs``), ``metrics.csv`` (``<metric>_std`` columns) and a
@@ -299,8 +349,7 @@ def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool
     runs: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         echo(f"=== seed {seed} ({len(runs) + 1} of {len(seeds)}) ===")
-        summary = fit(config.updated(seed=seed), output / f"seed-{seed}", resume=resume, progress=progress,
-                      echo=echo)
+        summary = fit(config.updated(seed=seed), output / f"seed-{seed}", resume=resume, progress=progress, echo=echo)
         if summary is not None:
             runs[str(seed)] = summary
     if not runs:
@@ -309,19 +358,32 @@ def fit_seeds(config: RunConfig, output: Path, seeds: list[int], *, resume: bool
     protocol = run_protocol(config)
     combined["protocol"] = protocol.name
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps({**config.to_dict(), "seed": None, "seeds": list(seeds)},
-                                                   indent=2) + "\n")
+    (output / "config.json").write_text(
+        json.dumps({**config.to_dict(), "seed": None, "seeds": list(seeds)}, indent=2) + "\n"
+    )
     json_path, csv_path = write_metrics(combined, output)
     echo(f"mean ± std over seeds {', '.join(map(str, seeds))}:")
     echo(format_paper_table(combined, protocol))
-    report = write_seed_report(combined, output / "report.html", {s: f"seed-{s}" for s in runs},
-                               title=f"minimaxad - {config.preset or config.format}, seeds {', '.join(map(str, seeds))}")
+    report = write_seed_report(
+        combined,
+        output / "report.html",
+        {s: f"seed-{s}" for s in runs},
+        title=f"minimaxad - {config.preset or config.format}, seeds {', '.join(map(str, seeds))}",
+    )
     echo(f"metrics: {json_path} and {csv_path}; report: {report}")
     return combined
 
 
-def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume: bool, progress: bool,
-         echo: Echo, closing: contextlib.ExitStack | None = None) -> dict[str, Any] | None:
+def _fit(
+    config: RunConfig,
+    output: Path,
+    context: DistributedContext,
+    *,
+    resume: bool,
+    progress: bool,
+    echo: Echo,
+    closing: contextlib.ExitStack | None = None,
+) -> dict[str, Any] | None:
     from minimaxad.data import calibration_subset, split_holdout
 
     if context.is_main:
@@ -338,7 +400,8 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
 
         # one download per machine: local rank 0 fills the cache, the other ranks then find it there
         resolved = context.first_local_rank_then_others(
-            lambda: resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights))
+            lambda: resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights)
+        )
         config = config.updated(encoder_weights=str(resolved))
     if context.is_main:
         config.save(output / "config.json")
@@ -352,13 +415,14 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
     echo(f"      {len(train_full)} training images, categories: {', '.join(categories)}")
     echo(f"      protocol {run_protocol(config).describe()}")
     if run_protocol(config).name == "aebad-mvtec" and not config.extra_datasets:
-        echo("      WARNING: the aebad-mvtec protocol trains on AeBAD-S merged with MVTec AD; without "
-             "--extra-data mvtec=ROOT this is AeBAD-S alone")
+        echo(
+            "      WARNING: the aebad-mvtec protocol trains on AeBAD-S merged with MVTec AD; without "
+            "--extra-data mvtec=ROOT this is AeBAD-S alone"
+        )
     if config.encoder_weights is None or str(config.encoder_weights).lower() == "none":
         echo("      WARNING: random encoder (--encoder-weights none): results are NOT comparable to the paper")
     if context.enabled:
-        echo(f"      distributed: {context.world_size} processes ({context.backend}), global batch "
-             f"{config.batch_size}")
+        echo(f"      distributed: {context.world_size} processes ({context.backend}), global batch {config.batch_size}")
     jobs = [("all", categories)] if config.unified else [(c, [c]) for c in categories]
     per_category: dict[str, dict] = {}
     trained = []  # distributed runs evaluate once every model is trained
@@ -374,18 +438,31 @@ def _fit(config: RunConfig, output: Path, context: DistributedContext, *, resume
             train_set, holdout = split_holdout(train_set, config.val_fraction, seed=config.seed)
             # thresholds from every category alike, never from augmented crops
             holdout = calibration_subset(holdout, config.val_max_images, seed=config.seed).with_augment(False)
-        echo(f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
-             f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds")
+        echo(
+            f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
+            f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds"
+        )
         job_config = config.updated(categories=job_categories)
         job = None if config.unified else name
-        result = train(job_config, train_set, holdout, job_dir, categories=job_categories, resume=resume,
-                       progress=progress, context=context,
-                       on_step=(lambda step, values, job=job: logger.log_step(job, step, values))
-                       if context.is_main and config.logger else None)
+        result = train(
+            job_config,
+            train_set,
+            holdout,
+            job_dir,
+            categories=job_categories,
+            resume=resume,
+            progress=progress,
+            context=context,
+            on_step=(lambda step, values, job=job: logger.log_step(job, step, values))
+            if context.is_main and config.logger
+            else None,
+        )
         if context.is_main:
             logger.log_artifact(result.checkpoint_path, job)
-        echo(f"      checkpoint: {result.checkpoint_path} ({result.steps} steps, "
-             f"{result.images_per_second:.1f} images/s, final loss {result.final_loss:.4f})")
+        echo(
+            f"      checkpoint: {result.checkpoint_path} ({result.steps} steps, "
+            f"{result.images_per_second:.1f} images/s, final loss {result.final_loss:.4f})"
+        )
         if config.evaluate and context.is_main:
             trained.append((name, job_dir, job_config, job_categories, result))
             if not context.enabled:
@@ -415,11 +492,20 @@ def _log_results(logger: RunLogger, summary: dict[str, Any], output: Path, jobs:
             logger.log_artifact(report, job)
 
 
-def _evaluate_job(name: str, job_dir: Path, job_config: RunConfig, job_categories: list[str], result,
-                  per_category: dict[str, dict], echo: Echo, progress: bool) -> None:
+def _evaluate_job(
+    name: str,
+    job_dir: Path,
+    job_config: RunConfig,
+    job_categories: list[str],
+    result,
+    per_category: dict[str, dict],
+    echo: Echo,
+    progress: bool,
+) -> None:
     echo(f"[3/3] evaluating {name}")
-    evaluation = evaluate_model(result.model, job_config, job_categories, result.thresholds,
-                                echo=echo, progress=progress)
+    evaluation = evaluate_model(
+        result.model, job_config, job_categories, result.thresholds, echo=echo, progress=progress
+    )
     per_category.update(evaluation.summary["categories"])
     job_summary = {"categories": evaluation.summary["categories"]}
     write_evaluation_report(evaluation, job_summary, job_dir, job_config.to_dict(), title=f"minimaxad - {name}")
@@ -440,10 +526,20 @@ def find_checkpoints(path: Path) -> list[Path]:
 
 
 @with_run_logging
-def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str | None = None,
-         categories: list[str] | None = None, overrides: dict[str, Any] | None = None,
-         encoder_weights: str | None = None, progress: bool = True, echo: Echo = print,
-         protocol: str | None = None, **threshold_overrides) -> dict[str, Any]:
+def test(
+    checkpoint: Path,
+    output: Path,
+    *,
+    data: str | None = None,
+    format: str | None = None,
+    categories: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    encoder_weights: str | None = None,
+    progress: bool = True,
+    echo: Echo = print,
+    protocol: str | None = None,
+    **threshold_overrides,
+) -> dict[str, Any]:
     """Evaluate trained checkpoint(s) on a test set; writes metrics and report into ``output``.
 
     The evaluation follows the protocol stored in each checkpoint's configuration (the one it
@@ -467,16 +563,31 @@ def test(checkpoint: Path, output: Path, *, data: str | None = None, format: str
             continue
         echo(f"testing {path} on {config.format} data at {config.data} ({', '.join(wanted)})")
         model = model_from_checkpoint(state, encoder_weights=encoder_weights)
-        evaluation = evaluate_model(model, config, wanted, state.get("thresholds"), echo=echo,
-                                    progress=progress, **threshold_overrides)
+        evaluation = evaluate_model(
+            model, config, wanted, state.get("thresholds"), echo=echo, progress=progress, **threshold_overrides
+        )
         per_category.update(evaluation.summary["categories"])
         job_dir = output if len(find_checkpoints(checkpoint)) == 1 else output / path.parent.name
         inside(output, path.parent.name)
-        write_evaluation_report(evaluation, {"categories": evaluation.summary["categories"]}, job_dir,
-                                config.to_dict(), title=f"minimaxad test - {', '.join(wanted)}")
+        write_evaluation_report(
+            evaluation,
+            {"categories": evaluation.summary["categories"]},
+            job_dir,
+            config.to_dict(),
+            title=f"minimaxad test - {', '.join(wanted)}",
+        )
     if not per_category:
         raise ValueError(f"none of the categories {categories} is in the checkpoint(s) at {checkpoint}")
-    (output / "config.json").write_text(json.dumps({"checkpoint": str(checkpoint), "data": data,
-                                                    "format": format, "categories": categories,
-                                                    "protocol": used.to_dict() if used else None}, indent=2))
+    (output / "config.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": str(checkpoint),
+                "data": data,
+                "format": format,
+                "categories": categories,
+                "protocol": used.to_dict() if used else None,
+            },
+            indent=2,
+        )
+    )
     return finish_results(per_category, output, echo, used)

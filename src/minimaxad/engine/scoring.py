@@ -53,8 +53,12 @@ class DatasetOutputs:
         idx = np.asarray(list(indices), dtype=np.int64)
         t = torch.from_numpy(idx)
         return DatasetOutputs(
-            self.scores[idx], self.labels[idx], [self.categories[i] for i in idx],
-            [self.paths[i] for i in idx], self.maps[t], None if self.masks is None else self.masks[t],
+            self.scores[idx],
+            self.labels[idx],
+            [self.categories[i] for i in idx],
+            [self.paths[i] for i in idx],
+            self.maps[t],
+            None if self.masks is None else self.masks[t],
             self.has_mask[idx] if len(self.has_mask) else self.has_mask,
             None if self.protocol_maps is None else self.protocol_maps[t],
         )
@@ -89,8 +93,15 @@ def run_dataset(
 
         model = copy.deepcopy(model).reparameterize()
     model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        collate_fn=collate,
+    )
     n = len(dataset)
     maps_out: torch.Tensor | None = None
     masks_out: torch.Tensor | None = None
@@ -120,15 +131,15 @@ def run_dataset(
                 masks_out = torch.zeros((n, *maps.shape[-2:]), dtype=torch.bool)
             if other is not None:  # float64, as the script's scipy filter gives: exact AUPRO thresholds
                 protocol_out = torch.empty((n, *maps.shape[-2:]), dtype=other.dtype)
-        maps_out[start:start + b] = maps.float().cpu()
+        maps_out[start : start + b] = maps.float().cpu()
         if other is not None:
-            protocol_out[start:start + b] = other
-        scores[start:start + b] = batch_scores.float().cpu().numpy()
-        labels[start:start + b] = torch.as_tensor(batch["label"]).numpy()
+            protocol_out[start : start + b] = other
+        scores[start : start + b] = batch_scores.float().cpu().numpy()
+        labels[start : start + b] = torch.as_tensor(batch["label"]).numpy()
         if collect_masks and masks_out is not None:
-            masks_out[start:start + b] = batch["mask"][:, 0] > 0.5
+            masks_out[start : start + b] = batch["mask"][:, 0] > 0.5
         if "has_mask" in batch:
-            has_mask[start:start + b] = torch.as_tensor(batch["has_mask"]).numpy().astype(bool)
+            has_mask[start : start + b] = torch.as_tensor(batch["has_mask"]).numpy().astype(bool)
         categories.extend(batch["category"])
         paths.extend(batch["path"])
         start += b
@@ -138,8 +149,9 @@ def run_dataset(
 
 
 @torch.inference_mode()
-def _infer_with_protocol_map(model: MiniMaxAD, images: torch.Tensor, top_ratio: float, merge: str,
-                             smoothing: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _infer_with_protocol_map(
+    model: MiniMaxAD, images: torch.Tensor, top_ratio: float, merge: str, smoothing: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``infer_batch``'s maps and scores, plus the protocol's map ``(B, H, W)`` on the CPU."""
     encoder_features, decoder_features = model(images)
     size = (int(images.shape[-2]), int(images.shape[-1]))

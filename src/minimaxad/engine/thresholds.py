@@ -26,8 +26,9 @@ def quantile_threshold(values: np.ndarray, fpr: float) -> float:
     return float(np.quantile(values, 1 - fpr))
 
 
-def _calibrate_group(scores: np.ndarray, maps: torch.Tensor, image_fpr: float, pixel_fpr: float,
-                     source: str, seed: int) -> dict[str, Any]:
+def _calibrate_group(
+    scores: np.ndarray, maps: torch.Tensor, image_fpr: float, pixel_fpr: float, source: str, seed: int
+) -> dict[str, Any]:
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     pixels = maps.reshape(-1)
     if pixels.numel() > MAX_PIXEL_SAMPLES:  # a uniform sample keeps the quantile to ~1e-3 precision
@@ -37,11 +38,15 @@ def _calibrate_group(scores: np.ndarray, maps: torch.Tensor, image_fpr: float, p
     n = len(scores)
     return {
         "image": {
-            "value": quantile_threshold(scores, image_fpr), "method": "fpr", "fpr": image_fpr,
+            "value": quantile_threshold(scores, image_fpr),
+            "method": "fpr",
+            "fpr": image_fpr,
             "note": f"{100 * (1 - image_fpr):g}th percentile of the image scores of {n} {source}",
         },
         "pixel": {
-            "value": quantile_threshold(pixels, pixel_fpr), "method": "fpr", "fpr": pixel_fpr,
+            "value": quantile_threshold(pixels, pixel_fpr),
+            "method": "fpr",
+            "fpr": pixel_fpr,
             "note": f"{100 * (1 - pixel_fpr):g}th percentile of the pixel scores of {n} {source}",
         },
         "normal_scores": scores.tolist(),
@@ -76,8 +81,14 @@ def calibrate_thresholds(
         for name in sorted(set(categories)):
             index = np.flatnonzero(names == name)
             if len(index) >= 2:
-                per_category[name] = _calibrate_group(scores[index], normal_maps[torch.from_numpy(index)],
-                                                      image_fpr, pixel_fpr, f"{source} of category {name}", seed)
+                per_category[name] = _calibrate_group(
+                    scores[index],
+                    normal_maps[torch.from_numpy(index)],
+                    image_fpr,
+                    pixel_fpr,
+                    f"{source} of category {name}",
+                    seed,
+                )
         calibration["per_category"] = per_category
     return calibration
 
@@ -122,7 +133,7 @@ def resolve_thresholds(
             out[kind] = {
                 "value": quantile_threshold(np.asarray(normal), fpr),
                 "note": f"{100 * (1 - fpr):g}th percentile of the calibration scores "
-                        f"({calibration.get('source', 'normal images')}), chosen by the user's false-positive rate",
+                f"({calibration.get('source', 'normal images')}), chosen by the user's false-positive rate",
             }
         elif "value" in stored:
             out[kind] = {"value": float(stored["value"]), "note": stored.get("note", "calibrated")}

@@ -29,11 +29,21 @@ from torch.utils.data import DataLoader
 
 from minimaxad.data.loader import collate
 from minimaxad.engine.checkpoint import (
-    build_checkpoint, load_model_state, read_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    build_checkpoint,
+    load_model_state,
+    read_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import (
-    DataParallel, DistributedContext, EpochBatchSampler, broadcast_object, current_context, epoch_seed,
+    DataParallel,
+    DistributedContext,
+    EpochBatchSampler,
+    broadcast_object,
+    current_context,
+    epoch_seed,
     training_device,
 )
 from minimaxad.engine.resume import check_resume_compatible, data_fingerprint
@@ -64,6 +74,7 @@ class TrainResult:
     ``images_per_second``: images of every rank per second, over the steps this call ran;
     ``thresholds``: the calibrated ones (empty on ranks other than 0, which do not calibrate).
     """
+
     model: MiniMaxAD
     checkpoint_path: Path
     steps: int
@@ -97,8 +108,9 @@ def adc_limit_batch_size(config: RunConfig) -> int | None:
         return config.batch_size
     if config.adc_limit_batch == "actual":
         return None
-    raise ValueError(f"adc_limit_batch={config.adc_limit_batch!r}; expected 'nominal' (the authors' scripts) "
-                     f"or 'actual'")
+    raise ValueError(
+        f"adc_limit_batch={config.adc_limit_batch!r}; expected 'nominal' (the authors' scripts) or 'actual'"
+    )
 
 
 def cpu_supports_bf16() -> bool:
@@ -116,8 +128,9 @@ def cpu_supports_bf16() -> bool:
         return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def build_optimizer(parameters, lr: float = 5e-3, betas: tuple[float, float] = (0.9, 0.999),
-                    weight_decay: float = 1e-5) -> torch.optim.AdamW:
+def build_optimizer(
+    parameters, lr: float = 5e-3, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-5
+) -> torch.optim.AdamW:
     """The authors' AdamW (paper defaults), with PyTorch's fused kernel where it has one.
 
     The fused update is the same formula in one kernel per dtype instead of a dozen ``foreach``
@@ -136,8 +149,11 @@ def autocast_context(device: torch.device, precision: str):
     if precision == "bf16" and device.type == "cpu":
         if cpu_supports_bf16():
             return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX; training in fp32 "
-                      "(bf16 would be emulated, slower than fp32)", stacklevel=2)
+        warnings.warn(
+            "--precision bf16: this CPU has no AVX-512 BF16 or AMX; training in fp32 "
+            "(bf16 would be emulated, slower than fp32)",
+            stacklevel=2,
+        )
     if precision == "fp32" or device.type != "cuda":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -176,8 +192,14 @@ def train(
             run.step(batch)
             if on_step is not None:
                 now = time.perf_counter()
-                on_step(run.step_count, {"loss": run.loss_value, "lr": run.optimizer.param_groups[0]["lr"],
-                                         "images_per_second": batch.global_size / max(now - step_started, 1e-9)})
+                on_step(
+                    run.step_count,
+                    {
+                        "loss": run.loss_value,
+                        "lr": run.optimizer.param_groups[0]["lr"],
+                        "images_per_second": batch.global_size / max(now - step_started, 1e-9),
+                    },
+                )
                 step_started = now
             if run.step_count >= plan.total_steps:
                 break
@@ -224,13 +246,13 @@ class TrainingRun:
     only rank 0 (``self.main``) writes files.
     """
 
-    def __init__(self, config: RunConfig, output_dir: Path, categories: list[str],
-                 context: DistributedContext) -> None:
+    def __init__(self, config: RunConfig, output_dir: Path, categories: list[str], context: DistributedContext) -> None:
         self.config, self.output_dir, self.categories, self.context = config, output_dir, categories, context
         self.main = context.is_main
         self.device = training_device(resolve_device(config.device), context)
-        self.parallel = DataParallel(context, self.device, sync_batchnorm=config.sync_batchnorm,
-                                     adc_mode=config.adc_sync)
+        self.parallel = DataParallel(
+            context, self.device, sync_batchnorm=config.sync_batchnorm, adc_mode=config.adc_sync
+        )
         self.last_path = output_dir / "last.pt"
         self.epoch, self.step_count = 0, 0
         self._resume_batch = 0  # batches of the first epoch already done before a resume
@@ -254,8 +276,9 @@ class TrainingRun:
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model.trainable_parameters(), lr=config.lr,
-                                         betas=tuple(config.betas), weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(
+            self.model.trainable_parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and config.precision == "fp16")
         if training is not None:
@@ -278,8 +301,11 @@ class TrainingRun:
         self.epoch, self.step_count = training["epoch"], training["step"]
         self._resume_batch = training.get("batch_in_epoch", 0)
         if self._resume_batch and self.config.augment and self.config.workers > 0:
-            log.warning("resuming mid-epoch with --workers > 0 and augmentation: the rest of epoch %d gets other "
-                        "random crops than an uninterrupted run (exact with --workers 0)", self.epoch)
+            log.warning(
+                "resuming mid-epoch with --workers > 0 and augmentation: the rest of epoch %d gets other "
+                "random crops than an uninterrupted run (exact with --workers 0)",
+                self.epoch,
+            )
         log.info("resumed from %s at epoch %d, step %d", self.last_path, self.epoch, self.step_count)
         return training
 
@@ -300,9 +326,16 @@ class TrainingRun:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         plan = StepPlan(steps_per_epoch, total_steps)
-        log.info("training %s on %d images (%s), %d step(s) of batch %d, loss %s, device %s",
-                 self.model.backbone, num_images, ", ".join(self.categories), total_steps, config.batch_size,
-                 config.loss, self.device)
+        log.info(
+            "training %s on %d images (%s), %d step(s) of batch %d, loss %s, device %s",
+            self.model.backbone,
+            num_images,
+            ", ".join(self.categories),
+            total_steps,
+            config.batch_size,
+            config.loss,
+            self.device,
+        )
         if (line := self.parallel.describe()) is not None:
             log.info(line)
         return plan
@@ -312,8 +345,13 @@ class TrainingRun:
         if enabled and self.main:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=plan.total_steps, initial=min(self.step_count, plan.total_steps), desc="train",
-                             unit="step", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=plan.total_steps,
+                initial=min(self.step_count, plan.total_steps),
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
         self._trace = _open_trace(self.context)
         self._started = time.perf_counter()
 
@@ -329,17 +367,28 @@ class TrainingRun:
         """This process's batches of ``epoch``: the order depends only on (seed, epoch)."""
         config = self.config
         self.network.train()  # the encoder stays in eval mode (MiniMaxAD.train)
-        sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed, epoch=epoch,
-                                    rank=self.context.rank, world_size=self.context.world_size,
-                                    drop_last=config.drop_last)
+        sampler = EpochBatchSampler(
+            len(train_set),
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+            drop_last=config.drop_last,
+        )
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
         skip, self._resume_batch = self._resume_batch, 0  # resumed mid-epoch: those batches were done
         global_sizes, local_batches = global_sizes[skip:], local_batches[skip:]
-        loader = DataLoader(train_set, batch_sampler=local_batches, num_workers=config.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            collate_fn=_collate_or_empty,
-                            generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch)))
+        loader = DataLoader(
+            train_set,
+            batch_sampler=local_batches,
+            num_workers=config.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            collate_fn=_collate_or_empty,
+            generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch)),
+        )
         self.epoch = epoch
         for index, batch in enumerate(loader):
             if batch is None:  # this rank's slice of a short last batch is empty: take part anyway
@@ -380,9 +429,16 @@ class TrainingRun:
         # the loss (quantiles, cosine) in float32 whatever the forward precision
         encoder_features = [f.float() for f in encoder_features]
         decoder_features = [f.float() for f in decoder_features]
-        return self.parallel.loss(config.loss, encoder_features, decoder_features, tuple(batch.images.shape[-2:]),
-                                  global_batch=batch.global_size, p_hard=config.p_hard, p_lim=config.p_lim,
-                                  limit_batch_size=adc_limit_batch_size(config))
+        return self.parallel.loss(
+            config.loss,
+            encoder_features,
+            decoder_features,
+            tuple(batch.images.shape[-2:]),
+            global_batch=batch.global_size,
+            p_hard=config.p_hard,
+            p_lim=config.p_lim,
+            limit_batch_size=adc_limit_batch_size(config),
+        )
 
     def _update(self, loss: torch.Tensor, value: float, batch: Batch) -> None:
         self.nonfinite_in_a_row = 0
@@ -410,8 +466,13 @@ class TrainingRun:
         """ExponentialLR once per finished epoch; a resumable checkpoint every ``checkpoint_every``."""
         if plan.ends_epoch(self.step_count):
             self.scheduler.step()
-        log.info("epoch %d done: step %d, loss %.5f, lr %.3g", epoch, self.step_count, self.loss_value,
-                 self.scheduler.get_last_lr()[0])
+        log.info(
+            "epoch %d done: step %d, loss %.5f, lr %.3g",
+            epoch,
+            self.step_count,
+            self.loss_value,
+            self.scheduler.get_last_lr()[0],
+        )
         every = self.config.checkpoint_every
         if self.main and every and (epoch + 1) % every == 0 and self.step_count < plan.total_steps:
             self._save_resumable(epoch + 1)
@@ -432,19 +493,29 @@ class TrainingRun:
             return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate, {})
         self._save_resumable(*plan.position(self.step_count))  # mid-epoch (--max-steps) resumes exactly
         thresholds = calibrate(self.model, self.config, holdout_set, train_set, self.device)
-        checkpoint = build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
-                                      thresholds=thresholds)
+        checkpoint = build_checkpoint(
+            self.model, self.config.to_dict(), categories=self.categories, thresholds=thresholds
+        )
         checkpoint_path = save_checkpoint(checkpoint_path, checkpoint)
         log.info("saved %s (%d steps, %.1f images/s)", checkpoint_path, self.step_count, rate)
-        return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate,
-                           thresholds)
+        return TrainResult(self.model, checkpoint_path, self.step_count, epochs_done, self.loss_value, rate, thresholds)
 
     def _save_resumable(self, epoch: int, batch_in_epoch: int = 0) -> None:
-        training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                          "rng": rng_state(), "epoch": epoch, "step": self.step_count,
-                          "batch_in_epoch": batch_in_epoch, "data": self.data}
-        save_checkpoint(self.last_path, build_checkpoint(self.model, self.config.to_dict(), categories=self.categories,
-                                                         training_state=training_state))
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step": self.step_count,
+            "batch_in_epoch": batch_in_epoch,
+            "data": self.data,
+        }
+        save_checkpoint(
+            self.last_path,
+            build_checkpoint(
+                self.model, self.config.to_dict(), categories=self.categories, training_state=training_state
+            ),
+        )
 
     @property
     def _channels_last(self) -> bool:
@@ -459,10 +530,13 @@ def _fingerprint_of(train_set) -> dict[str, Any] | None:
 
 def _batchnorm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
     """Running mean, variance and count of every BatchNorm in training mode (the decoder's)."""
-    return [buffer for module in model.modules()
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
-            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-            if buffer is not None]
+    return [
+        buffer
+        for module in model.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
 
 
 def _collate_or_empty(items):
@@ -470,14 +544,27 @@ def _collate_or_empty(items):
     return collate(items) if items else None
 
 
-def _trace_step(trace, context: DistributedContext, epoch: int, step: int, batch: Batch, loss: float,
-                model: MiniMaxAD) -> None:
+def _trace_step(
+    trace, context: DistributedContext, epoch: int, step: int, batch: Batch, loss: float, model: MiniMaxAD
+) -> None:
     """One line of the batch trace: this rank's images, the global loss and gradient norm (after
     DDP's all-reduce the gradients are the same on every rank)."""
     grads = [p.grad.detach().float().pow(2).sum() for p in model.trainable_parameters() if p.grad is not None]
     grad_norm = float(torch.stack(grads).sum().sqrt()) if grads else 0.0
-    trace.write(json.dumps({"rank": context.rank, "epoch": epoch, "step": step, "indices": batch.indices,
-                            "paths": batch.paths, "loss": loss, "grad_norm": grad_norm}) + "\n")
+    trace.write(
+        json.dumps(
+            {
+                "rank": context.rank,
+                "epoch": epoch,
+                "step": step,
+                "indices": batch.indices,
+                "paths": batch.paths,
+                "loss": loss,
+                "grad_norm": grad_norm,
+            }
+        )
+        + "\n"
+    )
     trace.flush()
 
 
@@ -500,14 +587,29 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
         dataset, source = holdout_set, "normal images held out of training"
     else:
         dataset = train_set
-        source = ("TRAINING images of each category, un-augmented (no held-out split: thresholds are likely "
-                  "too low; use --val-fraction)")
+        source = (
+            "TRAINING images of each category, un-augmented (no held-out split: thresholds are likely "
+            "too low; use --val-fraction)"
+        )
     if hasattr(dataset, "subset"):
         dataset = calibration_subset(dataset, config.val_max_images, seed=config.seed)
     if hasattr(dataset, "with_augment"):
         dataset = dataset.with_augment(False)
-    outputs = run_dataset(model, dataset, top_ratio=config.top_ratio, batch_size=config.batch_size,
-                          device=device, workers=config.workers, collect_masks=False)
-    return calibrate_thresholds(outputs.scores, outputs.maps, image_fpr=config.image_fpr,
-                                pixel_fpr=config.pixel_fpr, source=source, seed=config.seed,
-                                categories=outputs.categories)
+    outputs = run_dataset(
+        model,
+        dataset,
+        top_ratio=config.top_ratio,
+        batch_size=config.batch_size,
+        device=device,
+        workers=config.workers,
+        collect_masks=False,
+    )
+    return calibrate_thresholds(
+        outputs.scores,
+        outputs.maps,
+        image_fpr=config.image_fpr,
+        pixel_fpr=config.pixel_fpr,
+        source=source,
+        seed=config.seed,
+        categories=outputs.categories,
+    )

@@ -82,8 +82,14 @@ class Backend(ABC):
 class TorchBackend(Backend):
     """An :class:`InferencePipeline` run by PyTorch, eager or through ``torch.compile``."""
 
-    def __init__(self, name: str, pipeline: InferencePipeline, device: torch.device,
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        pipeline: InferencePipeline,
+        device: torch.device,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         self.name = name
         self.device = device
         self.channels_last = channels_last
@@ -124,12 +130,21 @@ class OnnxRuntimeBackend(Backend):
     Smaller batches (latency) go to one session with every thread. ``streams=1`` turns it off.
     """
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 name: str = "onnxruntime", streams: int | None = None, chunk: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+        name: str = "onnxruntime",
+        streams: int | None = None,
+        chunk: int = 2,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendUnavailable("the onnxruntime backend needs ONNX Runtime: pip install 'minimaxad[onnx]'") from exc
+            raise BackendUnavailable(
+                "the onnxruntime backend needs ONNX Runtime: pip install 'minimaxad[onnx]'"
+            ) from exc
         self.ort = ort
         self.name = name
         self.path = str(path)
@@ -139,8 +154,10 @@ class OnnxRuntimeBackend(Backend):
         self.providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu, "
-                                         "or run the onnxruntime backend with --device cpu")
+                raise BackendUnavailable(
+                    "ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu, "
+                    "or run the onnxruntime backend with --device cpu"
+                )
             self.providers.insert(0, "CUDAExecutionProvider")
         self.streams = 1 if self.device.type == "cuda" else (streams or self.threads)
         self.chunk = max(1, chunk)
@@ -191,7 +208,7 @@ class OnnxRuntimeBackend(Backend):
                 self._free.put(session)
 
         chunk = min(self.chunk, max(1, len(array) // self.streams))
-        parts = [array[i:i + chunk] for i in range(0, len(array), chunk)]
+        parts = [array[i : i + chunk] for i in range(0, len(array), chunk)]
         results = list(self._pool.map(score, parts))
         maps = np.concatenate([r[0] for r in results])
         scores = np.concatenate([r[1] for r in results])
@@ -212,8 +229,15 @@ class OpenVinoBackend(Backend):
     per core), smaller ones on a latency-compiled model (see :class:`OnnxRuntimeBackend`).
     """
 
-    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None,
-                 name: str | None = None, streams: int | None = None, chunk: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str = "f32",
+        threads: int | None = None,
+        name: str | None = None,
+        streams: int | None = None,
+        chunk: int = 2,
+    ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -223,8 +247,9 @@ class OpenVinoBackend(Backend):
         self.ov = ov
         self.core = ov.Core()
         if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise BackendUnavailable("this CPU has no bfloat16 support (AVX-512 BF16 or AMX): "
-                                     "use the openvino (float32) backend")
+            raise BackendUnavailable(
+                "this CPU has no bfloat16 support (AVX-512 BF16 or AMX): use the openvino (float32) backend"
+            )
         self.name = name or ("openvino" if precision == "f32" else "openvino-bf16")
         self.device = torch.device("cpu")
         self.model = self.core.read_model(str(path))
@@ -241,8 +266,11 @@ class OpenVinoBackend(Backend):
             self._throughput_requests()
 
     def _compile(self, hint: str, streams: int | None = None):
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": hint,
-                  "INFERENCE_NUM_THREADS": self.threads}
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": hint,
+            "INFERENCE_NUM_THREADS": self.threads,
+        }
         if streams:
             config["NUM_STREAMS"] = streams
         return self.core.compile_model(self.model, "CPU", config)
@@ -271,10 +299,10 @@ class OpenVinoBackend(Backend):
             # callbacks run on OpenVINO's threads (they would need the GIL, which can deadlock)
             compiled, requests = self._throughput_requests()
             chunk = min(self.chunk, max(1, len(array) // self.streams))
-            parts = [array[i:i + chunk] for i in range(0, len(array), chunk)]
+            parts = [array[i : i + chunk] for i in range(0, len(array), chunk)]
             map_parts, score_parts = [], []
             for wave in range(0, len(parts), len(requests)):
-                running = list(zip(requests, parts[wave:wave + len(requests)]))
+                running = list(zip(requests, parts[wave : wave + len(requests)]))
                 for request, part in running:
                     request.start_async({0: part})
                 for request, _ in running:
@@ -282,8 +310,10 @@ class OpenVinoBackend(Backend):
                     map_parts.append(np.array(request.get_output_tensor(0).data))
                     score_parts.append(np.array(request.get_output_tensor(1).data))
             maps, scores = np.concatenate(map_parts), np.concatenate(score_parts)
-        return (torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)),
-                torch.from_numpy(np.array(scores, dtype=np.float32)))
+        return (
+            torch.from_numpy(np.array(maps[:, 0], dtype=np.float32)),
+            torch.from_numpy(np.array(scores, dtype=np.float32)),
+        )
 
     def synchronize(self) -> None:
         """Nothing to wait for: inference requests return when the outputs are on the host."""
@@ -321,7 +351,6 @@ class TorchScriptBackend(Backend):
         return outputs[0][:, 0], outputs[1]
 
 
-
 def create_backend(
     name: str,
     model: MiniMaxAD,
@@ -350,21 +379,23 @@ def create_backend(
         if name == "fp16" and dev.type != "cuda":
             raise BackendUnavailable("fp16 is a CUDA backend (CPU float16 kernels are slow); on the CPU use bf16")
         if name == "bf16" and dev.type == "cpu" and not cpu_supports_bf16():
-            raise BackendUnavailable("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
-                                     "than float32 here; use fused, compiled or onnxruntime")
+            raise BackendUnavailable(
+                "this CPU has no native bfloat16 (AVX-512 BF16 or AMX): bf16 would be slower "
+                "than float32 here; use fused, compiled or onnxruntime"
+            )
         form = "fused" if name == "compiled" else name
         pipeline = build_pipeline(model, form, top_ratio=top_ratio, image_threshold=image_threshold)
         return TorchBackend(name, pipeline, dev, channels_last=channels_last, compile=name == "compiled")
     # file backends: export once (a private copy: export moves it to the CPU), check, load like a deployed file
-    pipeline = build_pipeline(model, "fused", top_ratio=top_ratio, image_threshold=image_threshold,
-                              private_copy=True)
+    pipeline = build_pipeline(model, "fused", top_ratio=top_ratio, image_threshold=image_threshold, private_copy=True)
     temporary = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="minimaxad-export-")) if temporary else Path(workdir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / ("pipeline.pt" if name == "torchscript" else "pipeline.onnx")
-        write_pipeline_file(pipeline, path, "torchscript" if name == "torchscript" else "onnx", image_size,
-                            overwrite=True)  # our own name in our own (or the caller's work) folder
+        write_pipeline_file(
+            pipeline, path, "torchscript" if name == "torchscript" else "onnx", image_size, overwrite=True
+        )  # our own name in our own (or the caller's work) folder
         backend = load_backend(path, name, device=dev, threads=threads, trust=True)  # a file we just made
         # the file is checked in float32 (bfloat16 inference is meant to differ by ~1e-3)
         checker = load_backend(path, "openvino", threads=threads) if name == "openvino-bf16" else backend
@@ -375,8 +406,14 @@ def create_backend(
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_backend(path: str | Path, name: str | None = None, *, device: str | torch.device = "cpu",
-                 threads: int | None = None, trust: bool = False) -> Backend:
+def load_backend(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    trust: bool = False,
+) -> Backend:
     """A backend for an exported file: ``.onnx`` (onnxruntime by default, or openvino /
     openvino-bf16), ``.xml`` (OpenVINO IR) or a TorchScript file (``.pt``/``.ts``).
 
@@ -399,8 +436,9 @@ def load_backend(path: str | Path, name: str | None = None, *, device: str | tor
         return OpenVinoBackend(path, "bf16" if name == "openvino-bf16" else "f32", threads=threads)
     if name == "torchscript":
         return TorchScriptBackend(path, dev, trust=trust)
-    raise ValueError(f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16 "
-                     f"or torchscript")
+    raise ValueError(
+        f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16 or torchscript"
+    )
 
 
 def available_backends(device: str | torch.device = "auto") -> list[str]:

@@ -63,9 +63,16 @@ class MicroBatcher:
     ``on_batch(size)`` and ``on_queue_depth(depth)`` are called from the worker thread (metrics).
     """
 
-    def __init__(self, predictor: Predictor, *, max_batch: int = 16, max_wait_ms: float = 10.0,
-                 max_queue: int = 256, on_batch: Callable[[int], None] | None = None,
-                 on_queue_depth: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -127,8 +134,7 @@ class MicroBatcher:
             self._incoming = max(0, self._incoming - n)
             self._lock.notify_all()
 
-    def submit(self, images: torch.Tensor, thresholds: Sequence[float | None], expected: bool = False
-               ) -> list[Future]:
+    def submit(self, images: torch.Tensor, thresholds: Sequence[float | None], expected: bool = False) -> list[Future]:
         """Queue a request's images ``(N, 3, S, S)``, all or none; one future per image, resolving
         to a :class:`ScoredImage`. Raises :class:`QueueFull` or :class:`BatcherClosed`.
         ``expected``: these images were announced with :meth:`expect`."""
@@ -192,8 +198,9 @@ class MicroBatcher:
         try:
             if self.warmup_error is not None:
                 raise RuntimeError(f"the model failed to warm up: {self.warmup_error}")
-            maps, scores, rechecked = self._run_backend(torch.stack([p.image for p in batch]),
-                                                        [p.threshold for p in batch])
+            maps, scores, rechecked = self._run_backend(
+                torch.stack([p.image for p in batch]), [p.threshold for p in batch]
+            )
         except BaseException as exc:
             for p in batch:
                 p.future.set_exception(exc)
@@ -201,12 +208,20 @@ class MicroBatcher:
         finished = time.perf_counter()
         self._on_batch(len(batch))
         for i, p in enumerate(batch):
-            p.future.set_result(ScoredImage(
-                score=float(scores[i]), anomaly_map=maps[i], rechecked=bool(rechecked[i]), batch_size=len(batch),
-                queue_ms=1e3 * (started - p.queued_at), inference_ms=1e3 * (finished - started)))
+            p.future.set_result(
+                ScoredImage(
+                    score=float(scores[i]),
+                    anomaly_map=maps[i],
+                    rechecked=bool(rechecked[i]),
+                    batch_size=len(batch),
+                    queue_ms=1e3 * (started - p.queued_at),
+                    inference_ms=1e3 * (finished - started),
+                )
+            )
 
-    def _run_backend(self, images: torch.Tensor, thresholds: list[float | None]
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_backend(
+        self, images: torch.Tensor, thresholds: list[float | None]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What :meth:`Predictor.predict` does with a batch, with each image's own threshold:
         reduced-precision scores that close to it are re-scored in float32."""
         predictor = self.predictor

@@ -33,8 +33,12 @@ REFERENCE_BATCH = 2  # images every backend scores for the accuracy column
 
 
 # -- machine and model -------------------------------------------------------------------------
-def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32,
-                            sizes: Sequence[int] = (1024, 2048, 4096), seconds: float = 1.0) -> float:
+def matmul_flops_per_second(
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    sizes: Sequence[int] = (1024, 2048, 4096),
+    seconds: float = 1.0,
+) -> float:
     """Best multiply-add FLOP/s of square matrix products (``2 n^3`` per product) over ``sizes``."""
     best = 0.0
     for n in sizes:
@@ -149,15 +153,19 @@ def measure_backend(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats(device)
         peak_rss_reset()
         started = time.perf_counter()
-        backend = create_backend(spec["backend"], model, image_size=size, top_ratio=top_ratio, device=device,
-                                 threads=spec.get("threads"))
+        backend = create_backend(
+            spec["backend"], model, image_size=size, top_ratio=top_ratio, device=device, threads=spec.get("threads")
+        )
         g = torch.Generator().manual_seed(1234 + size)
         reference = torch.randn(REFERENCE_BATCH, 3, size, size, generator=g)
         maps, scores = backend(reference)  # the first call: compilation happens here
         backend.synchronize()
         first_call = time.perf_counter() - started
-        np.savez(Path(spec["reference_dir"]) / f"{spec['backend']}_{size}.npz",
-                 maps=maps.float().cpu().numpy(), scores=scores.float().cpu().numpy())
+        np.savez(
+            Path(spec["reference_dir"]) / f"{spec['backend']}_{size}.npz",
+            maps=maps.float().cpu().numpy(),
+            scores=scores.float().cpu().numpy(),
+        )
         for batch in spec["batch_sizes"]:
             images = torch.randn(batch, 3, size, size, generator=g)
             if device.type == "cuda" and spec["backend"] not in ("onnxruntime", "openvino", "openvino-bf16"):
@@ -172,14 +180,19 @@ def measure_backend(spec: dict[str, Any]) -> dict[str, Any]:
 
             runs, elapsed = _repeat(call, device, spec["seconds"], warmup=2)
             timed = latencies[-runs:]
-            rows.append({
-                "backend": spec["backend"], "image_size": size, "batch": batch,
-                "images_per_second": batch * runs / elapsed,
-                "latency_median_ms": 1e3 * statistics.median(timed),
-                "latency_p95_ms": 1e3 * float(np.percentile(timed, 95)),
-                "runs": runs, "first_call_s": first_call,
-            })
-        memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb())
+            rows.append(
+                {
+                    "backend": spec["backend"],
+                    "image_size": size,
+                    "batch": batch,
+                    "images_per_second": batch * runs / elapsed,
+                    "latency_median_ms": 1e3 * statistics.median(timed),
+                    "latency_p95_ms": 1e3 * float(np.percentile(timed, 95)),
+                    "runs": runs,
+                    "first_call_s": first_call,
+                }
+            )
+        memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
         for row in rows:
             if row["image_size"] == size:
                 row["peak_memory_mb"] = memory
@@ -218,8 +231,11 @@ def run_benchmark(
     flops = {size: model_flops(fused, size) for size in image_sizes}
     del model, fused
     machine = {
-        "torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
-        "cpu": cpu_name(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "torch": torch.__version__,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "matmul_fp32_flops": matmul_flops_per_second(dev, torch.float32),
     }
     try:
@@ -229,8 +245,10 @@ def run_benchmark(
     name = checkpoint or f"{backbone} (random weights)"
     where = machine["gpu"] or f"{machine['threads']} threads, {machine['cpu']}"
     echo(f"minimaxad benchmark: {name}; torch {machine['torch']}, {dev} ({where})")
-    echo(f"float32 matrix products: {machine['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s"
-         + (f"; bfloat16: {machine['matmul_bf16_flops'] / 1e9:.1f} GFLOP/s" if machine["matmul_bf16_flops"] else ""))
+    echo(
+        f"float32 matrix products: {machine['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s"
+        + (f"; bfloat16: {machine['matmul_bf16_flops'] / 1e9:.1f} GFLOP/s" if machine["matmul_bf16_flops"] else "")
+    )
     for size in image_sizes:
         limit = machine["matmul_fp32_flops"] / flops[size]
         echo(f"model at {size} px: {flops[size] / 1e9:.2f} GFLOP/image -> float32 limit {limit:.2f} images/s")
@@ -239,9 +257,17 @@ def run_benchmark(
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="minimaxad-bench-") as tmp:
         for backend in backends:
-            spec = {"backend": backend, "backbone": backbone, "checkpoint": checkpoint,
-                    "image_sizes": list(image_sizes), "batch_sizes": list(batch_sizes), "device": str(dev),
-                    "seconds": seconds, "threads": threads, "reference_dir": tmp}
+            spec = {
+                "backend": backend,
+                "backbone": backbone,
+                "checkpoint": checkpoint,
+                "image_sizes": list(image_sizes),
+                "batch_sizes": list(batch_sizes),
+                "device": str(dev),
+                "seconds": seconds,
+                "threads": threads,
+                "reference_dir": tmp,
+            }
             result = _run_child(spec, Path(tmp))
             if "error" in result:
                 failures[backend] = result["error"]
@@ -250,8 +276,14 @@ def run_benchmark(
             rows.extend(result["rows"])
         _add_comparisons(rows, Path(tmp), flops, machine["matmul_fp32_flops"])
     echo(format_table(rows))
-    report = {"machine": machine, "model": name, "backbone": backbone,
-              "flops_per_image": {str(k): v for k, v in flops.items()}, "rows": rows, "not_measured": failures}
+    report = {
+        "machine": machine,
+        "model": name,
+        "backbone": backbone,
+        "flops_per_image": {str(k): v for k, v in flops.items()},
+        "rows": rows,
+        "not_measured": failures,
+    }
     if output is not None:
         Path(output).write_text(json.dumps(report, indent=2) + "\n")
         echo(f"results: {output}")
@@ -264,8 +296,12 @@ def _run_child(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
-    done = subprocess.run([sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0 or not out_path.is_file():
         lines = [line for line in (done.stderr or "").strip().splitlines() if line.strip()]
         return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
@@ -281,8 +317,9 @@ def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, 
         base = by_key.get(("eager", size, row["batch"]))
         row["speedup_vs_eager"] = row["images_per_second"] / base["images_per_second"] if base else None
         row["fraction_of_fp32_limit"] = row["images_per_second"] * flops[size] / peak
-        reference = next((folder / f"{b}_{size}.npz" for b in ("eager", "fused")
-                          if (folder / f"{b}_{size}.npz").is_file()), None)
+        reference = next(
+            (folder / f"{b}_{size}.npz" for b in ("eager", "fused") if (folder / f"{b}_{size}.npz").is_file()), None
+        )
         mine = folder / f"{row['backend']}_{size}.npz"
         if reference is not None and mine.is_file():
             from minimaxad.inference.export import relative_error
@@ -295,16 +332,20 @@ def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The benchmark's rows as a fixed-width text table, one line per backend, size and batch."""
-    header = (f"{'backend':<15}{'size':>5}{'batch':>6}{'img/s':>9}{'vs eager':>9}{'% limit':>8}"
-              f"{'median ms':>11}{'p95 ms':>9}{'peak MB':>9}{'1st call s':>11}{'map err':>9}")
+    header = (
+        f"{'backend':<15}{'size':>5}{'batch':>6}{'img/s':>9}{'vs eager':>9}{'% limit':>8}"
+        f"{'median ms':>11}{'p95 ms':>9}{'peak MB':>9}{'1st call s':>11}{'map err':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         speedup = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else "-"
         error = f"{r['map_relative_error']:.1e}" if r.get("map_relative_error") is not None else "-"
         memory = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else "-"
-        lines.append(f"{r['backend']:<15}{r['image_size']:>5}{r['batch']:>6}{r['images_per_second']:>9.2f}"
-                     f"{speedup:>9}{100 * r['fraction_of_fp32_limit']:>7.0f}%{r['latency_median_ms']:>11.1f}"
-                     f"{r['latency_p95_ms']:>9.1f}{memory:>9}{r['first_call_s']:>11.1f}{error:>9}")
+        lines.append(
+            f"{r['backend']:<15}{r['image_size']:>5}{r['batch']:>6}{r['images_per_second']:>9.2f}"
+            f"{speedup:>9}{100 * r['fraction_of_fp32_limit']:>7.0f}%{r['latency_median_ms']:>11.1f}"
+            f"{r['latency_p95_ms']:>9.1f}{memory:>9}{r['first_call_s']:>11.1f}{error:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -318,8 +359,9 @@ def model_sizes(model: MiniMaxAD) -> dict[str, float]:
     }
 
 
-def training_images_per_second(backbone: str, batch: int, size: int, device: torch.device,
-                               min_seconds: float = 3.0) -> float:
+def training_images_per_second(
+    backbone: str, batch: int, size: int, device: torch.device, min_seconds: float = 3.0
+) -> float:
     """Training steps (forward, ADC loss, backward, AdamW) images/second."""
     model = MiniMaxAD(backbone).train().to(device)
     optimizer = build_optimizer(model.trainable_parameters())
@@ -336,8 +378,14 @@ def training_images_per_second(backbone: str, batch: int, size: int, device: tor
     return runs * batch / elapsed
 
 
-def print_training_table(backbones: Sequence[str], size: int, batches: Sequence[int], device: str = "auto",
-                         min_seconds: float = 3.0, echo=print) -> list[dict[str, Any]]:
+def print_training_table(
+    backbones: Sequence[str],
+    size: int,
+    batches: Sequence[int],
+    device: str = "auto",
+    min_seconds: float = 3.0,
+    echo=print,
+) -> list[dict[str, Any]]:
     """Sizes and training images/second of each backbone."""
     dev = resolve_device(device)
     echo(f"training speed, {size} px, {dev}:")
@@ -347,8 +395,10 @@ def print_training_table(backbones: Sequence[str], size: int, batches: Sequence[
         sizes = model_sizes(MiniMaxAD(name))
         for batch in batches:
             rate = training_images_per_second(name, batch, size, dev, min_seconds)
-            echo(f"{name:<18}{sizes['encoder_params'] / 1e6:>8.2f}M{sizes['trainable_params'] / 1e6:>10.2f}M"
-                 f"{sizes['trainable_mb']:>7.1f}{batch:>7}{rate:>16.2f}")
+            echo(
+                f"{name:<18}{sizes['encoder_params'] / 1e6:>8.2f}M{sizes['trainable_params'] / 1e6:>10.2f}M"
+                f"{sizes['trainable_mb']:>7.1f}{batch:>7}{rate:>16.2f}"
+            )
             rows.append(dict(backbone=name, batch=batch, training=rate, **sizes))
     return rows
 

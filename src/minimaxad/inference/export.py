@@ -21,14 +21,22 @@ from typing import Any
 from minimaxad.files import atomic_write
 from minimaxad.inference.backends import BackendUnavailable, load_backend
 from minimaxad.inference.graph_files import (  # noqa: F401 (public names of this module)
-    FORMATS, PARITY_TOLERANCE, ExportError, compare_with_pipeline, refuse_to_overwrite, relative_error,
-    remove_files, write_pipeline_file, written_files,
+    FORMATS,
+    PARITY_TOLERANCE,
+    ExportError,
+    compare_with_pipeline,
+    refuse_to_overwrite,
+    relative_error,
+    remove_files,
+    write_pipeline_file,
+    written_files,
 )
 from minimaxad.inference.pipeline import InferencePipeline, pipeline_from_checkpoint
 
 
-def export_pipeline(pipeline: InferencePipeline, output: Path, format: str, image_size: int,
-                    check: bool = True, overwrite: bool = False) -> dict[str, float] | None:
+def export_pipeline(
+    pipeline: InferencePipeline, output: Path, format: str, image_size: int, check: bool = True, overwrite: bool = False
+) -> dict[str, float] | None:
     """Write ``pipeline`` (fused, eval) to ``output`` in ``format``; with ``check``, compare it
     with PyTorch (:func:`check_parity`), delete what was written if it fails, and return the
     relative errors. An existing file is refused unless ``overwrite``."""
@@ -42,8 +50,9 @@ def export_pipeline(pipeline: InferencePipeline, output: Path, format: str, imag
         raise
 
 
-def check_parity(pipeline: InferencePipeline, path: Path, format: str, image_size: int,
-                 tolerance: float = PARITY_TOLERANCE) -> dict[str, float]:
+def check_parity(
+    pipeline: InferencePipeline, path: Path, format: str, image_size: int, tolerance: float = PARITY_TOLERANCE
+) -> dict[str, float]:
     """Run the exported file on random images at batch 1 and 2 (the batch axis is dynamic) and
     compare maps and scores with the PyTorch pipeline; raises :class:`ExportError` past
     ``tolerance`` (relative). Returns the relative errors."""
@@ -61,8 +70,9 @@ def check_parity(pipeline: InferencePipeline, path: Path, format: str, image_siz
     return compare_with_pipeline(backend, pipeline, image_size, label=str(path), tolerance=tolerance)
 
 
-def export_metadata(state: dict[str, Any], format: str, parity: dict[str, float] | None,
-                    output_names: list[str]) -> dict[str, Any]:
+def export_metadata(
+    state: dict[str, Any], format: str, parity: dict[str, float] | None, output_names: list[str]
+) -> dict[str, Any]:
     """The ``<file>.json`` written beside an exported file: input and outputs, preprocessing, the
     thresholds with their calibration data, and the parity check's relative errors."""
     size = state.get("crop_size") or state["image_size"]
@@ -70,20 +80,30 @@ def export_metadata(state: dict[str, Any], format: str, parity: dict[str, float]
         "format": format,
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
         "outputs": output_names,
-        "input_size": size, "image_size": state["image_size"], "crop_size": state.get("crop_size"),
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "input_size": size,
+        "image_size": state["image_size"],
+        "crop_size": state.get("crop_size"),
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
         "preprocessing": f"RGB, resize to {state['image_size']} (bilinear)"
-                         + (f", centre crop {state['crop_size']}" if state.get("crop_size") else "")
-                         + ", scale to [0, 1], normalise with mean/std",
-        "backbone": state["backbone"], "top_ratio": state.get("top_ratio", 0.01),
+        + (f", centre crop {state['crop_size']}" if state.get("crop_size") else "")
+        + ", scale to [0, 1], normalise with mean/std",
+        "backbone": state["backbone"],
+        "top_ratio": state.get("top_ratio", 0.01),
         "categories": state.get("categories", []),
         "thresholds": state.get("thresholds") or {},
         "parity_relative_error": parity,
     }
 
 
-def export(checkpoint: Path, output: Path, format: str | None = None, encoder_weights: str | None = None,
-           check: bool = True, overwrite: bool = False) -> Path:
+def export(
+    checkpoint: Path,
+    output: Path,
+    format: str | None = None,
+    encoder_weights: str | None = None,
+    check: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Export a trained checkpoint's re-parameterized pipeline to ``output`` (format from the
     suffix unless given: ``.onnx``, ``.xml`` for OpenVINO, else TorchScript) and its metadata to
     ``<output>.json``. Existing files are refused unless ``overwrite``. The batch axis of the
@@ -114,6 +134,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     """The ``<file>.json`` written beside an exported model."""
     meta_path = metadata_path(Path(path))
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing: it holds the preprocessing and thresholds of {path}; "
-                                f"export again with 'minimaxad export'")
+        raise FileNotFoundError(
+            f"{meta_path} is missing: it holds the preprocessing and thresholds of {path}; "
+            f"export again with 'minimaxad export'"
+        )
     return json.loads(meta_path.read_text())

@@ -65,12 +65,15 @@ def refuse_to_overwrite(paths: list[Path]) -> None:
     """Raise :class:`FileExistsError` naming every one of ``paths`` that exists (a dangling link too)."""
     existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
-                              f"replace, or choose another --output")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
+            f"replace, or choose another --output"
+        )
 
 
-def write_pipeline_file(pipeline: InferencePipeline, output: Path, format: str, image_size: int,
-                        *, overwrite: bool = False) -> list[Path]:
+def write_pipeline_file(
+    pipeline: InferencePipeline, output: Path, format: str, image_size: int, *, overwrite: bool = False
+) -> list[Path]:
     """Write ``pipeline`` (fused, eval, on the CPU) to ``output`` in ``format`` and return the
     files written. Everything is first written in a temporary folder beside ``output`` (removed
     whatever happens, errors included) and renamed into place at the end; without
@@ -119,9 +122,16 @@ def _write_onnx(pipeline: InferencePipeline, example: torch.Tensor, output: Path
         raise RuntimeError("ONNX export needs the onnx package: pip install 'minimaxad[onnx]'") from exc
     names = pipeline.output_names
     with torch.no_grad(), quiet_tracing():
-        torch.onnx.export(pipeline, (example,), str(output), input_names=["images"], output_names=names,
-                          dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            pipeline,
+            (example,),
+            str(output),
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _write_openvino(pipeline: InferencePipeline, example: torch.Tensor, output: Path) -> None:
@@ -137,8 +147,9 @@ def _write_openvino(pipeline: InferencePipeline, example: torch.Tensor, output: 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def compare_with_pipeline(runner: Runner, pipeline: InferencePipeline, image_size: int, label: str,
-                          tolerance: float = PARITY_TOLERANCE) -> dict[str, float]:
+def compare_with_pipeline(
+    runner: Runner, pipeline: InferencePipeline, image_size: int, label: str, tolerance: float = PARITY_TOLERANCE
+) -> dict[str, float]:
     """Run ``runner`` (a loaded file's backend) on random images at batch 1 and 2 (the batch axis
     is dynamic) and compare maps and scores with ``pipeline``; raises :class:`ExportError` past
     ``tolerance`` (relative). Returns the relative errors."""
@@ -152,7 +163,9 @@ def compare_with_pipeline(runner: Runner, pipeline: InferencePipeline, image_siz
         errors["map"] = max(errors["map"], relative_error(maps.numpy(), expected[0][:, 0].numpy()))
         errors["score"] = max(errors["score"], relative_error(scores.numpy(), expected[1].numpy()))
     if max(errors.values()) > tolerance:
-        raise ExportError(f"{label} does not reproduce the PyTorch pipeline: relative error map "
-                          f"{errors['map']:.2e}, score {errors['score']:.2e} (allowed {tolerance:g}); "
-                          f"please report this with your torch/runtime versions")
+        raise ExportError(
+            f"{label} does not reproduce the PyTorch pipeline: relative error map "
+            f"{errors['map']:.2e}, score {errors['score']:.2e} (allowed {tolerance:g}); "
+            f"please report this with your torch/runtime versions"
+        )
     return errors

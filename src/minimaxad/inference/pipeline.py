@@ -36,8 +36,13 @@ class InferencePipeline(nn.Module):
             features, so only the network's arithmetic is reduced.
     """
 
-    def __init__(self, model: MiniMaxAD, top_ratio: float = 0.01, image_threshold: float | None = None,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model: MiniMaxAD,
+        top_ratio: float = 0.01,
+        image_threshold: float | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.model = model
         self.top_ratio = float(top_ratio)
@@ -71,8 +76,14 @@ def fused_copy(model: MiniMaxAD) -> MiniMaxAD:
     return model if model.reparameterized else copy.deepcopy(model).reparameterize()
 
 
-def build_pipeline(model: MiniMaxAD, form: str = "fused", *, top_ratio: float = 0.01,
-                   image_threshold: float | None = None, private_copy: bool = False) -> InferencePipeline:
+def build_pipeline(
+    model: MiniMaxAD,
+    form: str = "fused",
+    *,
+    top_ratio: float = 0.01,
+    image_threshold: float | None = None,
+    private_copy: bool = False,
+) -> InferencePipeline:
     """The one place an :class:`InferencePipeline` is made (backends, export and predict use it).
 
     ``form``: ``eager`` (the training-form network, copied: ``model`` must not be fused),
@@ -84,8 +95,10 @@ def build_pipeline(model: MiniMaxAD, form: str = "fused", *, top_ratio: float = 
         raise ValueError(f"unknown pipeline form {form!r}; use one of {', '.join(PIPELINE_FORMS)}")
     if form == "eager":
         if model.reparameterized:
-            raise ValueError("the eager backend is the training-form model, but this model is re-parameterized; "
-                             "pass the model before reparameterize()")
+            raise ValueError(
+                "the eager backend is the training-form model, but this model is re-parameterized; "
+                "pass the model before reparameterize()"
+            )
         return InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold)
     network = fused_copy(model)
     dtype = PIPELINE_FORMS[form]
@@ -94,8 +107,9 @@ def build_pipeline(model: MiniMaxAD, form: str = "fused", *, top_ratio: float = 
     return InferencePipeline(network.to(dtype), top_ratio, image_threshold, compute_dtype=dtype)
 
 
-def pipeline_from_checkpoint(checkpoint: dict[str, Any] | str | Path, encoder_weights: str | Path | None = None
-                             ) -> tuple[InferencePipeline, dict[str, Any]]:
+def pipeline_from_checkpoint(
+    checkpoint: dict[str, Any] | str | Path, encoder_weights: str | Path | None = None
+) -> tuple[InferencePipeline, dict[str, Any]]:
     """The fused pipeline of a trained checkpoint with its top ratio and calibrated image
     threshold (the decision output), and the checkpoint's dict (for the metadata)."""
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)

@@ -1,9 +1,9 @@
 """Python API for inspection programs: load a checkpoint once, predict on batches of images.
 
-    from minimaxad.inference.predict import Predictor
-    predictor = Predictor.from_checkpoint("runs/bottle/checkpoint.pt")
-    result = predictor.predict([pil_image, "photo.png", numpy_array])
-    result.scores, result.normalized_scores, result.is_anomalous, result.maps
+from minimaxad.inference.predict import Predictor
+predictor = Predictor.from_checkpoint("runs/bottle/checkpoint.pt")
+result = predictor.predict([pil_image, "photo.png", numpy_array])
+result.scores, result.normalized_scores, result.is_anomalous, result.maps
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from PIL import Image
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
+from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.inference.backends import Backend, create_backend, load_backend
 from minimaxad.inference.export import read_metadata
 from minimaxad.models import MiniMaxAD
@@ -89,8 +89,12 @@ class Predictor:
         self._float32_backend = float32_backend
         self.top_ratio = top_ratio
         self.calibration = calibration or {}
-        self.overrides = dict(image_threshold=image_threshold, false_positive_rate=false_positive_rate,
-                              pixel_threshold=pixel_threshold, pixel_false_positive_rate=pixel_false_positive_rate)
+        self.overrides = dict(
+            image_threshold=image_threshold,
+            false_positive_rate=false_positive_rate,
+            pixel_threshold=pixel_threshold,
+            pixel_false_positive_rate=pixel_false_positive_rate,
+        )
         self.thresholds = resolve_thresholds(self.calibration, **self.overrides)
 
     @property
@@ -103,8 +107,9 @@ class Predictor:
         if category is None:
             return self.thresholds
         if self.calibration.get("per_category") and category not in self.calibration["per_category"]:
-            raise ValueError(f"category {category!r} has no thresholds in this model; "
-                             f"choose one of {', '.join(self.categories)}")
+            raise ValueError(
+                f"category {category!r} has no thresholds in this model; choose one of {', '.join(self.categories)}"
+            )
         return resolve_thresholds(self.calibration, category=category, **self.overrides)
 
     @classmethod
@@ -126,21 +131,40 @@ class Predictor:
         its ``.json`` beside it: see :meth:`from_exported` (TorchScript needs ``trust=True``).
         """
         if is_exported_model(checkpoint):
-            return cls.from_exported(checkpoint, device=device, trust=trust,
-                                     backend=None if backend in ("fused", None) else backend, **threshold_overrides)
+            return cls.from_exported(
+                checkpoint,
+                device=device,
+                trust=trust,
+                backend=None if backend in ("fused", None) else backend,
+                **threshold_overrides,
+            )
         state = read_checkpoint(checkpoint)
         model = model_from_checkpoint(state, encoder_weights=encoder_weights)
         if backend == "fused" and not reparameterize:
             backend = "eager"
         if backend != "eager":
             model.reparameterize()
-        return cls(model, image_size=state["image_size"], crop_size=state.get("crop_size"),
-                   top_ratio=state.get("top_ratio", 0.01), calibration=state.get("thresholds"), device=device,
-                   backend=backend, **threshold_overrides)
+        return cls(
+            model,
+            image_size=state["image_size"],
+            crop_size=state.get("crop_size"),
+            top_ratio=state.get("top_ratio", 0.01),
+            calibration=state.get("thresholds"),
+            device=device,
+            backend=backend,
+            **threshold_overrides,
+        )
 
     @classmethod
-    def from_exported(cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str | None = None,
-                      trust: bool = False, **threshold_overrides: Any) -> "Predictor":
+    def from_exported(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        backend: str | None = None,
+        trust: bool = False,
+        **threshold_overrides: Any,
+    ) -> "Predictor":
         """A Predictor over a file written by ``minimaxad export``: ``.onnx`` runs in ONNX Runtime
         (or ``backend="openvino"``/``"openvino-bf16"``), ``.xml`` in OpenVINO, a TorchScript file
         in PyTorch (only with ``trust=True``: TorchScript runs the code stored in the file).
@@ -150,11 +174,19 @@ class Predictor:
         runner = load_backend(path, backend, device=device, trust=trust)
         float32 = None
         if runner.name in REDUCED_PRECISION_BACKENDS:  # the same file in float32, for re-checks
-            float32 = load_backend(path, "openvino" if runner.name == "openvino-bf16" else None, device=device,
-                                   trust=trust)
-        return cls(None, image_size=meta["image_size"], crop_size=meta.get("crop_size"),
-                   top_ratio=meta.get("top_ratio", 0.01), calibration=meta.get("thresholds"), backend=runner,
-                   float32_backend=float32, **threshold_overrides)
+            float32 = load_backend(
+                path, "openvino" if runner.name == "openvino-bf16" else None, device=device, trust=trust
+            )
+        return cls(
+            None,
+            image_size=meta["image_size"],
+            crop_size=meta.get("crop_size"),
+            top_ratio=meta.get("top_ratio", 0.01),
+            calibration=meta.get("thresholds"),
+            backend=runner,
+            float32_backend=float32,
+            **threshold_overrides,
+        )
 
     @property
     def image_threshold(self) -> float | None:
@@ -181,7 +213,7 @@ class Predictor:
         threshold = self.thresholds_for(category)["image"]["value"]
         scores, maps, sizes, rechecked = [], [], [], []
         for start in range(0, len(images), batch_size):
-            batch, batch_sizes = self.preprocess(images[start:start + batch_size])
+            batch, batch_sizes = self.preprocess(images[start : start + batch_size])
             batch_maps, batch_scores = self.backend(batch)
             batch_maps = batch_maps.float().cpu().numpy()
             batch_scores = batch_scores.float().cpu().numpy()
@@ -204,14 +236,22 @@ class Predictor:
         """The float32 form of this predictor's model (made on first use), for re-checks."""
         if self._float32_backend is None:
             if self.model is None:
-                raise ValueError("no float32 model to re-check reduced-precision scores with; "
-                                 "pass float32_backend= or recheck_margin=0")
-            self._float32_backend = create_backend("fused", self.model, image_size=self.transform.output_size[0],
-                                                   top_ratio=self.top_ratio, device=self.device)
+                raise ValueError(
+                    "no float32 model to re-check reduced-precision scores with; "
+                    "pass float32_backend= or recheck_margin=0"
+                )
+            self._float32_backend = create_backend(
+                "fused",
+                self.model,
+                image_size=self.transform.output_size[0],
+                top_ratio=self.top_ratio,
+                device=self.device,
+            )
         return self._float32_backend
 
-    def decide(self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]],
-               category: str | None = None) -> Prediction:
+    def decide(
+        self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]], category: str | None = None
+    ) -> Prediction:
         """A :class:`Prediction` from a batch's ``scores (B,)`` and ``maps``: decisions and defect masks
         against ``category``'s thresholds, and scores normalised by its calibration; ``sizes`` are the
         photos' own (W, H), kept for painting."""
@@ -239,10 +279,10 @@ def is_exported_model(path: str | Path) -> bool:
     return path.is_file() and (path.suffix.lower() in (".onnx", ".xml") or Path(str(path) + ".json").is_file())
 
 
-
 # -- folders of photos -> files -------------------------------------------------------------------
-def collect_inputs(inputs: Sequence[Path], exclude: Path | None = None
-                   ) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
+def collect_inputs(
+    inputs: Sequence[Path], exclude: Path | None = None
+) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
     """Image files given directly or found (recursively) in folders, sorted; a unique, safe
     output name for each; and the inputs that do not exist.
 
@@ -258,8 +298,11 @@ def collect_inputs(inputs: Sequence[Path], exclude: Path | None = None
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)
-                           and not (excluded is not None and excluded in p.resolve().parents))
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and is_image_file(p) and not (excluded is not None and excluded in p.resolve().parents)
+            )
             files.extend(found)
             parts.extend(_name_parts(p.relative_to(item)) for p in found)
         elif item.is_file():
@@ -334,8 +377,9 @@ class MapStyle:
         the normal images' pixel quantiles."""
         calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
         quantiles = calibration.get("normal_pixel_quantiles")
-        return cls(predictor.thresholds_for(category)["pixel"]["value"],
-                   float(quantiles[10]) if quantiles else None, alpha)
+        return cls(
+            predictor.thresholds_for(category)["pixel"]["value"], float(quantiles[10]) if quantiles else None, alpha
+        )
 
     def heatmap(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
         """``amap`` over ``photo``, coloured from the normal pixels' level to 1.5 x the pixel threshold."""
@@ -374,10 +418,17 @@ def predict_paths(
     ``scores.json``, all inside ``output``. Unreadable files are skipped, reported, and listed
     at the end."""
     files_out = PredictionFiles(Path(output))  # a folder that cannot be written fails before any work
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
-                                          image_threshold=image_threshold, false_positive_rate=false_positive_rate,
-                                          pixel_threshold=pixel_threshold, backend=backend,
-                                          recheck_margin=recheck_margin, trust=trust_torchscript)
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        device=device,
+        encoder_weights=encoder_weights,
+        image_threshold=image_threshold,
+        false_positive_rate=false_positive_rate,
+        pixel_threshold=pixel_threshold,
+        backend=backend,
+        recheck_margin=recheck_margin,
+        trust=trust_torchscript,
+    )
     files, names, failed = collect_inputs(inputs, exclude=files_out.output)
     style = MapStyle.of(predictor, category, alpha)
     for chunk in _chunks(list(zip(files, names)), batch_size, progress):
@@ -392,8 +443,7 @@ def predict_paths(
     if write_report and files_out.report_items:
         _write_html(files_out, thresholds)
     _echo_results(echo, files_out, thresholds, failed)
-    return {"predicted": len(files_out.rows), "failed": failed, "output": str(files_out.output),
-            "rows": files_out.rows}
+    return {"predicted": len(files_out.rows), "failed": failed, "output": str(files_out.output), "rows": files_out.rows}
 
 
 Named = tuple[Path, str]  # an input file and its output name
@@ -408,7 +458,7 @@ def _chunks(files: list[Named], batch_size: int, progress: bool) -> Iterator[lis
         bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True)
     try:
         for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
+            chunk = files[start : start + batch_size]
             yield chunk
             if bar is not None:
                 bar.update(len(chunk))
@@ -429,31 +479,60 @@ def _read_photos(chunk: list[Named], failed: list[tuple[str, str]]) -> tuple[lis
     return photos, readable
 
 
-def _write_one(files_out: PredictionFiles, style: MapStyle, result: Prediction, i: int, path: Path, name: str,
-               photo: Image.Image, keep_for_report: bool) -> None:
+def _write_one(
+    files_out: PredictionFiles,
+    style: MapStyle,
+    result: Prediction,
+    i: int,
+    path: Path,
+    name: str,
+    photo: Image.Image,
+    keep_for_report: bool,
+) -> None:
     """Heatmap and mask of image ``i`` of ``result``, and its row of the tables."""
     amap = result.maps[i]
     style.heatmap(photo, amap).save(files_out.path("heatmaps", f"{name}.png"))
     style.mask(photo, amap).save(files_out.path("masks", f"{name}.png"))
     if result.rechecked is not None and result.rechecked[i]:
         files_out.rechecked.append(name)
-    files_out.rows.append({
-        "path": str(path), "name": name, "score": float(result.scores[i]),
-        "normalized_score": float(result.normalized_scores[i]),
-        "decision": ("anomalous" if result.is_anomalous[i] else "normal")
-        if result.image_threshold is not None else "unknown",
-        "width": photo.size[0], "height": photo.size[1],
-        "heatmap": f"heatmaps/{name}.png", "mask": f"masks/{name}.png",
-    })
+    files_out.rows.append(
+        {
+            "path": str(path),
+            "name": name,
+            "score": float(result.scores[i]),
+            "normalized_score": float(result.normalized_scores[i]),
+            "decision": ("anomalous" if result.is_anomalous[i] else "normal")
+            if result.image_threshold is not None
+            else "unknown",
+            "width": photo.size[0],
+            "height": photo.size[1],
+            "heatmap": f"heatmaps/{name}.png",
+            "mask": f"masks/{name}.png",
+        }
+    )
     if keep_for_report:
         from minimaxad.reporting.html import ReportItem
 
-        files_out.report_items.append(ReportItem(path=str(path), category="predict", label=-1,
-                                                 score=float(result.scores[i]), anomaly_map=amap, image=photo))
+        files_out.report_items.append(
+            ReportItem(
+                path=str(path),
+                category="predict",
+                label=-1,
+                score=float(result.scores[i]),
+                anomaly_map=amap,
+                image=photo,
+            )
+        )
 
 
-def _summary(checkpoint: Path, predictor: Predictor, category: str | None, thresholds: dict[str, Any],
-             files_out: PredictionFiles, failed: list[tuple[str, str]]) -> dict[str, Any]:
+def _summary(
+    checkpoint: Path,
+    predictor: Predictor,
+    category: str | None,
+    thresholds: dict[str, Any],
+    files_out: PredictionFiles,
+    failed: list[tuple[str, str]],
+) -> dict[str, Any]:
     return {
         "checkpoint": str(checkpoint),
         "backend": predictor.backend.name,
@@ -471,19 +550,27 @@ def _summary(checkpoint: Path, predictor: Predictor, category: str | None, thres
 def _write_html(files_out: PredictionFiles, thresholds: dict[str, Any]) -> None:
     from minimaxad.reporting.html import write_report as render
 
-    render(files_out.path("report.html"), metrics=None, items=files_out.report_items,
-           image_threshold=thresholds["image"]["value"], pixel_threshold=thresholds["pixel"]["value"],
-           threshold_notes={"image": thresholds["image"]["note"], "pixel": thresholds["pixel"]["note"]},
-           title="minimaxad predictions")
+    render(
+        files_out.path("report.html"),
+        metrics=None,
+        items=files_out.report_items,
+        image_threshold=thresholds["image"]["value"],
+        pixel_threshold=thresholds["pixel"]["value"],
+        threshold_notes={"image": thresholds["image"]["note"], "pixel": thresholds["pixel"]["note"]},
+        title="minimaxad predictions",
+    )
 
 
-def _echo_results(echo: Callable[[str], None], files_out: PredictionFiles, thresholds: dict[str, Any],
-                  failed: list[tuple[str, str]]) -> None:
+def _echo_results(
+    echo: Callable[[str], None], files_out: PredictionFiles, thresholds: dict[str, Any], failed: list[tuple[str, str]]
+) -> None:
     rows = files_out.rows
     anomalous = sum(r["decision"] == "anomalous" for r in rows)
-    echo(f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
-         f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); "
-         f"results in {files_out.output}")
+    echo(
+        f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
+        f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); "
+        f"results in {files_out.output}"
+    )
     if failed:
         echo(f"{len(failed)} input(s) could not be read and were skipped:")
         for path, error in failed:

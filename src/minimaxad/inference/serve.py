@@ -39,8 +39,26 @@ API_PREFIX = "/v1"
 #: formats accepted from clients (what ``minimaxad predict`` reads from disk)
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "MPO")
 #: colour modes that convert to RGB faithfully; others (LAB, HSV) would be misread silently
-ACCEPTED_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                  "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+ACCEPTED_MODES = (
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "F",
+)
 RETURNABLE = ("heatmap", "mask")
 IMAGE_FIELD_NAMES = ("image", "images", "file", "files")
 
@@ -72,8 +90,14 @@ class ServeSettings:
 class ServiceError(Exception):
     """An answer other than 200: HTTP ``status``, a metrics ``kind`` and what was wrong."""
 
-    def __init__(self, status: int, kind: str, detail: str, errors: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.kind, self.detail, self.errors, self.headers = status, kind, detail, errors, headers
 
@@ -102,13 +126,17 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise BadImage(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise BadImage(f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
-                       f"(a decompression bomb, or a photo to downscale before sending)")
+        raise BadImage(
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
+            f"(a decompression bomb, or a photo to downscale before sending)"
+        )
     if image.format not in ACCEPTED_FORMATS:
         raise BadImage(f"image format {image.format} is not accepted; send PNG, JPEG, BMP, TIFF or WebP")
     if image.mode not in ACCEPTED_MODES:
-        raise BadImage(f"image colour mode {image.mode} is not accepted (it would not convert to RGB "
-                       f"faithfully); send RGB or grayscale")
+        raise BadImage(
+            f"image colour mode {image.mode} is not accepted (it would not convert to RGB "
+            f"faithfully); send RGB or grayscale"
+        )
     try:
         image.load()  # the whole file: truncated uploads fail here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -216,16 +244,28 @@ class ServiceMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("minimaxad_requests", "HTTP requests answered", ["endpoint", "status"],
-                                registry=self.registry)
-        self.errors = Counter("minimaxad_errors", "requests refused or failed, by kind", ["kind"],
-                              registry=self.registry)
-        self.latency = Histogram("minimaxad_request_latency_seconds", "time to answer a request", ["endpoint"],
-                                 buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10), registry=self.registry)
-        self.batch_size = Histogram("minimaxad_batch_size", "images per inference batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
-        self.queue_depth = Gauge("minimaxad_queue_depth", "images waiting for an inference batch",
-                                 registry=self.registry)
+        self.requests = Counter(
+            "minimaxad_requests", "HTTP requests answered", ["endpoint", "status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "minimaxad_errors", "requests refused or failed, by kind", ["kind"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "minimaxad_request_latency_seconds",
+            "time to answer a request",
+            ["endpoint"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "minimaxad_batch_size",
+            "images per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "minimaxad_queue_depth", "images waiting for an inference batch", registry=self.registry
+        )
         self.images = Counter("minimaxad_images", "images scored, by decision", ["decision"], registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
@@ -248,9 +288,14 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
 
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
-    batcher = MicroBatcher(predictor, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                           max_queue=settings.max_queue, on_batch=metrics.batch_size.observe,
-                           on_queue_depth=metrics.queue_depth.set)
+    batcher = MicroBatcher(
+        predictor,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        on_batch=metrics.batch_size.observe,
+        on_queue_depth=metrics.queue_depth.set,
+    )
     limiter = anyio.CapacityLimiter(settings.workers_threads)
     max_bytes = int(settings.max_request_mb * 2**20)
     categories = model_info.get("categories") or []
@@ -266,9 +311,13 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         finally:  # uvicorn gets here after in-flight requests were answered
             await anyio.to_thread.run_sync(batcher.close, 30.0)
 
-    app = FastAPI(title="minimaxad", version=__version__, lifespan=lifespan,
-                  description="MiniMaxAD anomaly detection at the inspection station: post photos to "
-                              "/v1/predict, get scores, decisions, heatmaps and defect masks.")
+    app = FastAPI(
+        title="minimaxad",
+        version=__version__,
+        lifespan=lifespan,
+        description="MiniMaxAD anomaly detection at the inspection station: post photos to "
+        "/v1/predict, get scores, decisions, heatmaps and defect masks.",
+    )
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
 
     @app.exception_handler(ServiceError)
@@ -301,9 +350,12 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             given = token if scheme.lower() == "bearer" else None
         if given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise ServiceError(401, "unauthorized", "missing or wrong API key: send it as 'X-API-Key: KEY' "
-                                                    "or 'Authorization: Bearer KEY'",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise ServiceError(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     # -- pages and probes --------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -321,15 +373,26 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         if batcher.warmup_error is not None:
             return JSONResponse({"status": "failed", "detail": f"warm-up failed: {batcher.warmup_error}"}, 503)
         if not batcher.ready:
-            return JSONResponse({"status": "warming up" if not batcher.wait_ready(0) else "shutting down"}, 503,
-                                headers={"Retry-After": "1"})
+            return JSONResponse(
+                {"status": "warming up" if not batcher.wait_ready(0) else "shutting down"},
+                503,
+                headers={"Retry-After": "1"},
+            )
         return JSONResponse({"status": "ready", "model_id": model_id})
 
-    @app.get(f"{API_PREFIX}/model", summary="The model: backbone, image size, categories, thresholds, hash",
-             dependencies=[Depends(require_key)])
+    @app.get(
+        f"{API_PREFIX}/model",
+        summary="The model: backbone, image size, categories, thresholds, hash",
+        dependencies=[Depends(require_key)],
+    )
     async def model() -> dict[str, Any]:
-        return {**model_info, "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-                "max_request_mb": settings.max_request_mb, "max_pixels": settings.max_pixels}
+        return {
+            **model_info,
+            "max_batch": settings.max_batch,
+            "max_wait_ms": settings.max_wait_ms,
+            "max_request_mb": settings.max_request_mb,
+            "max_pixels": settings.max_pixels,
+        }
 
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_key)])
     async def prometheus() -> Response:
@@ -340,8 +403,12 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise ServiceError(413, "too_large", f"request body of {int(declared)} bytes is over the limit of "
-                                                 f"{settings.max_request_mb:g} MB (--max-request-mb)")
+            raise ServiceError(
+                413,
+                "too_large",
+                f"request body of {int(declared)} bytes is over the limit of "
+                f"{settings.max_request_mb:g} MB (--max-request-mb)",
+            )
         from starlette.requests import ClientDisconnect
 
         chunks, total = [], 0
@@ -349,21 +416,28 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             async for chunk in request.stream():
                 total += len(chunk)
                 if total > max_bytes:
-                    raise ServiceError(413, "too_large", f"request body is over the limit of "
-                                                         f"{settings.max_request_mb:g} MB (--max-request-mb)")
+                    raise ServiceError(
+                        413,
+                        "too_large",
+                        f"request body is over the limit of {settings.max_request_mb:g} MB (--max-request-mb)",
+                    )
                 chunks.append(chunk)
         except ClientDisconnect as exc:  # the client went away mid-upload: nobody to answer
             raise ServiceError(400, "disconnected", "the client closed the connection before the body ended") from exc
         return b"".join(chunks)
 
-    def request_options(query: dict[str, Optional[str]], fields: dict[str, str]) -> tuple[str | None, float | None,
-                                                                                          set[str]]:
+    def request_options(
+        query: dict[str, Optional[str]], fields: dict[str, str]
+    ) -> tuple[str | None, float | None, set[str]]:
         category = query["category"] if query["category"] is not None else fields.get("category") or None
         threshold_text = query["threshold"] if query["threshold"] is not None else fields.get("threshold")
         wanted_text = query["return"] if query["return"] is not None else fields.get("return", "")
         if category is not None and categories and category not in categories:
-            raise ServiceError(422, "unknown_category", f"unknown category {category[:100]!r}; this model knows "
-                                                        f"{', '.join(categories)}")
+            raise ServiceError(
+                422,
+                "unknown_category",
+                f"unknown category {category[:100]!r}; this model knows {', '.join(categories)}",
+            )
         threshold = None
         if threshold_text not in (None, ""):
             try:
@@ -371,11 +445,17 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             except ValueError:
                 threshold = float("nan")
             if not np.isfinite(threshold):
-                raise ServiceError(422, "bad_request", f"threshold must be a finite number, got {threshold_text[:50]!r}")
+                raise ServiceError(
+                    422, "bad_request", f"threshold must be a finite number, got {threshold_text[:50]!r}"
+                )
         wanted = {w.strip() for w in wanted_text.split(",") if w.strip()}
         if wanted - set(RETURNABLE):
-            raise ServiceError(422, "bad_request", f"return= takes {', '.join(RETURNABLE)} (comma-separated), got "
-                                                   f"{', '.join(sorted(wanted - set(RETURNABLE)))[:100]!r}")
+            raise ServiceError(
+                422,
+                "bad_request",
+                f"return= takes {', '.join(RETURNABLE)} (comma-separated), got "
+                f"{', '.join(sorted(wanted - set(RETURNABLE)))[:100]!r}",
+            )
         return category, threshold, wanted
 
     def decode_all(uploads: list[tuple[str | None, bytes]]):
@@ -390,8 +470,16 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         batch = predictor.preprocess(photos)[0] if photos and not errors else None
         return photos, batch, errors
 
-    def answer(index: int, name: str | None, photo: Image.Image, scored: ScoredImage, category: str | None,
-               threshold_override: float | None, wanted: set[str], decode_ms: float) -> dict[str, Any]:
+    def answer(
+        index: int,
+        name: str | None,
+        photo: Image.Image,
+        scored: ScoredImage,
+        category: str | None,
+        threshold_override: float | None,
+        wanted: set[str],
+        decode_ms: float,
+    ) -> dict[str, Any]:
         thresholds = predictor.thresholds_for(category)
         calib = (calibration.get("per_category") or {}).get(category, calibration)
         threshold = threshold_override if threshold_override is not None else thresholds["image"]["value"]
@@ -400,16 +488,25 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             decision, normalized = "unknown", None
         else:
             normal = calib.get("normal_scores")
-            normalized = float(normalize_scores(np.array([scored.score]), threshold,
-                                                np.asarray(normal) if normal else None)[0])
+            normalized = float(
+                normalize_scores(np.array([scored.score]), threshold, np.asarray(normal) if normal else None)[0]
+            )
             decision = "anomalous" if scored.score >= threshold else "normal"
         metrics.images.labels(decision).inc()
         result: dict[str, Any] = {
-            "index": index, "name": name, "score": scored.score, "normalized_score": normalized,
-            "decision": decision, "threshold": threshold,
+            "index": index,
+            "name": name,
+            "score": scored.score,
+            "normalized_score": normalized,
+            "decision": decision,
+            "threshold": threshold,
             "threshold_source": "request" if threshold_override is not None else thresholds["image"]["note"],
-            "pixel_threshold": pixel_threshold, "category": category, "model_id": model_id,
-            "width": photo.size[0], "height": photo.size[1], "rechecked_in_float32": scored.rechecked,
+            "pixel_threshold": pixel_threshold,
+            "category": category,
+            "model_id": model_id,
+            "width": photo.size[0],
+            "height": photo.size[1],
+            "rechecked_in_float32": scored.rechecked,
             "batch_size": scored.batch_size,
             "timing_ms": {"decode": decode_ms, "queue": scored.queue_ms, "inference": scored.inference_ms},
         }
@@ -422,43 +519,68 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
                 result["mask_png"] = png_base64(styles[category].mask(photo, scored.anomaly_map))
         return result
 
-    predict_body = {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "one or several photos (any part with a file name)"},
-            "category": {"type": "string"}, "threshold": {"type": "number"},
-            "return": {"type": "string", "example": "heatmap,mask"}}}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }}
+    predict_body = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or several photos (any part with a file name)",
+                        },
+                        "category": {"type": "string"},
+                        "threshold": {"type": "number"},
+                        "return": {"type": "string", "example": "heatmap,mask"},
+                    },
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
 
-    @app.post(f"{API_PREFIX}/predict", dependencies=[Depends(require_key)], openapi_extra={"requestBody": predict_body},
-              summary="Score photos: decisions, scores and (return=heatmap,mask) the pictures",
-              responses={400: {"description": "an image cannot be scored (the reason per image)"},
-                         401: {"description": "API key missing or wrong"},
-                         413: {"description": "body over --max-request-mb, or more images than the queue holds"},
-                         422: {"description": "unknown category, bad threshold or return="},
-                         503: {"description": "queue full or not ready: retry after Retry-After seconds"}})
-    async def predict(request: Request,
-                      category: Optional[str] = Query(None, description="unified model: decide with this "
-                                                                        "category's thresholds"),
-                      threshold: Optional[str] = Query(None, description="image threshold for this request"),
-                      return_: Optional[str] = Query(None, alias="return",
-                                                     description="comma-separated: heatmap, mask (PNG, base64)")
-                      ) -> JSONResponse:
+    @app.post(
+        f"{API_PREFIX}/predict",
+        dependencies=[Depends(require_key)],
+        openapi_extra={"requestBody": predict_body},
+        summary="Score photos: decisions, scores and (return=heatmap,mask) the pictures",
+        responses={
+            400: {"description": "an image cannot be scored (the reason per image)"},
+            401: {"description": "API key missing or wrong"},
+            413: {"description": "body over --max-request-mb, or more images than the queue holds"},
+            422: {"description": "unknown category, bad threshold or return="},
+            503: {"description": "queue full or not ready: retry after Retry-After seconds"},
+        },
+    )
+    async def predict(
+        request: Request,
+        category: Optional[str] = Query(None, description="unified model: decide with this category's thresholds"),
+        threshold: Optional[str] = Query(None, description="image threshold for this request"),
+        return_: Optional[str] = Query(
+            None, alias="return", description="comma-separated: heatmap, mask (PNG, base64)"
+        ),
+    ) -> JSONResponse:
         started = time.perf_counter()
         body = await read_body(request)
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/form-data"):
             uploads, fields = parse_multipart(body, content_type)
             if not uploads:
-                raise ServiceError(400, "bad_request", "multipart body without an image part (send the photo as a "
-                                                       "file part, e.g. curl -F image=@photo.png)")
+                raise ServiceError(
+                    400,
+                    "bad_request",
+                    "multipart body without an image part (send the photo as a "
+                    "file part, e.g. curl -F image=@photo.png)",
+                )
         else:  # raw bytes, whatever the declared type: the decoder decides what they are
             uploads, fields = [(None, body)], {}
         chosen_category, threshold_value, wanted = request_options(
-            {"category": category, "threshold": threshold, "return": return_}, fields)
+            {"category": category, "threshold": threshold, "return": return_}, fields
+        )
         if len(uploads) > settings.max_queue:
             raise ServiceError(413, "too_large", f"{len(uploads)} images in one request; at most {settings.max_queue}")
         decode_started = time.perf_counter()
@@ -471,16 +593,20 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         decode_ms = 1e3 * (time.perf_counter() - decode_started)
         if errors:
             batcher.cancel(len(uploads))
-            detail = "; ".join(f"image {e['index']}{' (' + e['name'] + ')' if e['name'] else ''}: {e['error']}"
-                               for e in errors)
+            detail = "; ".join(
+                f"image {e['index']}{' (' + e['name'] + ')' if e['name'] else ''}: {e['error']}" for e in errors
+            )
             raise ServiceError(400, "bad_image", detail, errors=errors)
         if not batcher.ready:
             batcher.cancel(len(uploads))
             if batcher.warmup_error is not None:
                 raise ServiceError(503, "not_ready", f"the model failed to warm up: {batcher.warmup_error}")
             raise ServiceError(503, "not_ready", "the model is still warming up", headers={"Retry-After": "1"})
-        effective = threshold_value if threshold_value is not None else \
-            predictor.thresholds_for(chosen_category)["image"]["value"]
+        effective = (
+            threshold_value
+            if threshold_value is not None
+            else predictor.thresholds_for(chosen_category)["image"]["value"]
+        )
         try:
             futures = batcher.submit(batch, [effective] * len(batch), expected=True)
         except QueueFull as exc:
@@ -493,8 +619,10 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             raise ServiceError(500, "internal", f"inference failed: {type(exc).__name__}: {exc}") from exc
 
         def build() -> list[dict[str, Any]]:
-            return [answer(i, uploads[i][0], photos[i], scored[i], chosen_category, threshold_value, wanted, decode_ms)
-                    for i in range(len(photos))]
+            return [
+                answer(i, uploads[i][0], photos[i], scored[i], chosen_category, threshold_value, wanted, decode_ms)
+                for i in range(len(photos))
+            ]
 
         results = await anyio.to_thread.run_sync(build, limiter=limiter) if wanted else build()
         total_ms = 1e3 * (time.perf_counter() - started)
@@ -517,35 +645,70 @@ def read_api_key(path: str | Path) -> str:
     return key
 
 
-def build_service(checkpoint: str | Path, *, backend: str = "fused", device: str = "auto",
-                  settings: ServeSettings | None = None, encoder_weights: str | None = None,
-                  recheck_margin: float | None = None, **threshold_overrides: Any):
+def build_service(
+    checkpoint: str | Path,
+    *,
+    backend: str = "fused",
+    device: str = "auto",
+    settings: ServeSettings | None = None,
+    encoder_weights: str | None = None,
+    recheck_margin: float | None = None,
+    **threshold_overrides: Any,
+):
     """Load the model once and build the application (``minimaxad serve`` without the server)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass the checkpoint.pt of a run, "
-                                f"or a file written by 'minimaxad export'")
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
-                                          backend=backend, recheck_margin=recheck_margin, **threshold_overrides)
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} does not exist; pass the checkpoint.pt of a run, "
+            f"or a file written by 'minimaxad export'"
+        )
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        device=device,
+        encoder_weights=encoder_weights,
+        backend=backend,
+        recheck_margin=recheck_margin,
+        **threshold_overrides,
+    )
     return create_app(predictor, describe_model(checkpoint, predictor), settings)
 
 
-def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, backend: str = "fused",
-          device: str = "auto", settings: ServeSettings | None = None, encoder_weights: str | None = None,
-          recheck_margin: float | None = None, log_level: str = "info", echo=print,
-          **threshold_overrides: Any) -> None:
+def serve(
+    checkpoint: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: str = "fused",
+    device: str = "auto",
+    settings: ServeSettings | None = None,
+    encoder_weights: str | None = None,
+    recheck_margin: float | None = None,
+    log_level: str = "info",
+    echo=print,
+    **threshold_overrides: Any,
+) -> None:
     """Run the service until SIGINT/SIGTERM (in-flight requests are answered first)."""
     try:
         import uvicorn
     except ImportError as exc:
         raise RuntimeError('minimaxad serve needs FastAPI and uvicorn: pip install "minimaxad[serve]"') from exc
     settings = settings or ServeSettings()
-    app = build_service(checkpoint, backend=backend, device=device, settings=settings,
-                        encoder_weights=encoder_weights, recheck_margin=recheck_margin, **threshold_overrides)
+    app = build_service(
+        checkpoint,
+        backend=backend,
+        device=device,
+        settings=settings,
+        encoder_weights=encoder_weights,
+        recheck_margin=recheck_margin,
+        **threshold_overrides,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        echo(f"warning: listening on {host} without an API key: anyone on the network can use the service "
-             f"(--api-key-file F)")
+        echo(
+            f"warning: listening on {host} without an API key: anyone on the network can use the service "
+            f"(--api-key-file F)"
+        )
     echo(f"minimaxad serve: http://{host}:{port}/ (web page), http://{host}:{port}/docs (API); Ctrl-C to stop")
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
-                            access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, access_log=False
+    )
     uvicorn.Server(config).run()

@@ -34,8 +34,19 @@ from minimaxad.data.io import BadImageError, DatasetError, list_images, load_ima
 from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name
 from minimaxad.inference.predict import MapStyle, Predictor
 
-CSV_FIELDS = ["time", "file", "score", "normalized_score", "decision", "threshold", "width", "height",
-              "heatmap", "mask", "error"]
+CSV_FIELDS = [
+    "time",
+    "file",
+    "score",
+    "normalized_score",
+    "decision",
+    "threshold",
+    "width",
+    "height",
+    "heatmap",
+    "mask",
+    "error",
+]
 FileKey = tuple[str, int, int]  # (path inside IN_DIR with "/", size in bytes, mtime in ns)
 
 
@@ -81,17 +92,29 @@ def _key(record: dict[str, Any]) -> FileKey:
 class FolderWatcher:
     """Scores the images that appear in ``input_dir`` (recursively), into ``output``."""
 
-    def __init__(self, input_dir: str | Path, output: str | Path, predictor: Predictor, *,
-                 category: str | None = None, batch_size: int = 16, settle_seconds: float = 1.0,
-                 give_up_seconds: float = 10.0, alpha: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        input_dir: str | Path,
+        output: str | Path,
+        predictor: Predictor,
+        *,
+        category: str | None = None,
+        batch_size: int = 16,
+        settle_seconds: float = 1.0,
+        give_up_seconds: float = 10.0,
+        alpha: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        echo: Callable[[str], None] = print,
+    ) -> None:
         self.input_dir = Path(input_dir).resolve()
         self.output = Path(output).resolve()
         if not self.input_dir.is_dir():
             raise FileNotFoundError(f"input folder {input_dir} does not exist (or is not a folder)")
         if self.output == self.input_dir or self.input_dir in self.output.parents:
-            raise ValueError(f"the output folder {output} lies inside the watched folder {input_dir}: its heatmaps "
-                             f"would be picked up as new photos; choose an output folder outside it")
+            raise ValueError(
+                f"the output folder {output} lies inside the watched folder {input_dir}: its heatmaps "
+                f"would be picked up as new photos; choose an output folder outside it"
+            )
         if give_up_seconds < settle_seconds:
             raise ValueError(f"give_up_seconds ({give_up_seconds}) must be at least settle_seconds ({settle_seconds})")
         if category is not None and predictor.categories and category not in predictor.categories:
@@ -147,8 +170,12 @@ class FolderWatcher:
         return max(0, sum(1 for _ in csv.reader(io.StringIO(text))) - 1)
 
     def _journal(self, record: dict[str, Any]) -> None:
-        entry = {"file": record["file"], "size": record["size"], "mtime_ns": record["mtime_ns"],
-                 "status": "failed" if record.get("error") else "scored"}
+        entry = {
+            "file": record["file"],
+            "size": record["size"],
+            "mtime_ns": record["mtime_ns"],
+            "status": "failed" if record.get("error") else "scored",
+        }
         _append_line(self.journal_path, json.dumps(entry) + "\n")
         self.done.add(_key(record))
 
@@ -185,7 +212,7 @@ class FolderWatcher:
                 del self._settling[rel]
         finished = 0
         for start in range(0, len(ready), self.batch_size):
-            finished += self._score(ready[start:start + self.batch_size], now)
+            finished += self._score(ready[start : start + self.batch_size], now)
         return finished
 
     def _score(self, files: list[tuple[str, os.stat_result]], now: float) -> int:
@@ -210,23 +237,40 @@ class FolderWatcher:
                 photo, amap = photos[i], result.maps[i]
                 self._save(self._style.heatmap(photo, amap), "heatmaps", name)
                 self._save(self._style.mask(photo, amap), "masks", name)
-                decision = ("anomalous" if result.is_anomalous[i] else "normal") \
-                    if result.image_threshold is not None else "unknown"
-                records.append(self._record(
-                    rel, info, score=float(result.scores[i]),
-                    normalized_score=float(result.normalized_scores[i]) if result.image_threshold is not None
-                    else None,
-                    decision=decision, threshold=result.image_threshold, width=photo.size[0],
-                    height=photo.size[1], heatmap=f"heatmaps/{name}.png", mask=f"masks/{name}.png"))
+                decision = (
+                    ("anomalous" if result.is_anomalous[i] else "normal")
+                    if result.image_threshold is not None
+                    else "unknown"
+                )
+                records.append(
+                    self._record(
+                        rel,
+                        info,
+                        score=float(result.scores[i]),
+                        normalized_score=float(result.normalized_scores[i])
+                        if result.image_threshold is not None
+                        else None,
+                        decision=decision,
+                        threshold=result.image_threshold,
+                        width=photo.size[0],
+                        height=photo.size[1],
+                        heatmap=f"heatmaps/{name}.png",
+                        mask=f"masks/{name}.png",
+                    )
+                )
         for record in records:
             self._commit(record)
             self._settling.pop(record["file"], None)
         return len(records)
 
     def _record(self, rel: str, info: os.stat_result, error: str | None = None, **values: Any) -> dict[str, Any]:
-        record: dict[str, Any] = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                                  "file": rel, "size": info.st_size, "mtime_ns": info.st_mtime_ns,
-                                  "category": self.category}
+        record: dict[str, Any] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "file": rel,
+            "size": info.st_size,
+            "mtime_ns": info.st_mtime_ns,
+            "category": self.category,
+        }
         record.update({f: None for f in CSV_FIELDS if f not in record})
         record.update(values)
         record["error"] = error
@@ -282,17 +326,46 @@ class FolderWatcher:
         return total
 
 
-def watch(input_dir: Path, output: Path, checkpoint: str | Path, *, backend: str = "fused", device: str = "auto",
-          category: str | None = None, batch_size: int = 16, interval: float = 0.5, settle_seconds: float = 1.0,
-          give_up_seconds: float = 10.0, once: bool = False, alpha: float = 0.5,
-          encoder_weights: str | None = None, recheck_margin: float | None = None, echo=print,
-          **overrides: Any) -> int:
+def watch(
+    input_dir: Path,
+    output: Path,
+    checkpoint: str | Path,
+    *,
+    backend: str = "fused",
+    device: str = "auto",
+    category: str | None = None,
+    batch_size: int = 16,
+    interval: float = 0.5,
+    settle_seconds: float = 1.0,
+    give_up_seconds: float = 10.0,
+    once: bool = False,
+    alpha: float = 0.5,
+    encoder_weights: str | None = None,
+    recheck_margin: float | None = None,
+    echo=print,
+    **overrides: Any,
+) -> int:
     """``minimaxad watch``: load the model, then poll ``input_dir`` until SIGINT/SIGTERM (or, with
     ``once``, until what is there is done). Returns the number of files finished."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights,
-                                          backend=backend, recheck_margin=recheck_margin, **overrides)
-    watcher = FolderWatcher(input_dir, output, predictor, category=category, batch_size=batch_size,
-                            settle_seconds=settle_seconds, give_up_seconds=give_up_seconds, alpha=alpha, echo=echo)
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        device=device,
+        encoder_weights=encoder_weights,
+        backend=backend,
+        recheck_margin=recheck_margin,
+        **overrides,
+    )
+    watcher = FolderWatcher(
+        input_dir,
+        output,
+        predictor,
+        category=category,
+        batch_size=batch_size,
+        settle_seconds=settle_seconds,
+        give_up_seconds=give_up_seconds,
+        alpha=alpha,
+        echo=echo,
+    )
     stop = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():

@@ -12,17 +12,35 @@ from __future__ import annotations
 
 from typing import Any
 
-
-from ._inputs import (ArrayLike, binary_labels, check_both_classes, maps_3d, same_length,
-                      scores_1d)
+from ._inputs import ArrayLike, binary_labels, check_both_classes, maps_3d, same_length, scores_1d
 from .bootstrap import bootstrap_ci
 from .pro import PixelData, aupro, aupro_200, aupro_200_from, aupro_exact_from, label_regions
-from .ranking import (ap_from, auroc, auroc_from, average_precision, curves_from, f1_max,
-                      f1max_from, pos_table, pr_curve, rank_scores, roc_curve)
+from .ranking import (
+    ap_from,
+    auroc,
+    auroc_from,
+    average_precision,
+    curves_from,
+    f1_max,
+    f1max_from,
+    pos_table,
+    pr_curve,
+    rank_scores,
+    roc_curve,
+)
 
 __all__ = [
-    "evaluate", "auroc", "average_precision", "f1_max", "aupro", "aupro_200", "roc_curve",
-    "pr_curve", "bootstrap_ci", "label_regions", "METRIC_KEYS",
+    "evaluate",
+    "auroc",
+    "average_precision",
+    "f1_max",
+    "aupro",
+    "aupro_200",
+    "roc_curve",
+    "pr_curve",
+    "bootstrap_ci",
+    "label_regions",
+    "METRIC_KEYS",
 ]
 
 #: the scalar metrics ``evaluate`` can return (pixel ones only with maps and masks)
@@ -31,10 +49,18 @@ METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupr
 _CURVE_POINTS = 500
 
 
-def evaluate(image_scores: ArrayLike, labels: ArrayLike, anomaly_maps: ArrayLike | None = None,
-             masks: ArrayLike | None = None, *, pro_integration_limit: float = 0.3,
-             aupro_exact: bool = True, bootstrap: int = 0, seed: int = 0,
-             return_curves: bool = False) -> dict[str, Any]:
+def evaluate(
+    image_scores: ArrayLike,
+    labels: ArrayLike,
+    anomaly_maps: ArrayLike | None = None,
+    masks: ArrayLike | None = None,
+    *,
+    pro_integration_limit: float = 0.3,
+    aupro_exact: bool = True,
+    bootstrap: int = 0,
+    seed: int = 0,
+    return_curves: bool = False,
+) -> dict[str, Any]:
     """All metrics of a test set.
 
     image_scores: (N,) float; labels: (N,) 0/1 (1 = anomalous); anomaly_maps: (N, H, W) or
@@ -69,19 +95,24 @@ def evaluate(image_scores: ArrayLike, labels: ArrayLike, anomaly_maps: ArrayLike
     if return_curves:
         fpr, tpr, thr = roc_curve(scores, y, max_points=_CURVE_POINTS)
         prec, rec, pthr = pr_curve(scores, y, max_points=_CURVE_POINTS)
-        curves["image"] = {"roc": {"fpr": fpr, "tpr": tpr, "thresholds": thr},
-                           "pr": {"precision": prec, "recall": rec, "thresholds": pthr}}
+        curves["image"] = {
+            "roc": {"fpr": fpr, "tpr": tpr, "thresholds": thr},
+            "pr": {"precision": prec, "recall": rec, "thresholds": pthr},
+        }
 
     if anomaly_maps is not None and masks is not None:
         n_maps = maps_3d(anomaly_maps, "anomaly_maps").shape[0]
         if n_maps != scores.numel():
-            raise ValueError(f"anomaly_maps has {n_maps} maps but image_scores has {scores.numel()} "
-                             "values; give one map per test item, in the same order")
+            raise ValueError(
+                f"anomaly_maps has {n_maps} maps but image_scores has {scores.numel()} "
+                "values; give one map per test item, in the same order"
+            )
         data = PixelData(anomaly_maps, masks)
         if data.has_positive:
             if not data.has_negative:
-                raise ValueError("masks mark every pixel anomalous: pixel metrics need normal pixels "
-                                 "(are the masks inverted?)")
+                raise ValueError(
+                    "masks mark every pixel anomalous: pixel metrics need normal pixels (are the masks inverted?)"
+                )
             pt = data.table
             out["p_auroc"] = auroc_from(data.ranked, pt)
             out["p_ap"] = ap_from(data.ranked, pt)

@@ -44,8 +44,10 @@ def scores_1d(x: ArrayLike, name: str) -> torch.Tensor:
     t = as_float(as_tensor(x, name)).reshape(-1)
     if t.numel() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); scores must be finite "
-                         "(check the model output for NaN before evaluating)")
+        raise ValueError(
+            f"{name} contains {bad} NaN or infinite value(s); scores must be finite "
+            "(check the model output for NaN before evaluating)"
+        )
     return t
 
 
@@ -57,8 +59,10 @@ def binary_labels(x: ArrayLike, name: str) -> torch.Tensor:
     ok = (t == 0) | (t == 1)
     if not bool(ok.all()):
         bad = t[~ok][:5].tolist()
-        raise ValueError(f"{name} must contain only 0 (normal) and 1 (anomalous), found e.g. {bad}; "
-                         "binarise them first (masks: `mask > 0.5`)")
+        raise ValueError(
+            f"{name} must contain only 0 (normal) and 1 (anomalous), found e.g. {bad}; "
+            "binarise them first (masks: `mask > 0.5`)"
+        )
     return t != 0
 
 
@@ -68,15 +72,19 @@ def check_both_classes(labels: torch.Tensor, what: str) -> tuple[int, int]:
     n_neg = labels.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         missing = "anomalous (1)" if n_pos == 0 else "normal (0)"
-        raise ValueError(f"{what}: no {missing} sample among {labels.numel()}; AUROC, AP and F1 need "
-                         "both classes (evaluate a test set with normal and anomalous items)")
+        raise ValueError(
+            f"{what}: no {missing} sample among {labels.numel()}; AUROC, AP and F1 need "
+            "both classes (evaluate a test set with normal and anomalous items)"
+        )
     return n_pos, n_neg
 
 
 def same_length(scores: torch.Tensor, labels: torch.Tensor, sname: str, lname: str) -> None:
     if scores.numel() != labels.numel():
-        raise ValueError(f"{sname} has {scores.numel()} values but {lname} has {labels.numel()}; "
-                         "they must describe the same items in the same order")
+        raise ValueError(
+            f"{sname} has {scores.numel()} values but {lname} has {labels.numel()}; "
+            "they must describe the same items in the same order"
+        )
 
 
 def maps_3d(x: ArrayLike, name: str) -> torch.Tensor:

@@ -37,17 +37,21 @@ def evaluate_aebad(anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike)
     truth = torch.as_tensor(maps_3d(masks, "masks")) > 0.5
     y = torch.as_tensor(np.asarray(labels)).reshape(-1).long()
     if maps.shape != truth.shape:
-        raise ValueError(f"masks have shape {tuple(truth.shape)} but anomaly_maps {tuple(maps.shape)}; "
-                         "give one mask per map, at the map's size")
+        raise ValueError(
+            f"masks have shape {tuple(truth.shape)} but anomaly_maps {tuple(maps.shape)}; "
+            "give one mask per map, at the map's size"
+        )
     if len(y) != maps.shape[0]:
         raise ValueError(f"{len(y)} labels for {maps.shape[0]} maps: give one label per test item")
     scores = maps.reshape(maps.shape[0], -1).amax(dim=1)
     per_image = []
     for i in torch.nonzero(y == 1).flatten().tolist():
         if not truth[i].any():
-            raise ValueError(f"test item {i} is labelled anomalous but its mask is empty; the AeBAD-S rule "
-                             "relabels such items normal (data.transforms.relabel_cropped_mask)")
-        per_image.append(aupro_200(maps[i:i + 1], truth[i:i + 1]))
+            raise ValueError(
+                f"test item {i} is labelled anomalous but its mask is empty; the AeBAD-S rule "
+                "relabels such items normal (data.transforms.relabel_cropped_mask)"
+            )
+        per_image.append(aupro_200(maps[i : i + 1], truth[i : i + 1]))
     return {
         "i_auroc": auroc(scores, y),
         "p_auroc": auroc(maps.reshape(-1), truth.reshape(-1)),

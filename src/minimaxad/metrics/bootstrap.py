@@ -48,9 +48,16 @@ def batched_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndar
     return {"auroc": auc, "ap": ap, "f1max": f1}
 
 
-def bootstrap_ci(scores: ArrayLike, labels: ArrayLike, *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, metrics: Iterable[str] = IMAGE_METRICS,
-                 stratified: bool = True) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: Iterable[str] = IMAGE_METRICS,
+    stratified: bool = True,
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals of image-level AUROC, AP and F1-max.
 
     scores, labels: (n,). Each replicate resamples the images with replacement; with
@@ -81,8 +88,7 @@ def bootstrap_ci(scores: ArrayLike, labels: ArrayLike, *, n_boot: int = 1000, se
     while done < n_boot:
         b = min(_ROWS_PER_BATCH, n_boot - done)
         if stratified:
-            idx = np.concatenate([rng.choice(pos_idx, (b, len(pos_idx))),
-                                  rng.choice(neg_idx, (b, len(neg_idx)))], 1)
+            idx = np.concatenate([rng.choice(pos_idx, (b, len(pos_idx))), rng.choice(neg_idx, (b, len(neg_idx)))], 1)
         else:
             idx = rng.integers(0, n, (b, n))
             k = y[idx].sum(1)

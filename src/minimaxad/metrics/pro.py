@@ -39,7 +39,7 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids: list[np.ndarray] = []
     offset = 0
     for i in range(0, n, step):
-        part = mask[i:i + step]
+        part = mask[i : i + step]
         if not part.any():
             continue
         lab, count = ndimage.label(part, structure=_STRUCTURE)
@@ -59,9 +59,11 @@ class PixelData:
         maps = as_float(maps_3d(anomaly_maps, "anomaly_maps"))
         mask = binarise_masks(maps_3d(masks, "masks"))
         if mask.shape != maps.shape:
-            raise ValueError(f"masks have shape {tuple(mask.shape)} but anomaly_maps {tuple(maps.shape)} "
-                             "(after dropping the channel axis); resize the masks to the map size "
-                             "(nearest, or bilinear then > 0.5) before evaluating")
+            raise ValueError(
+                f"masks have shape {tuple(mask.shape)} but anomaly_maps {tuple(maps.shape)} "
+                "(after dropping the channel axis); resize the masks to the map size "
+                "(nearest, or bilinear then > 0.5) before evaluating"
+            )
         mask = mask.to(maps.device)
         self.shape = tuple(maps.shape)
         self.dtype = maps.dtype
@@ -156,8 +158,9 @@ def _round_down(th: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return down
 
 
-def aupro_200_from(data: PixelData, limit: float = 0.3, num_thresholds: int = 200,
-                   *, return_curve: bool = False) -> float | tuple[float, dict[str, np.ndarray]]:
+def aupro_200_from(
+    data: PixelData, limit: float = 0.3, num_thresholds: int = 200, *, return_curve: bool = False
+) -> float | tuple[float, dict[str, np.ndarray]]:
     """The authors' AUPRO: PRO and FPR (``score > th``) at their ~200 evenly spaced thresholds,
     points with FPR < ``limit`` kept, FPR divided by its maximum, trapezoid area as
     ``sklearn.metrics.auc``. NaN (with a RuntimeWarning) when fewer than two thresholds are
@@ -187,10 +190,14 @@ def aupro_200_from(data: PixelData, limit: float = 0.3, num_thresholds: int = 20
         direction = -1.0 if np.any(dx < 0) and np.all(dx <= 0) else 1.0  # sklearn.metrics.auc
         value = float(direction * np.sum(dx * (y[1:] + y[:-1]) / 2))
     else:
-        warnings.warn(f"aupro_200 is undefined here ({int(keep.sum())} of {n_th} thresholds with FPR < "
-                      f"{limit}, max FPR among them {fpr[keep].max() if keep.any() else 'n/a'}): "
-                      "the anomaly maps are constant or dominated by an outlier; reporting NaN "
-                      "(the exact aupro is still defined)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"aupro_200 is undefined here ({int(keep.sum())} of {n_th} thresholds with FPR < "
+            f"{limit}, max FPR among them {fpr[keep].max() if keep.any() else 'n/a'}): "
+            "the anomaly maps are constant or dominated by an outlier; reporting NaN "
+            "(the exact aupro is still defined)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return (value, curve) if return_curve else value
 
 
@@ -211,8 +218,7 @@ def aupro(anomaly_maps: ArrayLike, masks: ArrayLike, integration_limit: float = 
     return aupro_exact_from(_pixel_data(anomaly_maps, masks), integration_limit)
 
 
-def aupro_200(anomaly_maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3,
-              num_thresholds: int = 200) -> float:
+def aupro_200(anomaly_maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3, num_thresholds: int = 200) -> float:
     """The authors' 200-threshold AUPRO (the paper's tables). Shapes as :func:`aupro`."""
     return aupro_200_from(_pixel_data(anomaly_maps, masks), fpr_limit, num_thresholds)
 

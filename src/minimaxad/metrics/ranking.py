@@ -88,8 +88,9 @@ class Ranked:
         return float(torch.stack(lo).min()), float(torch.stack(hi).max())
 
 
-def rank_scores(scores: torch.Tensor, positive: torch.Tensor, *, keep_order: bool = False,
-                name: str = "scores") -> Ranked:
+def rank_scores(
+    scores: torch.Tensor, positive: torch.Tensor, *, keep_order: bool = False, name: str = "scores"
+) -> Ranked:
     """Split ``scores`` by the bool tensor ``positive`` (same shape) and sort both parts.
 
     Holds one copy of the scores (negatives + positives); works on the scores' device.
@@ -115,8 +116,10 @@ def rank_scores(scores: torch.Tensor, positive: torch.Tensor, *, keep_order: boo
     del pos_raw
     for part in [*neg, pos]:
         if part.numel() and not (bool(torch.isfinite(part[0])) and bool(torch.isfinite(part[-1]))):
-            raise ValueError(f"{name} contain NaN or infinite values; scores must be finite "
-                             "(check the model output for NaN before evaluating)")
+            raise ValueError(
+                f"{name} contain NaN or infinite values; scores must be finite "
+                "(check the model output for NaN before evaluating)"
+            )
     return Ranked(neg, pos, order, sum(c.numel() for c in neg), pos.numel())
 
 
@@ -241,8 +244,9 @@ def _binary_clf_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray,
     return fps, tps, s_sorted[ends].astype(np.float64)
 
 
-def roc_curve(scores: ArrayLike, labels: ArrayLike, *, max_points: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    scores: ArrayLike, labels: ArrayLike, *, max_points: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, like ``sklearn.metrics.roc_curve(...,
     drop_intermediate=False)``: thresholds decreasing, first point (0, 0) at threshold +inf.
 
@@ -257,8 +261,9 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike, *, max_points: int | None = 
     return fpr[idx], tpr[idx], thr[idx]
 
 
-def pr_curve(scores: ArrayLike, labels: ArrayLike, *, max_points: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pr_curve(
+    scores: ArrayLike, labels: ArrayLike, *, max_points: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds) like ``sklearn.metrics.precision_recall_curve``:
     thresholds increasing, a final point (precision 1, recall 0) without threshold.
     ``max_points`` downsamples (the final point is kept)."""

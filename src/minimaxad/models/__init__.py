@@ -8,7 +8,18 @@ from minimaxad.models.minimaxad import MiniMaxAD
 from minimaxad.models.registry import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, get_backbone_spec, list_backbones
 
 __all__ = [
-    "GRN", "SEBlock", "DilatedReparamBlock", "UniRepLKNetBlock", "LayerNorm2d",
-    "UniRepLKNetEncoder", "Bottleneck", "Decoder", "MiniMaxAD",
-    "BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "get_backbone_spec", "list_backbones",
+    "GRN",
+    "SEBlock",
+    "DilatedReparamBlock",
+    "UniRepLKNetBlock",
+    "LayerNorm2d",
+    "UniRepLKNetEncoder",
+    "Bottleneck",
+    "Decoder",
+    "MiniMaxAD",
+    "BACKBONES",
+    "DEFAULT_BACKBONE",
+    "BackboneSpec",
+    "get_backbone_spec",
+    "list_backbones",
 ]

@@ -54,10 +54,7 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 def pointwise_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``nn.Linear`` over the channels of a map: ``(N, C_in, H, W) -> (N, C_out, H, W)``.
 
@@ -167,9 +164,7 @@ class DilatedReparamBlock(nn.Module, Reparameterizable):
     def __init__(self, channels: int, kernel_size: int = 13) -> None:
         super().__init__()
         if kernel_size not in DILATED_BRANCHES:
-            raise ValueError(
-                f"DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}"
-            )
+            raise ValueError(f"DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}")
         self.kernel_size = kernel_size
         self.kernel_sizes, self.dilations = DILATED_BRANCHES[kernel_size]
         self.lk_origin = DepthwiseConv2d(channels, kernel_size)
@@ -222,9 +217,7 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
         ffn_ratio: hidden width of the pointwise FFN relative to ``dim``.
     """
 
-    def __init__(
-        self, dim: int, kernel_size: int, layer_scale_init: float = 1e-6, ffn_ratio: int = 4
-    ) -> None:
+    def __init__(self, dim: int, kernel_size: int, layer_scale_init: float = 1e-6, ffn_ratio: int = 4) -> None:
         super().__init__()
         if kernel_size >= 7:
             self.dwconv: nn.Module = DilatedReparamBlock(dim, kernel_size)
@@ -237,9 +230,7 @@ class UniRepLKNetBlock(nn.Module, Reparameterizable):
         hidden = ffn_ratio * dim
         self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, hidden))
         self.act = nn.Sequential(nn.GELU(), GRN(hidden, use_bias=True))
-        self.pwconv2 = nn.Sequential(
-            nn.Linear(hidden, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim)
-        )
+        self.pwconv2 = nn.Sequential(nn.Linear(hidden, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim))
         self.gamma: nn.Parameter | None = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.fused = False
 

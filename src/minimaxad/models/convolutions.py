@@ -33,8 +33,9 @@ class _DepthwiseSameConv(torch.autograd.Function):
     conv (``2 * padding == dilation * (k - 1)``); ``x (N, C, H, W)``, ``weight (C, 1, k, k)``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                padding: int, dilation: int) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
         return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
@@ -52,8 +53,9 @@ class _DepthwiseSameConv(torch.autograd.Function):
             grad_x = F.conv2d(g, kernel, padding=p, dilation=d, groups=c).to(x.dtype)
         if ctx.needs_input_grad[1]:
             # the conv's own zero padding pads x: output k x k, one map per image and channel
-            per_image = F.conv2d(x.to(g.dtype).reshape(1, n * c, h, w), g.reshape(n * c, 1, h, w),
-                                 padding=p, stride=d, groups=n * c)
+            per_image = F.conv2d(
+                x.to(g.dtype).reshape(1, n * c, h, w), g.reshape(n * c, 1, h, w), padding=p, stride=d, groups=n * c
+            )
             k = weight.shape[-1]
             grad_w = per_image.view(n, c, 1, k, k)
             grad_w = (grad_w[0] if n == 1 else grad_w.sum(0)).to(weight.dtype)
@@ -70,12 +72,22 @@ class DepthwiseConv2d(nn.Conv2d):
     same initialiser in the same order, so the authors' checkpoints and seeds carry over.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = False, device=None, dtype=None
+    ) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"DepthwiseConv2d needs an odd kernel size for 'same' padding, got {kernel_size}")
-        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                         dilation=dilation, groups=channels, bias=bias, device=device, dtype=dtype)
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            padding=dilation * (kernel_size - 1) // 2,
+            dilation=dilation,
+            groups=channels,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, H, W)``; the module docstring's backward where it helps, else ``nn.Conv2d``'s."""
@@ -120,8 +132,18 @@ class _GemmWeightGradConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
-                g, x.to(g.dtype), weight.to(g.dtype), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                [True, False, False])[0].to(x.dtype)
+                g,
+                x.to(g.dtype),
+                weight.to(g.dtype),
+                None,
+                [s, s],
+                [p, p],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [True, False, False],
+            )[0].to(x.dtype)
         if ctx.needs_input_grad[1]:
             n, c_out = g.shape[:2]
             columns = F.unfold(x.to(g.dtype), weight.shape[-2:], padding=p, stride=s)  # (N, C_in*k*k, L)
@@ -136,10 +158,26 @@ class StridedConv2d(nn.Conv2d):
     GEMM when oneDNN's is slow (short batches on small maps: the bottleneck's convs).
     ``(N, C_in, H, W) -> (N, C_out, H', W')``; keys and initialisation of ``nn.Conv2d``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,
-                 padding: int = 1, device=None, dtype=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False,
-                         device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 2,
+        padding: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            bias=False,
+            device=device,
+            dtype=dtype,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W) -> (N, C_out, H', W')``; weight gradient as one GEMM where oneDNN's is slow."""
@@ -148,8 +186,14 @@ class StridedConv2d(nn.Conv2d):
         return super().forward(x)
 
     def _gemm_weight_grad(self, x: torch.Tensor) -> bool:
-        if not (x.device.type == "cpu" and x.shape[0] > 0 and torch.is_grad_enabled() and self.weight.requires_grad
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
+        if not (
+            x.device.type == "cpu"
+            and x.shape[0] > 0
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+        ):
             return False
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         out_h, out_w = ((x.shape[-2] + 2 * p - k) // s + 1), ((x.shape[-1] + 2 * p - k) // s + 1)

@@ -24,14 +24,12 @@ class Decoder(nn.Module):
         d = spec.dims
         self.upsample_layers = nn.ModuleList(
             nn.Sequential(
-                nn.ConvTranspose2d(d[3 - i], d[2 - i], kernel_size=2, stride=2, bias=False),
-                LayerNorm2d(d[2 - i]),
+                nn.ConvTranspose2d(d[3 - i], d[2 - i], kernel_size=2, stride=2, bias=False), LayerNorm2d(d[2 - i])
             )
             for i in range(3)
         )
         self.stages = nn.ModuleList(
-            nn.Sequential(*(UniRepLKNetBlock(d[i], k) for k in spec.kernel_sizes[i]))
-            for i in range(3)
+            nn.Sequential(*(UniRepLKNetBlock(d[i], k) for k in spec.kernel_sizes[i])) for i in range(3)
         )
         self.apply(init_reconstruction_weights)
 

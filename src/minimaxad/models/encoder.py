@@ -42,21 +42,22 @@ class UniRepLKNetEncoder(nn.Module):
         d = spec.dims
         self.dims = tuple(d[:3])
         self.loads = 0  # state-dict loads so far: whoever caches a function of the weights checks it
-        self.downsample_layers = nn.ModuleList([
-            nn.Sequential(
-                nn.Conv2d(3, d[0] // 2, 3, stride=2, padding=1),
-                LayerNorm2d(d[0] // 2),
-                nn.GELU(),
-                nn.Conv2d(d[0] // 2, d[0], 3, stride=2, padding=1),
-                LayerNorm2d(d[0]),
-            ),
-            nn.Sequential(nn.Conv2d(d[0], d[1], 3, stride=2, padding=1), LayerNorm2d(d[1])),
-            nn.Sequential(nn.Conv2d(d[1], d[2], 3, stride=2, padding=1), LayerNorm2d(d[2])),
-        ])
+        self.downsample_layers = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(3, d[0] // 2, 3, stride=2, padding=1),
+                    LayerNorm2d(d[0] // 2),
+                    nn.GELU(),
+                    nn.Conv2d(d[0] // 2, d[0], 3, stride=2, padding=1),
+                    LayerNorm2d(d[0]),
+                ),
+                nn.Sequential(nn.Conv2d(d[0], d[1], 3, stride=2, padding=1), LayerNorm2d(d[1])),
+                nn.Sequential(nn.Conv2d(d[1], d[2], 3, stride=2, padding=1), LayerNorm2d(d[2])),
+            ]
+        )
         draw_unused_downsample(spec)
         self.stages = nn.ModuleList(
-            nn.Sequential(*(UniRepLKNetBlock(d[i], k) for k in spec.kernel_sizes[i]))
-            for i in range(3)
+            nn.Sequential(*(UniRepLKNetBlock(d[i], k) for k in spec.kernel_sizes[i])) for i in range(3)
         )
         for i in range(3):
             self.add_module(f"norm{i}", LayerNorm2d(d[i]))

@@ -30,11 +30,7 @@ class MiniMaxAD(nn.Module):
     mode; ``model.train()`` only switches the bottleneck and decoder.
     """
 
-    def __init__(
-        self,
-        backbone: str = DEFAULT_BACKBONE,
-        encoder_weights: str | Path | None = None,
-    ) -> None:
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, encoder_weights: str | Path | None = None) -> None:
         super().__init__()
         self.spec: BackboneSpec = get_backbone_spec(backbone)
         self.backbone = self.spec.name
@@ -66,9 +62,7 @@ class MiniMaxAD(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """State of the bottleneck and decoder only, keys prefixed ``bottleneck.`` / ``decoder.``."""
         return {
-            f"{name}.{k}": v
-            for name in ("bottleneck", "decoder")
-            for k, v in getattr(self, name).state_dict().items()
+            f"{name}.{k}": v for name in ("bottleneck", "decoder") for k, v in getattr(self, name).state_dict().items()
         }
 
     # -- forward ---------------------------------------------------------------------------

@@ -29,21 +29,55 @@ def _lark_smak(depth2: int, pattern: tuple[int, ...]) -> tuple[int, ...]:
 
 
 _SPECS = [
-    BackboneSpec("unireplknet_a", (40, 80, 160, 320), (2, 2, 6, 2),
-                 ((3, 3), (13, 13), (13,) * 6), "unireplknet_a_in1k_224_acc77.03.pth", "Atto, 4.4 M"),
-    BackboneSpec("unireplknet_f", (48, 96, 192, 384), (2, 2, 6, 2),
-                 ((3, 3), (13, 13), (13,) * 6), "unireplknet_f_in1k_224_acc78.6.pth", "Femto, 6.2 M"),
-    BackboneSpec("unireplknet_p", (64, 128, 256, 512), (2, 2, 6, 2),
-                 ((3, 3), (13, 13), (13,) * 6), "unireplknet_p_in1k_224_acc80.23.pth", "Pico, 10.7 M"),
-    BackboneSpec("unireplknet_n", (80, 160, 320, 640), (2, 2, 8, 2),
-                 ((3, 3), (13, 13), (13,) * 8), "unireplknet_n_in1k_224_acc81.64.pth",
-                 "Nano, 18.3 M (the paper's default)"),
-    BackboneSpec("unireplknet_t", (80, 160, 320, 640), (3, 3, 18, 3),
-                 ((3, 3, 3), (13, 13, 13), _lark_smak(18, (13, 3))), "unireplknet_t_in1k_224_acc83.21.pth",
-                 "Tiny, 31 M"),
+    BackboneSpec(
+        "unireplknet_a",
+        (40, 80, 160, 320),
+        (2, 2, 6, 2),
+        ((3, 3), (13, 13), (13,) * 6),
+        "unireplknet_a_in1k_224_acc77.03.pth",
+        "Atto, 4.4 M",
+    ),
+    BackboneSpec(
+        "unireplknet_f",
+        (48, 96, 192, 384),
+        (2, 2, 6, 2),
+        ((3, 3), (13, 13), (13,) * 6),
+        "unireplknet_f_in1k_224_acc78.6.pth",
+        "Femto, 6.2 M",
+    ),
+    BackboneSpec(
+        "unireplknet_p",
+        (64, 128, 256, 512),
+        (2, 2, 6, 2),
+        ((3, 3), (13, 13), (13,) * 6),
+        "unireplknet_p_in1k_224_acc80.23.pth",
+        "Pico, 10.7 M",
+    ),
+    BackboneSpec(
+        "unireplknet_n",
+        (80, 160, 320, 640),
+        (2, 2, 8, 2),
+        ((3, 3), (13, 13), (13,) * 8),
+        "unireplknet_n_in1k_224_acc81.64.pth",
+        "Nano, 18.3 M (the paper's default)",
+    ),
+    BackboneSpec(
+        "unireplknet_t",
+        (80, 160, 320, 640),
+        (3, 3, 18, 3),
+        ((3, 3, 3), (13, 13, 13), _lark_smak(18, (13, 3))),
+        "unireplknet_t_in1k_224_acc83.21.pth",
+        "Tiny, 31 M",
+    ),
     # Not from the paper: a very small network for unit tests and quick CPU trials (no ImageNet file).
-    BackboneSpec("unireplknet_micro", (16, 32, 64, 128), (1, 1, 2, 1),
-                 ((3,), (7,), (7, 3)), None, "test-sized, random encoder only"),
+    BackboneSpec(
+        "unireplknet_micro",
+        (16, 32, 64, 128),
+        (1, 1, 2, 1),
+        ((3,), (7,), (7, 3)),
+        None,
+        "test-sized, random encoder only",
+    ),
 ]
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}

@@ -47,9 +47,7 @@ def merge_centered(large_kernel: torch.Tensor, small_kernel: torch.Tensor) -> to
     return large_kernel + F.pad(small_kernel, [pad] * 4)
 
 
-def replace_with_conv(
-    template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor
-) -> nn.Conv2d:
+def replace_with_conv(template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A new ``nn.Conv2d`` with the geometry of ``template`` and the given fused weights."""
     conv = nn.Conv2d(
         template.in_channels,

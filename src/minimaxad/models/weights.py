@@ -55,9 +55,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EncoderWeightsError(
-            f"{source} does not hold a state dict of tensors (nor one under 'model' or 'models')"
-        )
+        raise EncoderWeightsError(f"{source} does not hold a state dict of tensors (nor one under 'model' or 'models')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -135,14 +133,25 @@ def download_weights(spec: BackboneSpec, *, progress: bool = True, echo=None) ->
     size, sha256 = IMAGENET_FILE_CHECKS.get(spec.imagenet_file, (None, None))
     log.info("downloading the ImageNet encoder weights %s", url)
     try:
-        result = download_file(url, weights_cache_dir() / spec.imagenet_file, size=size, sha256=sha256,
-                               progress=progress, timeout=30, echo=echo,
-                               description=f"ImageNet weights {spec.imagenet_file}")
+        result = download_file(
+            url,
+            weights_cache_dir() / spec.imagenet_file,
+            size=size,
+            sha256=sha256,
+            progress=progress,
+            timeout=30,
+            echo=echo,
+            description=f"ImageNet weights {spec.imagenet_file}",
+        )
     except (DownloadError, OSError) as exc:  # offline, proxy, missing file, full disk: all end alike for the user
         raise EncoderWeightsError(_missing_weights_message(spec, f"download failed ({exc})")) from exc
     if sha256 is None:
-        log.info("downloaded %s (%d bytes, sha256 %s; no published hash to compare with)",
-                 result.path, result.size, result.sha256)
+        log.info(
+            "downloaded %s (%d bytes, sha256 %s; no published hash to compare with)",
+            result.path,
+            result.size,
+            result.sha256,
+        )
     return result.path
 
 
@@ -202,8 +211,12 @@ def load_encoder_weights(
             f"Is it the {spec.imagenet_file} checkpoint for this backbone?"
         )
     if unused or unexpected:
-        log.debug("encoder weights %s: %d unused entries ignored (%s)", where, len(unused) + len(unexpected),
-                  ", ".join(sorted({k.split(".")[0] for k in unused + unexpected})))
+        log.debug(
+            "encoder weights %s: %d unused entries ignored (%s)",
+            where,
+            len(unused) + len(unexpected),
+            ", ".join(sorted({k.split(".")[0] for k in unused + unexpected})),
+        )
     to_load = {k: state[k].to(expected[k].dtype) for k in expected if k in state}
     encoder.load_state_dict(to_load, strict=False)
     return identity

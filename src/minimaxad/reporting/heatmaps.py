@@ -146,10 +146,7 @@ def _as_2d(a: np.ndarray, what: str = "anomaly_map", dtype: type = np.float32) -
 
 
 def colorize(
-    anomaly_map: np.ndarray,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    cmap: CmapLike = "jet",
+    anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None, cmap: CmapLike = "jet"
 ) -> np.ndarray:
     """Map a 2-D float array to an ``(H, W, 3)`` uint8 RGB image.
 
@@ -209,11 +206,7 @@ def heatmap_overlay(
     return Image.blend(photo, Image.fromarray(heat), float(alpha))
 
 
-def defect_mask(
-    anomaly_map: np.ndarray,
-    threshold: float,
-    size: tuple[int, int] | None = None,
-) -> Image.Image:
+def defect_mask(anomaly_map: np.ndarray, threshold: float, size: tuple[int, int] | None = None) -> Image.Image:
     """Binary mask (mode ``"L"``, values 0/255) of pixels with ``value >= threshold``.
 
     The map is first resized bilinearly to ``size = (width, height)`` (the original
@@ -259,12 +252,7 @@ def contour_overlay(
     return Image.fromarray(out)
 
 
-def to_data_uri(
-    img: Image.Image,
-    format: str = "PNG",
-    max_side: int | None = None,
-    quality: int = 85,
-) -> str:
+def to_data_uri(img: Image.Image, format: str = "PNG", max_side: int | None = None, quality: int = 85) -> str:
     """Encode an image as a ``data:image/...;base64,...`` URI for HTML embedding.
 
     ``max_side`` shrinks a copy (aspect ratio kept, never enlarged). JPEG output

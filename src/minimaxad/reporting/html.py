@@ -108,16 +108,30 @@ def write_report(
     infos = _classify(items, image_threshold)
     shown, omitted = _gallery_selection(items, infos, max_gallery)
     heat = _heatmap_range(items, shown, map_range)
-    gallery = _gallery_section(items, infos, shown, omitted, max_gallery, heat, pixel_threshold, cmap=cmap,
-                               alpha=alpha, side=int(thumb_size), jpeg_quality=jpeg_quality)
+    gallery = _gallery_section(
+        items,
+        infos,
+        shown,
+        omitted,
+        max_gallery,
+        heat,
+        pixel_threshold,
+        cmap=cmap,
+        alpha=alpha,
+        side=int(thumb_size),
+        jpeg_quality=jpeg_quality,
+    )
     has_thr = any(inf["thr"] is not None for inf in infos)
     sections = [
         ("metrics", "Metrics", _metrics_section(metrics)),
         ("summary", "Test set and decisions", _summary_section(items, infos, has_thr)),
         ("curves", "ROC and precision-recall curves", _curves_section(items, infos, image_threshold, curves)),
         ("histograms", "Score distributions", _histogram_section(items, infos, image_threshold)),
-        ("thresholds", "How thresholds were chosen",
-         _threshold_section(image_threshold, pixel_threshold, threshold_notes, heat.vmin, heat.vmax, heat.source)),
+        (
+            "thresholds",
+            "How thresholds were chosen",
+            _threshold_section(image_threshold, pixel_threshold, threshold_notes, heat.vmin, heat.vmax, heat.source),
+        ),
         ("gallery", f"Gallery ({len(shown)} of {len(items)} images)", gallery),
         ("config", "Configuration", _config_section(config)),
     ]
@@ -140,8 +154,9 @@ def _checked_items(items: Iterable[ReportItem]) -> list[ReportItem]:
     return items
 
 
-def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportItem],
-          metrics: Mapping[str, Any] | None) -> str:
+def _page(
+    title: str, sections: list[tuple[str, str, str]], items: list[ReportItem], metrics: Mapping[str, Any] | None
+) -> str:
     """The whole HTML document: ``static/report.html`` filled with the header, the sections
     and the footer, and ``static/report.css`` inlined."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -149,9 +164,16 @@ def _page(title: str, sections: list[tuple[str, str, str]], items: list[ReportIt
     nav = "".join(f'<a href="#{sid}">{_E(h.split(" (")[0])}</a>' for sid, h, _ in sections)
     body = "\n".join(f'<section id="{sid}"><h2>{_E(h)}</h2>{content}</section>' for sid, h, content in sections)
     return Template(_static_text("report.html")).substitute(
-        title=_E(title), version=_E(__version__), generated=_E(now), css=_static_text("report.css"),
-        n_images=len(items), n_labelled=sum(1 for it in items if it.label in (0, 1)),
-        categories=_E(", ".join(cats) or "—"), nav=nav, sections=body)
+        title=_E(title),
+        version=_E(__version__),
+        generated=_E(now),
+        css=_static_text("report.css"),
+        n_images=len(items),
+        n_labelled=sum(1 for it in items if it.label in (0, 1)),
+        categories=_E(", ".join(cats) or "—"),
+        nav=nav,
+        sections=body,
+    )
 
 
 @functools.cache
@@ -250,8 +272,10 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> str:
     other_html = ""
     if others:
         other_html = "<p class='note'>" + " · ".join(f"{_E(str(k))}: {_E(_num(v))}" for k, v in others.items()) + "</p>"
-    ci_note = ("<p class='note'>Values in percent; brackets give confidence intervals where available. "
-               "— means not computed (e.g. no pixel masks).</p>")
+    ci_note = (
+        "<p class='note'>Values in percent; brackets give confidence intervals where available. "
+        "— means not computed (e.g. no pixel masks).</p>"
+    )
     return f"<table class='metrics'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>{ci_note}{other_html}"
 
 
@@ -281,12 +305,19 @@ def _summary_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]
 _OVERALL = "all categories"
 
 
-def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
-                    image_threshold: Threshold, curves: Mapping[str, Any] | None) -> str:
+def _curves_section(
+    items: Sequence[ReportItem],
+    infos: Sequence[dict[str, Any]],
+    image_threshold: Threshold,
+    curves: Mapping[str, Any] | None,
+) -> str:
     """Image-level ROC and PR plots (one curve per category, plus all categories pooled) and
     the plots of ``curves`` given by the caller."""
-    lab = [(str(it.category), it.label, inf["score"]) for it, inf in zip(items, infos)
-           if it.label in (0, 1) and math.isfinite(inf["score"])]
+    lab = [
+        (str(it.category), it.label, inf["score"])
+        for it, inf in zip(items, infos)
+        if it.label in (0, 1) and math.isfinite(inf["score"])
+    ]
     cats = sorted({c for c, _, _ in lab})
     groups: list[tuple[str, list[int]]] = [(c, [i for i, t in enumerate(lab) if t[0] == c]) for c in cats]
     if len(cats) > 1:
@@ -302,32 +333,58 @@ def _curves_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]]
         s = np.array([lab[i][2] for i in idx], dtype=float)
         res = _roc_pr(y, s)
         if res is None:
-            notes.append(f"{name}: needs both normal and anomalous images ({int((y == 0).sum())} normal, "
-                         f"{int((y == 1).sum())} anomalous)")
+            notes.append(
+                f"{name}: needs both normal and anomalous images ({int((y == 0).sum())} normal, "
+                f"{int((y == 1).sum())} anomalous)"
+            )
             continue
         overall = name == _OVERALL
         color, dash = ("#111111", "5 3") if overall else series_style(gi)
         width = 2.4 if overall else 1.8
-        roc_series[name] = Series(f"{name} (AUROC {res['auroc'] * 100:.1f}%)", res["fpr"], res["tpr"],
-                                  color, dash, width)
-        pr_series[name] = Series(f"{name} (AP {res['ap'] * 100:.1f}%)", res["recall"], res["precision"],
-                                 color, dash, width)
+        roc_series[name] = Series(
+            f"{name} (AUROC {res['auroc'] * 100:.1f}%)", res["fpr"], res["tpr"], color, dash, width
+        )
+        pr_series[name] = Series(
+            f"{name} (AP {res['ap'] * 100:.1f}%)", res["recall"], res["precision"], color, dash, width
+        )
         # the pooled curve has an operating point only when one threshold serves every category
         thr = None if overall and isinstance(image_threshold, Mapping) else _thr_for(image_threshold, name)
         op = None if thr is None else _operating_point(y, s, thr)
         if op is not None:
-            roc_pts.append(Marker(op["fpr"], op["tpr"], color, f"{name}: threshold {thr:.4g} → "
-                                  f"TPR {op['tpr'] * 100:.1f}%, FPR {op['fpr'] * 100:.1f}%"))
-            pr_pts.append(Marker(op["tpr"], op["precision"], color, f"{name}: threshold {thr:.4g} → "
-                                 f"recall {op['tpr'] * 100:.1f}%, precision {op['precision'] * 100:.1f}%"))
+            roc_pts.append(
+                Marker(
+                    op["fpr"],
+                    op["tpr"],
+                    color,
+                    f"{name}: threshold {thr:.4g} → TPR {op['tpr'] * 100:.1f}%, FPR {op['fpr'] * 100:.1f}%",
+                )
+            )
+            pr_pts.append(
+                Marker(
+                    op["tpr"],
+                    op["precision"],
+                    color,
+                    f"{name}: threshold {thr:.4g} → "
+                    f"recall {op['tpr'] * 100:.1f}%, precision {op['precision'] * 100:.1f}%",
+                )
+            )
     extra_plots = _given_curves(curves or {}, roc_series, pr_series)
     parts = []
     if roc_series:
-        parts.append(line_plot("ROC (image level)", "false positive rate", "true positive rate",
-                               list(roc_series.values()), diagonal=True, markers=roc_pts))
+        parts.append(
+            line_plot(
+                "ROC (image level)",
+                "false positive rate",
+                "true positive rate",
+                list(roc_series.values()),
+                diagonal=True,
+                markers=roc_pts,
+            )
+        )
     if pr_series:
-        parts.append(line_plot("Precision-recall (image level)", "recall", "precision",
-                               list(pr_series.values()), markers=pr_pts))
+        parts.append(
+            line_plot("Precision-recall (image level)", "recall", "precision", list(pr_series.values()), markers=pr_pts)
+        )
     parts += extra_plots
     out = ""
     if parts:
@@ -367,8 +424,11 @@ def _given_curves(curves: Mapping[str, Any], roc_series: dict[str, Series], pr_s
                 color, dash = series_style(j)
                 series.append(Series(str(name), xy[0], xy[1], color, dash))
         if series:
-            plots.append(line_plot(str(spec.get("title", key)), str(spec.get("xlabel", "x")),
-                                   str(spec.get("ylabel", "y")), series))
+            plots.append(
+                line_plot(
+                    str(spec.get("title", key)), str(spec.get("xlabel", "x")), str(spec.get("ylabel", "y")), series
+                )
+            )
     return plots
 
 
@@ -415,8 +475,16 @@ def _roc_pr(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
     precision, recall = precision[: last + 1], recall[: last + 1]
     steps_x = np.r_[0.0, np.repeat(recall[:-1], 2), recall[-1]]
     steps_y = np.r_[precision[0], precision[0], np.repeat(precision[1:], 2)]
-    return {"fpr": fpr, "tpr": tpr, "auroc": auroc(s, y), "recall": steps_x, "precision": steps_y,
-            "ap": average_precision(s, y), "n_pos": n_pos, "n_neg": n_neg}
+    return {
+        "fpr": fpr,
+        "tpr": tpr,
+        "auroc": auroc(s, y),
+        "recall": steps_x,
+        "precision": steps_y,
+        "ap": average_precision(s, y),
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+    }
 
 
 def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict[str, float] | None:
@@ -431,8 +499,7 @@ def _operating_point(labels: np.ndarray, scores: np.ndarray, thr: float) -> dict
     return {"fpr": fp / n_neg, "tpr": tp / n_pos, "precision": tp / (tp + fp) if tp + fp else 1.0}
 
 
-def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]],
-                       image_threshold: Threshold) -> str:
+def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, Any]], image_threshold: Threshold) -> str:
     """One histogram of image scores per category: normal, anomalous and unlabelled images."""
     cats = sorted({str(it.category) for it in items})
     if not cats:
@@ -441,7 +508,11 @@ def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, An
     for c in cats:
         sel = [(it, inf) for it, inf in zip(items, infos) if str(it.category) == c]
         groups = []
-        for lab, name, color in ((0, "normal", "#1f77b4"), (1, "anomalous", "#d62728"), (-1, "unknown label", "#7f7f7f")):
+        for lab, name, color in (
+            (0, "normal", "#1f77b4"),
+            (1, "anomalous", "#d62728"),
+            (-1, "unknown label", "#7f7f7f"),
+        ):
             v = np.array([inf["score"] for it, inf in sel if (it.label if it.label in (0, 1) else -1) == lab], float)
             if v.size:
                 groups.append(ScoreGroup(name, v, color))
@@ -450,22 +521,39 @@ def _histogram_section(items: Sequence[ReportItem], infos: Sequence[dict[str, An
     return "<div class='plots'>" + "".join(f"<div class='plotbox'>{p}</div>" for p in plots) + "</div>"
 
 
-def _threshold_section(image_threshold: Threshold, pixel_threshold: Threshold,
-                       notes: Mapping[str, str] | None, vmin: float, vmax: float, range_src: str) -> str:
+def _threshold_section(
+    image_threshold: Threshold,
+    pixel_threshold: Threshold,
+    notes: Mapping[str, str] | None,
+    vmin: float,
+    vmax: float,
+    range_src: str,
+) -> str:
     notes = dict(notes or {})
     rows = []
-    for key, label, thr in (("image", "image score", image_threshold), ("pixel", "pixel (anomaly map)", pixel_threshold)):
+    for key, label, thr in (
+        ("image", "image score", image_threshold),
+        ("pixel", "pixel (anomaly map)", pixel_threshold),
+    ):
         note = notes.pop(key, None)
-        rows.append(f"<tr><th>{_E(label)}</th><td class='num'>{_fmt_thr(thr)}</td>"
-                    f"<td>{_E(str(note)) if note else '<span class=note>not documented</span>'}</td></tr>")
+        rows.append(
+            f"<tr><th>{_E(label)}</th><td class='num'>{_fmt_thr(thr)}</td>"
+            f"<td>{_E(str(note)) if note else '<span class=note>not documented</span>'}</td></tr>"
+        )
     for k, v in notes.items():
         rows.append(f"<tr><th>{_E(str(k))}</th><td class='num'>—</td><td>{_E(str(v))}</td></tr>")
-    rule = ("<p>An image is flagged <b>anomalous</b> when its score is ≥ the image threshold; a pixel belongs to "
-            "the predicted defect when its (bilinearly resized) anomaly-map value is ≥ the pixel threshold.</p>")
-    rng = (f"<p>Heatmap colour range (same for every gallery image, so heatmaps are comparable): "
-           f"<b>{_E(_num(vmin, 5))}</b> to <b>{_E(_num(vmax, 5))}</b> ({_E(range_src)}).</p>")
-    return (f"<table class='thr'><thead><tr><th>threshold</th><th>value</th><th>how it was chosen</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>{rule}{rng}")
+    rule = (
+        "<p>An image is flagged <b>anomalous</b> when its score is ≥ the image threshold; a pixel belongs to "
+        "the predicted defect when its (bilinearly resized) anomaly-map value is ≥ the pixel threshold.</p>"
+    )
+    rng = (
+        f"<p>Heatmap colour range (same for every gallery image, so heatmaps are comparable): "
+        f"<b>{_E(_num(vmin, 5))}</b> to <b>{_E(_num(vmax, 5))}</b> ({_E(range_src)}).</p>"
+    )
+    return (
+        f"<table class='thr'><thead><tr><th>threshold</th><th>value</th><th>how it was chosen</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>{rule}{rng}"
+    )
 
 
 def _fmt_thr(thr: Threshold) -> str:
@@ -508,8 +596,9 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------
 
 
-def _gallery_selection(items: list[ReportItem], infos: list[dict[str, Any]],
-                       max_gallery: int | None) -> tuple[list[int], int]:
+def _gallery_selection(
+    items: list[ReportItem], infos: list[dict[str, Any]], max_gallery: int | None
+) -> tuple[list[int], int]:
     """Indices shown in the gallery, worst first, and how many were left out."""
     order = _gallery_order(items, infos)
     if max_gallery is None:
@@ -577,32 +666,70 @@ def _heatmap_range(items: list[ReportItem], shown: list[int], map_range: tuple[f
     return _HeatRange(vmin, vmax, source)
 
 
-def _gallery_section(items: list[ReportItem], infos: list[dict[str, Any]], shown: list[int], omitted: int,
-                     max_gallery: int | None, heat: _HeatRange, pixel_threshold: Threshold, *, cmap: Any,
-                     alpha: float, side: int, jpeg_quality: int) -> str:
+def _gallery_section(
+    items: list[ReportItem],
+    infos: list[dict[str, Any]],
+    shown: list[int],
+    omitted: int,
+    max_gallery: int | None,
+    heat: _HeatRange,
+    pixel_threshold: Threshold,
+    *,
+    cmap: Any,
+    alpha: float,
+    side: int,
+    jpeg_quality: int,
+) -> str:
     """The gallery: how it is ordered, the colour bar of the common heatmap range, the rows."""
     has_thr = any(inf["thr"] is not None for inf in infos)
     show_pred = pixel_threshold is not None
-    rows = [_render_item(rank, items[i], infos[i], vmin=heat.vmin, vmax=heat.vmax, cmap=cmap, alpha=alpha, side=side,
-                         pixel_thr=_thr_for(pixel_threshold, str(items[i].category)), show_pred=show_pred,
-                         jpeg_quality=jpeg_quality)
-            for rank, i in enumerate(shown, 1)]
-    gal_head = ("<tr><th>#</th><th>photo</th><th>heatmap</th><th>ground truth</th>"
-                + ("<th>predicted mask</th>" if show_pred else "") + "<th>details</th></tr>")
-    order_note = ("Ordered worst first: missed defects (lowest scores first), false alarms (highest scores first), "
-                  "then the other labelled images by how close they are to being wrong, then unlabelled images "
-                  "by descending score." if has_thr else
-                  "No image threshold: ordered by how badly each labelled image ranks against the other class "
-                  "(anomalous images scored below many normal ones first), then unlabelled images by descending score.")
-    omitted_note = (f"<p class='note omitted'>{omitted} more image(s) omitted (gallery limited to {max_gallery}; "
-                    f"the omitted ones are the least problematic).</p>" if omitted else "")
-    return (f"<p class='note'>{_E(order_note)}</p>"
-            f"<div class='cbarbox'>{colorbar(cmap, heat.vmin, heat.vmax)}<div class='note'>heatmap colour scale "
-            f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(heat.vmin, 5))} – "
-            f"{_E(_num(heat.vmax, 5))}, overlay opacity {alpha:g}</div></div>"
-            + (f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
-               if rows else "<p class='note'>No images to show.</p>")
-            + omitted_note)
+    rows = [
+        _render_item(
+            rank,
+            items[i],
+            infos[i],
+            vmin=heat.vmin,
+            vmax=heat.vmax,
+            cmap=cmap,
+            alpha=alpha,
+            side=side,
+            pixel_thr=_thr_for(pixel_threshold, str(items[i].category)),
+            show_pred=show_pred,
+            jpeg_quality=jpeg_quality,
+        )
+        for rank, i in enumerate(shown, 1)
+    ]
+    gal_head = (
+        "<tr><th>#</th><th>photo</th><th>heatmap</th><th>ground truth</th>"
+        + ("<th>predicted mask</th>" if show_pred else "")
+        + "<th>details</th></tr>"
+    )
+    order_note = (
+        "Ordered worst first: missed defects (lowest scores first), false alarms (highest scores first), "
+        "then the other labelled images by how close they are to being wrong, then unlabelled images "
+        "by descending score."
+        if has_thr
+        else "No image threshold: ordered by how badly each labelled image ranks against the other class "
+        "(anomalous images scored below many normal ones first), then unlabelled images by descending score."
+    )
+    omitted_note = (
+        f"<p class='note omitted'>{omitted} more image(s) omitted (gallery limited to {max_gallery}; "
+        f"the omitted ones are the least problematic).</p>"
+        if omitted
+        else ""
+    )
+    return (
+        f"<p class='note'>{_E(order_note)}</p>"
+        f"<div class='cbarbox'>{colorbar(cmap, heat.vmin, heat.vmax)}<div class='note'>heatmap colour scale "
+        f"({_E(str(cmap) if isinstance(cmap, str) else 'custom')}), common range {_E(_num(heat.vmin, 5))} – "
+        f"{_E(_num(heat.vmax, 5))}, overlay opacity {alpha:g}</div></div>"
+        + (
+            f"<table class='gallery'><thead>{gal_head}</thead><tbody>{''.join(rows)}</tbody></table>"
+            if rows
+            else "<p class='note'>No images to show.</p>"
+        )
+        + omitted_note
+    )
 
 
 _OUTCOME = {
@@ -615,9 +742,20 @@ _OUTCOME = {
 }
 
 
-def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float, vmax: float,
-                 cmap: Any, alpha: float, side: int, pixel_thr: float | None, show_pred: bool,
-                 jpeg_quality: int) -> str:
+def _render_item(
+    rank: int,
+    it: ReportItem,
+    info: dict[str, Any],
+    *,
+    vmin: float,
+    vmax: float,
+    cmap: Any,
+    alpha: float,
+    side: int,
+    pixel_thr: float | None,
+    show_pred: bool,
+    jpeg_quality: int,
+) -> str:
     """One gallery row: photo, heatmap overlay, ground truth, predicted mask (if asked) and details.
     A picture that cannot be made becomes a placeholder saying why; the row is always written."""
     cls, badge, why = _OUTCOME[info["outcome"]]
@@ -631,8 +769,13 @@ def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float
     cells = []
     # photo
     if photo is not None:
-        cells.append(_fig(to_data_uri(photo, "JPEG", quality=jpeg_quality), f"photo {name}",
-                          f"photo {orig_size[0]}×{orig_size[1]}"))
+        cells.append(
+            _fig(
+                to_data_uri(photo, "JPEG", quality=jpeg_quality),
+                f"photo {name}",
+                f"photo {orig_size[0]}×{orig_size[1]}",
+            )
+        )
         target = photo.size
     else:
         cells.append(_fig_ph("image could not be read", "photo"))
@@ -660,8 +803,9 @@ def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float
     # ground truth
     if it.mask is not None:
         try:
-            cells.append(_fig(to_data_uri(_mask_image(it.mask, target), "PNG"), f"ground truth {name}",
-                              "ground-truth mask"))
+            cells.append(
+                _fig(to_data_uri(_mask_image(it.mask, target), "PNG"), f"ground truth {name}", "ground-truth mask")
+            )
         except Exception as exc:
             cells.append(_fig_ph(f"mask unusable: {type(exc).__name__}", "ground-truth mask"))
     else:
@@ -682,17 +826,21 @@ def _render_item(rank: int, it: ReportItem, info: dict[str, Any], *, vmin: float
     details = (
         f'<div class="fname" title="{_E(str(it.path))}">{_E(name)}</div>'
         f'<div class="fpath">{_E(str(it.path))}</div>'
-        f'<div>category: <b>{_E(str(it.category))}</b></div>'
-        f'<div>score: <b>{_E(_num(info["score"], 5))}</b>'
-        + (f' (threshold {_E(_num(thr, 5))})' if thr is not None else "") + "</div>"
-        f'<div>label: <b>{label}</b> · decision: <b>{decision}</b></div>'
-        f'<div>map max: {_E(_num(float(np.nanmax(amap)) if map_ok and np.isfinite(amap).any() else None, 4))}</div>'
+        f"<div>category: <b>{_E(str(it.category))}</b></div>"
+        f"<div>score: <b>{_E(_num(info['score'], 5))}</b>"
+        + (f" (threshold {_E(_num(thr, 5))})" if thr is not None else "")
+        + "</div>"
+        f"<div>label: <b>{label}</b> · decision: <b>{decision}</b></div>"
+        f"<div>map max: {_E(_num(float(np.nanmax(amap)) if map_ok and np.isfinite(amap).any() else None, 4))}</div>"
         + extra
         + (f'<div class="err">{_E(err)}</div>' if err else "")
         + f'<div><span class="badge b-{cls}" title="{_E(why)}">{_E(badge)}</span></div>'
     )
-    return (f'<tr class="item {cls}" data-rank="{rank}"><td class="rank">{rank}</td>'
-            + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="det">{details}</td></tr>')
+    return (
+        f'<tr class="item {cls}" data-rank="{rank}"><td class="rank">{rank}</td>'
+        + "".join(f"<td>{c}</td>" for c in cells)
+        + f'<td class="det">{details}</td></tr>'
+    )
 
 
 def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
@@ -736,12 +884,11 @@ def _mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
 
 
 def _fig(uri: str, alt: str, caption: str) -> str:
-    return (f'<figure><img src="{uri}" alt="{_E(alt)}" loading="eager">'
-            f'<figcaption>{_E(caption)}</figcaption></figure>')
+    return f'<figure><img src="{uri}" alt="{_E(alt)}" loading="eager"><figcaption>{_E(caption)}</figcaption></figure>'
 
 
 def _fig_ph(text: str, caption: str) -> str:
-    return f'<figure>{_placeholder(text)}<figcaption>{_E(caption)}</figcaption></figure>'
+    return f"<figure>{_placeholder(text)}<figcaption>{_E(caption)}</figcaption></figure>"
 
 
 def _placeholder(text: str) -> str:

@@ -25,8 +25,16 @@ __all__ = ["Series", "Marker", "ScoreGroup", "series_style", "line_plot", "histo
 _E = html.escape
 
 _PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
 )
 _DASHES = ("", "6 3", "2 2", "8 3 2 3")
 # a polyline of more points than this looks no different, it only makes the page bigger
@@ -108,8 +116,7 @@ def _tick_label(v: float) -> str:
 class _Frame:
     """The plotting area of one plot (``x0, y0, w, h`` in SVG pixels) and its data limits."""
 
-    def __init__(self, x0: float, y0: float, w: float, h: float,
-                 xlim: tuple[float, float], ylim: tuple[float, float]):
+    def __init__(self, x0: float, y0: float, w: float, h: float, xlim: tuple[float, float], ylim: tuple[float, float]):
         self.x0, self.y0, self.w, self.h = x0, y0, w, h
         self.xlim, self.ylim = xlim, ylim
 
@@ -123,8 +130,7 @@ class _Frame:
         lo, hi = self.ylim
         return self.y0 + self.h - (np.asarray(y, dtype=np.float64) - lo) / (hi - lo) * self.h
 
-    def axes(self, title: str, xlabel: str, ylabel: str, xticks: Sequence[float],
-             yticks: Sequence[float]) -> list[str]:
+    def axes(self, title: str, xlabel: str, ylabel: str, xticks: Sequence[float], yticks: Sequence[float]) -> list[str]:
         """Background, grid, tick marks and labels, the two axis lines, title and axis labels."""
         bottom, right = self.y0 + self.h, self.x0 + self.w
         out = [f'<rect x="{self.x0}" y="{self.y0}" width="{self.w}" height="{self.h}" class="pa"/>']
@@ -143,8 +149,10 @@ class _Frame:
         centre_x, centre_y = self.x0 + self.w / 2, self.y0 + self.h / 2
         out.append(f'<text x="{centre_x:.1f}" y="{self.y0 - 10}" text-anchor="middle" class="ttl">{_E(title)}</text>')
         out.append(f'<text x="{centre_x:.1f}" y="{bottom + 34}" text-anchor="middle" class="lbl">{_E(xlabel)}</text>')
-        out.append(f'<text x="{self.x0 - 40}" y="{centre_y:.1f}" text-anchor="middle" class="lbl" '
-                   f'transform="rotate(-90 {self.x0 - 40} {centre_y:.1f})">{_E(ylabel)}</text>')
+        out.append(
+            f'<text x="{self.x0 - 40}" y="{centre_y:.1f}" text-anchor="middle" class="lbl" '
+            f'transform="rotate(-90 {self.x0 - 40} {centre_y:.1f})">{_E(ylabel)}</text>'
+        )
         return out
 
 
@@ -161,20 +169,25 @@ def _legend(x: float, y: float, entries: Sequence[_LegendEntry]) -> list[str]:
         if kind == "circle":
             out.append(f'<circle cx="{x + 9}" cy="{yy - 4}" r="4" fill="white" stroke="{color}" stroke-width="2"/>')
         elif kind == "box":
-            out.append(f'<rect x="{x}" y="{yy - 9}" width="18" height="10" fill="{color}" fill-opacity="0.55" '
-                       f'stroke="{color}"/>')
+            out.append(
+                f'<rect x="{x}" y="{yy - 9}" width="18" height="10" fill="{color}" fill-opacity="0.55" '
+                f'stroke="{color}"/>'
+            )
         else:
             da = f' stroke-dasharray="{dash}"' if dash else ""
-            out.append(f'<line x1="{x}" y1="{yy - 4}" x2="{x + 18}" y2="{yy - 4}" stroke="{color}" '
-                       f'stroke-width="2"{da}/>')
+            out.append(
+                f'<line x1="{x}" y1="{yy - 4}" x2="{x + 18}" y2="{yy - 4}" stroke="{color}" stroke-width="2"{da}/>'
+            )
         out.append(f'<text x="{x + 24}" y="{yy}">{_E(label)}</text>')
     return out
 
 
 def _svg(width: float, height: float, body: list[str], label: str, cls: str = "plot") -> str:
     # role/aria-label/<title>: screen readers and hovering name the plot
-    return (f'<svg class="{cls}" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
-            f'role="img" aria-label="{_E(label)}"><title>{_E(label)}</title>' + "".join(body) + "</svg>")
+    return (
+        f'<svg class="{cls}" width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'role="img" aria-label="{_E(label)}"><title>{_E(label)}</title>' + "".join(body) + "</svg>"
+    )
 
 
 def _with_legend(frame: _Frame, body: list[str], entries: list[_LegendEntry], title: str, gap: float) -> str:
@@ -192,8 +205,15 @@ def _with_legend(frame: _Frame, body: list[str], entries: list[_LegendEntry], ti
 # ---------------------------------------------------------------------------
 
 
-def line_plot(title: str, xlabel: str, ylabel: str, series: Sequence[Series], *,
-              diagonal: bool = False, markers: Sequence[Marker] = ()) -> str:
+def line_plot(
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    series: Sequence[Series],
+    *,
+    diagonal: bool = False,
+    markers: Sequence[Marker] = (),
+) -> str:
     """Curves on the unit square (ROC, PR, PRO...), one legend row per curve, as an ``<svg>``.
 
     Points are clipped to [0, 1] and a curve of more than 2000 points is thinned along its
@@ -206,19 +226,25 @@ def line_plot(title: str, xlabel: str, ylabel: str, series: Sequence[Series], *,
     ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     body = frame.axes(title, xlabel, ylabel, ticks, ticks)
     if diagonal:
-        body.append(f'<line x1="{frame.px(0):.1f}" y1="{frame.py(0):.1f}" x2="{frame.px(1):.1f}" '
-                    f'y2="{frame.py(1):.1f}" class="chance"/>')
+        body.append(
+            f'<line x1="{frame.px(0):.1f}" y1="{frame.py(0):.1f}" x2="{frame.px(1):.1f}" '
+            f'y2="{frame.py(1):.1f}" class="chance"/>'
+        )
     for s in series:
         x = np.clip(np.asarray(s.x, float), 0, 1)
         y = np.clip(np.asarray(s.y, float), 0, 1)
         keep = downsample_idx(x, y, _MAX_CURVE_POINTS)
         pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(frame.px(x[keep]), frame.py(y[keep])))
         da = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        body.append(f'<polyline points="{pts}" fill="none" stroke="{s.color}" '
-                    f'stroke-width="{s.width}"{da}><title>{_E(s.label)}</title></polyline>')
+        body.append(
+            f'<polyline points="{pts}" fill="none" stroke="{s.color}" '
+            f'stroke-width="{s.width}"{da}><title>{_E(s.label)}</title></polyline>'
+        )
     for m in markers:
-        body.append(f'<circle cx="{float(frame.px(m.x)):.1f}" cy="{float(frame.py(m.y)):.1f}" r="4" '
-                    f'fill="white" stroke="{m.color}" stroke-width="2"><title>{_E(m.label)}</title></circle>')
+        body.append(
+            f'<circle cx="{float(frame.px(m.x)):.1f}" cy="{float(frame.py(m.y)):.1f}" r="4" '
+            f'fill="white" stroke="{m.color}" stroke-width="2"><title>{_E(m.label)}</title></circle>'
+        )
     entries = [_LegendEntry(s.label, s.color, s.dash, "line") for s in series]
     if markers:
         entries.append(_LegendEntry("operating point at the image threshold", "#444", "", "circle"))
@@ -254,15 +280,19 @@ def histogram(title: str, groups: Sequence[ScoreGroup], threshold: float | None,
                 continue
             x0, x1 = float(frame.px(edges[i])), float(frame.px(edges[i + 1]))
             y = float(frame.py(n))
-            body.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
-                        f'height="{frame.y0 + frame.h - y:.1f}" fill="{group.color}" fill-opacity="0.55" '
-                        f'stroke="{group.color}" stroke-width="0.6"><title>{_E(group.label)}: {int(n)} in '
-                        f'[{edges[i]:.4g}, {edges[i + 1]:.4g})</title></rect>')
+            body.append(
+                f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                f'height="{frame.y0 + frame.h - y:.1f}" fill="{group.color}" fill-opacity="0.55" '
+                f'stroke="{group.color}" stroke-width="0.6"><title>{_E(group.label)}: {int(n)} in '
+                f"[{edges[i]:.4g}, {edges[i + 1]:.4g})</title></rect>"
+            )
     entries = [_LegendEntry(f"{g.label} (n={v.size})", g.color, "", "box") for g, v in zip(groups, finite)]
     if threshold is not None:
         x = float(frame.px(threshold))
-        body.append(f'<line x1="{x:.1f}" y1="{frame.y0}" x2="{x:.1f}" y2="{frame.y0 + frame.h}" class="thr">'
-                    f'<title>image threshold {threshold:.6g}</title></line>')
+        body.append(
+            f'<line x1="{x:.1f}" y1="{frame.y0}" x2="{x:.1f}" y2="{frame.y0 + frame.h}" class="thr">'
+            f"<title>image threshold {threshold:.6g}</title></line>"
+        )
         entries.append(_LegendEntry(f"threshold {threshold:.4g}", "#000", "5 3", "line"))
     return _with_legend(frame, body, entries, title, gap=14)
 
@@ -276,8 +306,10 @@ def colorbar(cmap: Any, vmin: float, vmax: float) -> str:
         r, g, b = (int(c) for c in lut[i])
         stops.append(f'<stop offset="{k / 16:.4f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>')
     w, x0 = 320, 10
-    body = [f'<defs><linearGradient id="mmad-cbar" x1="0" y1="0" x2="1" y2="0">{"".join(stops)}</linearGradient></defs>',
-            f'<rect x="{x0}" y="6" width="{w}" height="16" fill="url(#mmad-cbar)" stroke="#555" stroke-width="0.6"/>']
+    body = [
+        f'<defs><linearGradient id="mmad-cbar" x1="0" y1="0" x2="1" y2="0">{"".join(stops)}</linearGradient></defs>',
+        f'<rect x="{x0}" y="6" width="{w}" height="16" fill="url(#mmad-cbar)" stroke="#555" stroke-width="0.6"/>',
+    ]
     for frac, v in ((0.0, vmin), (0.5, (vmin + vmax) / 2), (1.0, vmax)):
         x = x0 + frac * w
         anchor = "start" if frac == 0 else ("end" if frac == 1 else "middle")

@@ -23,8 +23,16 @@ from minimaxad.metrics import METRIC_KEYS, evaluate
 #: confidence-interval keys (``(lo, hi)``) that may accompany the metrics
 CI_KEYS = tuple(f"{k}_ci" for k in METRIC_KEYS)
 
-_HEADERS = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max", "p_auroc": "P-AUROC",
-            "p_ap": "P-AP", "p_f1max": "P-F1max", "aupro": "AUPRO", "aupro_200": "AUPRO-200"}
+_HEADERS = {
+    "i_auroc": "I-AUROC",
+    "i_ap": "I-AP",
+    "i_f1max": "I-F1max",
+    "p_auroc": "P-AUROC",
+    "p_ap": "P-AP",
+    "p_f1max": "P-F1max",
+    "aupro": "AUPRO",
+    "aupro_200": "AUPRO-200",
+}
 
 
 def _scalar(v: Any) -> float | None:
@@ -82,9 +90,15 @@ def _take(x: Any, sel: slice | np.ndarray) -> Any:
     return np.asarray(x)[sel]
 
 
-def evaluate_by_category(image_scores: Any, labels: Any, categories: Sequence[str],
-                         anomaly_maps: Any = None, masks: Any = None,
-                         has_mask: Any = None, **kw: Any) -> dict[str, Any]:
+def evaluate_by_category(
+    image_scores: Any,
+    labels: Any,
+    categories: Sequence[str],
+    anomaly_maps: Any = None,
+    masks: Any = None,
+    has_mask: Any = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """Run :func:`minimaxad.metrics.evaluate` per category and :func:`summarize` the results.
 
     image_scores, labels, categories: (N,) in the same item order; anomaly_maps, masks:
@@ -99,8 +113,10 @@ def evaluate_by_category(image_scores: Any, labels: Any, categories: Sequence[st
     cats = np.asarray([str(c) for c in categories])
     n = len(cats)
     if len(image_scores) != n or len(labels) != n:
-        raise ValueError(f"categories has {n} entries, image_scores {len(image_scores)}, labels "
-                         f"{len(labels)}: give one category name per test item")
+        raise ValueError(
+            f"categories has {n} entries, image_scores {len(image_scores)}, labels "
+            f"{len(labels)}: give one category name per test item"
+        )
     if has_mask is not None and not isinstance(has_mask, Mapping):
         has_mask = np.asarray(has_mask, dtype=bool).reshape(-1)
         if len(has_mask) != n:
@@ -118,11 +134,16 @@ def evaluate_by_category(image_scores: Any, labels: Any, categories: Sequence[st
         sel = slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx
         with_pixels = anomaly_maps is not None and masks is not None
         if with_pixels and has_mask is not None:
-            with_pixels = (bool(has_mask.get(name, False)) if isinstance(has_mask, Mapping)
-                           else bool(has_mask[idx].all()))
-        res = evaluate(_take(image_scores, sel), _take(labels, sel),
-                       anomaly_maps=_take(anomaly_maps, sel) if with_pixels else None,
-                       masks=_take(masks, sel) if with_pixels else None, **kw)
+            with_pixels = (
+                bool(has_mask.get(name, False)) if isinstance(has_mask, Mapping) else bool(has_mask[idx].all())
+            )
+        res = evaluate(
+            _take(image_scores, sel),
+            _take(labels, sel),
+            anomaly_maps=_take(anomaly_maps, sel) if with_pixels else None,
+            masks=_take(masks, sel) if with_pixels else None,
+            **kw,
+        )
         if "curves" in res:
             curves[name] = res.pop("curves")
         per_category[name] = res
@@ -185,8 +206,10 @@ def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tup
     out.mkdir(parents=True, exist_ok=True)
     cats = summary.get("categories", {})
     mean = summary.get("mean", {})
-    doc = {"categories": {n: {k: _json_value(v) for k, v in r.items()} for n, r in cats.items()},
-           "mean": {k: _json_value(v) for k, v in mean.items()}}
+    doc = {
+        "categories": {n: {k: _json_value(v) for k, v in r.items()} for n, r in cats.items()},
+        "mean": {k: _json_value(v) for k, v in mean.items()},
+    }
     for extra in ("protocol", "std", "categories_std", "seeds", "runs"):  # protocol name; seed spread
         if extra in summary:
             doc[extra] = _json_clean(summary[extra])
@@ -281,10 +304,17 @@ def seed_spread(runs: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
     for name in names:
         categories[name], categories_std[name] = combine([r.get("categories", {}).get(name, {}) for r in summaries])
     mean, std = combine([r.get("mean", {}) for r in summaries])
-    return {"categories": categories, "mean": mean, "categories_std": categories_std, "std": std,
-            "seeds": [int(s) if str(s).lstrip("-").isdigit() else s for s in runs],
-            "runs": {str(seed): {"categories": dict(r.get("categories", {})), "mean": dict(r.get("mean", {}))}
-                     for seed, r in runs.items()}}
+    return {
+        "categories": categories,
+        "mean": mean,
+        "categories_std": categories_std,
+        "std": std,
+        "seeds": [int(s) if str(s).lstrip("-").isdigit() else s for s in runs],
+        "runs": {
+            str(seed): {"categories": dict(r.get("categories", {})), "mean": dict(r.get("mean", {}))}
+            for seed, r in runs.items()
+        },
+    }
 
 
 def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
@@ -299,7 +329,8 @@ def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
     spread = summary.get("categories_std") or {}
     names = [*cats.keys(), "mean"]
     order = [k for k in ("i_auroc", "aupro", "p_auroc") if k in protocol.reported] + [
-        k for k in protocol.reported if k not in ("i_auroc", "aupro", "p_auroc")]
+        k for k in protocol.reported if k not in ("i_auroc", "aupro", "p_auroc")
+    ]
 
     def cell(name: str, key: str) -> str:
         row = mean if name == "mean" else cats[name]
@@ -318,4 +349,13 @@ def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["summarize", "format_paper_table", "seed_spread", "evaluate_by_category", "write_metrics", "format_table", "CI_KEYS", "METRIC_KEYS"]
+__all__ = [
+    "summarize",
+    "format_paper_table",
+    "seed_spread",
+    "evaluate_by_category",
+    "write_metrics",
+    "format_table",
+    "CI_KEYS",
+    "METRIC_KEYS",
+]

@@ -32,13 +32,14 @@ def save_evaluation(path: Path, evaluation, summary: dict[str, Any], config: dic
         "paths": np.asarray(outputs.paths, dtype=str),
         "maps": maps.numpy().astype(np.float16),
         "map_range": np.asarray(_map_range(outputs.maps), dtype=np.float64),
-        "meta": np.asarray(json.dumps({"summary": summary, "thresholds": evaluation.thresholds,
-                                       "config": config}, default=str)),
+        "meta": np.asarray(
+            json.dumps({"summary": summary, "thresholds": evaluation.thresholds, "config": config}, default=str)
+        ),
     }
     if outputs.masks is not None:
         small = F.interpolate(outputs.masks[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0.5
         arrays["masks"] = small.numpy()
-        arrays["has_mask"] = (outputs.has_mask if len(outputs.has_mask) else outputs.masks.flatten(1).any(1).numpy())
+        arrays["has_mask"] = outputs.has_mask if len(outputs.has_mask) else outputs.masks.flatten(1).any(1).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -119,7 +120,8 @@ def render_saved_evaluation(
             label=int(saved["labels"][i]),
             score=float(saved["scores"][i]),
             anomaly_map=saved["maps"][i].astype(np.float32),
-            mask=None if masks is None or (has_mask is not None and not has_mask[i] and saved["labels"][i] == 1)
+            mask=None
+            if masks is None or (has_mask is not None and not has_mask[i] and saved["labels"][i] == 1)
             else masks[i],
         )
         for i in range(len(saved["scores"]))
@@ -131,11 +133,21 @@ def render_saved_evaluation(
         summary = summarize(summary["categories"])
     about = list(about or [])
     if not about and str((meta.get("config") or {}).get("encoder_weights", "")).lower() == "none":
-        about.append("Encoder: RANDOM weights (--encoder-weights none), not the ImageNet UniRepLKNet the paper "
-                        "uses. The figures show the tool working on this data; they are not the paper's accuracy, "
-                        "which needs the ImageNet encoder (--encoder-weights hub or PATH).")
+        about.append(
+            "Encoder: RANDOM weights (--encoder-weights none), not the ImageNet UniRepLKNet the paper "
+            "uses. The figures show the tool working on this data; they are not the paper's accuracy, "
+            "which needs the ImageNet encoder (--encoder-weights hub or PATH)."
+        )
     return write_report(
-        html_path, metrics=summary, items=items, image_threshold=image_value, pixel_threshold=pixel_value,
-        threshold_notes=notes, title=title, config=meta.get("config"), max_gallery=max_gallery,
-        map_range=tuple(float(v) for v in saved["map_range"]), about=about,
+        html_path,
+        metrics=summary,
+        items=items,
+        image_threshold=image_value,
+        pixel_threshold=pixel_value,
+        threshold_notes=notes,
+        title=title,
+        config=meta.get("config"),
+        max_gallery=max_gallery,
+        map_range=tuple(float(v) for v in saved["map_range"]),
+        about=about,
     )
