@@ -103,16 +103,39 @@ def check_writable_folder(folder: str | Path, what: str = "output folder") -> Pa
     return folder
 
 
+def create_temporary_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Create a new, empty temporary file ``.NAME.<random><suffix>`` in ``path``'s folder, for
+    a write that is then renamed over ``path``; returns its open descriptor (write-only) and its
+    path. Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets ``0o666`` less the
+    process's umask, like any file ``open()`` creates: 0644 under umask 022, 0600 under 077.
+    Created with ``O_EXCL`` (never an existing file or a symbolic link). Raises ``OSError``."""
+    import os
+    import secrets
+
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp  # the kernel applies the umask
+        except FileExistsError:
+            continue
+    raise FileExistsError(
+        f"could not create a temporary file for {path}: 100 random names in {path.parent} were all "
+        f"taken; remove the stale .{path.name}.*{suffix} files there and run again"
+    )
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder renamed into
     place: a full disk or a kill leaves the previous file complete (and no temporary file
-    after an error). Raises ``OSError`` saying so."""
+    after an error). Raises ``OSError`` saying so. A new file's mode follows the umask
+    (0644 under umask 022); see :func:`create_temporary_beside`."""
     import os
-    import tempfile
 
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

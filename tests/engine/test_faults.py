@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -181,6 +182,20 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(good_checkp
     with pytest.raises(CheckpointWriteError, match="no new.pt was written"):
         monkeypatch.setattr(os, "fdopen", FullDisk(10))
         atomic_torch_save(state, tmp_path / "new.pt")
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, mask, mode):
+    """A new checkpoint gets 0o666 less the umask (another account can read it under 022), not
+    mkstemp's fixed 0600; the write stays atomic (no temporary file left beside it)."""
+    previous = os.umask(mask)
+    try:
+        atomic_torch_save({"weights": torch.arange(3)}, tmp_path / "last.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == mode
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -3,9 +3,11 @@ are called: absolute, relative, ``..``, unicode, very long, Windows device names
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,16 @@ import pytest
 from PIL import Image
 
 from minimaxad.cli import main
-from minimaxad.files import MAX_NAME_LENGTH, UnsafePathError, check_writable_folder, inside, safe_name, unique_names
+from minimaxad.files import (
+    MAX_NAME_LENGTH,
+    UnsafePathError,
+    atomic_write,
+    check_writable_folder,
+    create_temporary_beside,
+    inside,
+    safe_name,
+    unique_names,
+)
 from minimaxad.inference.predict import collect_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -82,6 +93,40 @@ def test_unwritable_output_folder_is_refused(tmp_path):
             check_writable_folder(locked / "sub")
     finally:
         locked.chmod(0o700)
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """Run the block under the process umask ``mask``; the previous umask is restored after."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_new_files_the_mode_of_the_umask(tmp_path, mask, mode):
+    with umask(mask):
+        written = atomic_write(tmp_path / "scores.json", "{}\n")
+        replaced = atomic_write(written, "[]\n")  # a rewrite gets the same mode
+    assert stat.S_IMODE(written.stat().st_mode) == mode
+    assert replaced.read_text() == "[]\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]  # no temporary file left
+
+
+def test_temporaries_are_never_an_existing_file_or_link(tmp_path, monkeypatch):
+    import secrets
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    names = iter(["aaaa", "aaaa", "bbbb"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".x.json.aaaa.tmp").symlink_to(victim)  # taken: a link is never followed
+    fd, tmp = create_temporary_beside(tmp_path / "x.json")
+    os.close(fd)
+    assert tmp == tmp_path / ".x.json.bbbb.tmp" and tmp.stat().st_size == 0
+    assert victim.read_text() == "keep me"
 
 
 def _png(path: Path, seed: int = 0) -> Path:
@@ -181,3 +226,16 @@ def test_predict_refuses_an_output_subfolder_that_links_elsewhere(trained_checkp
     assert main(["predict", "--checkpoint", str(trained_checkpoint), str(photo), "--output", str(out), "--quiet"]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert not list(elsewhere.iterdir())
+
+
+def test_predict_output_files_are_readable_by_others_under_umask_022(trained_checkpoint, tmp_path):
+    """A line display or another service account reads the results: with umask 022 every file
+    predict writes (heatmaps, masks, scores.csv, scores.json) is 0644, not mkstemp's 0600."""
+    photo = _png(tmp_path / "in" / "x.png")
+    out = tmp_path / "out"
+    with umask(0o022):
+        code = main(["predict", "--checkpoint", str(trained_checkpoint), str(photo), "--output", str(out), "--quiet"])
+    assert code == 0
+    modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
+    assert {"scores.csv", "scores.json", "heatmaps/x.png", "masks/x.png"} <= set(modes)
+    assert set(modes.values()) == {"0o644"}, modes

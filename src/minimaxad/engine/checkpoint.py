@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from minimaxad import __version__
+from minimaxad.files import create_temporary_beside
 from minimaxad.models import MiniMaxAD
 
 FORMAT = "minimaxad-checkpoint"
@@ -38,10 +38,11 @@ class CheckpointWriteError(OSError):
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: at every
     instant ``path`` is either the previous complete file or the new complete one. A failed
-    write (disk full...) removes its temporary file and says that the previous file is intact."""
+    write (disk full...) removes its temporary file and says that the previous file is intact.
+    A new file's mode follows the umask (0644 under umask 022), not mkstemp's fixed 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = create_temporary_beside(path, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
