@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
+import threading
+import time
 
 import pytest
 import torch
 
-from minimaxad.fetch import DownloadError, download_file
+from minimaxad.fetch import MAX_RETRY_AFTER, DownloadError, download_file
 
 from .http_server import ServedFiles, start_file_server
 
@@ -84,6 +87,102 @@ def test_missing_file_and_unreachable_server_fail_at_once(server, tmp_path):
     with pytest.raises(DownloadError, match="127.0.0.1:9/"):
         download_file("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", progress=False)
     assert list(tmp_path.iterdir()) == [] and len(served.requests) == 1
+
+
+# -- a busy or failing server: 429 and 5xx are asked again, other errors fail at once ------------
+@pytest.fixture
+def busy_server():
+    """A server that answers the statuses queued in ``script`` (path -> [(status, Retry-After)])
+    before serving the file; every request is recorded in ``seen``."""
+    script: dict[str, list[tuple[int, str | None]]] = {}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            seen.append(self.path)
+            queued = script.get(self.path)
+            status, retry_after = queued.pop(0) if queued else (200, None)
+            body = PAYLOAD if status == 200 else f"status {status}".encode()
+            self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", script, seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(busy_server, tmp_path):
+    base, script, seen = busy_server
+    script["/a.bin"] = [(503, "2"), (503, None)]  # twice "come back later", then the file
+    pauses, messages = [], []
+    result = download_file(
+        f"{base}/a.bin",
+        tmp_path / "a.bin",
+        sha256=PAYLOAD_SHA,
+        progress=False,
+        echo=messages.append,
+        sleep=pauses.append,
+    )
+    assert result.fetched and (tmp_path / "a.bin").read_bytes() == PAYLOAD
+    assert seen == ["/a.bin"] * 3
+    assert pauses == [2.0, 1.0]  # the server's Retry-After, then the backoff of the second attempt
+    assert messages[0] == "the server answered HTTP 503 Service Unavailable; trying again in 2 s (1/3)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 504])
+def test_a_server_that_stays_busy_fails_after_the_retries_naming_url_and_status(busy_server, tmp_path, status):
+    base, script, seen = busy_server
+    script["/a.bin"] = [(status, "3600")] * 10  # an hour: cut to MAX_RETRY_AFTER
+    pauses = []
+    with pytest.raises(DownloadError) as caught:
+        download_file(f"{base}/a.bin", tmp_path / "a.bin", progress=False, retries=2, sleep=pauses.append)
+    message = str(caught.value)
+    assert message.startswith(f"{base}/a.bin: the server answered HTTP {status} ")
+    assert "3 times in a row" in message and "run again later" in message
+    assert seen == ["/a.bin"] * 3 and pauses == [MAX_RETRY_AFTER] * 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_not_found_and_forbidden_fail_at_once(busy_server, tmp_path, status):
+    base, script, seen = busy_server
+    script["/a.bin"] = [(status, "1")] * 5
+    pauses = []
+    with pytest.raises(DownloadError, match=f"/a.bin: HTTP {status} "):
+        download_file(f"{base}/a.bin", tmp_path / "a.bin", progress=False, sleep=pauses.append)
+    assert seen == ["/a.bin"] and pauses == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "header,seconds",
+    [(None, None), ("5", 5.0), (" 0 ", 0.0), ("-3", 0.0), ("86400", 30.0), ("soon", None), ("nan", None)],
+)
+def test_retry_after_is_read_in_seconds_and_capped(header, seconds):
+    from minimaxad.fetch import _retry_after
+
+    assert _retry_after(header) == seconds
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import formatdate
+
+    from minimaxad.fetch import _retry_after
+
+    assert 5.0 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10.0
+    assert _retry_after(formatdate(time.time() - 100, usegmt=True)) == 0.0
 
 
 # -- the encoder weights from the hub ------------------------------------------------------------

@@ -3,7 +3,10 @@
 Used for the ImageNet encoder weights (``models/weights.py``) and the benchmark datasets
 (``data/download.py``). A download goes to ``<destination>.part``; an interrupted one (lost
 connection, Ctrl-C, killed process) is continued from where it stopped with an HTTP ``Range``
-request, by the same call (a few retries) or a later one. Only a complete file whose size and
+request, by the same call (a few retries) or a later one. A server that is busy or failing
+(HTTP 408, 429, 500, 502, 503, 504) is asked again after a pause (its ``Retry-After``, at most
+:data:`MAX_RETRY_AFTER` seconds, or an exponential backoff); any other HTTP error (404, 403...)
+fails at once. Only a complete file whose size and
 SHA-256 match what is known about it is renamed to ``destination``; a wrong file is deleted.
 """
 
@@ -23,6 +26,8 @@ from minimaxad.files import sha256_of
 
 CHUNK = 1 << 20
 USER_AGENT = "minimaxad-downloader"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # busy or failing for now: worth asking again
+MAX_RETRY_AFTER = 30.0  # seconds: the longest Retry-After honoured (a longer one is cut to this)
 
 
 class DownloadError(RuntimeError):
@@ -64,13 +69,18 @@ def download_file(
     retries: int = 3,
     description: str | None = None,
     echo: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Downloaded:
     """Download ``url`` to ``destination`` (kept if it is already there and matches).
 
     ``size`` / ``sha256``: what the file must be, where known (checked after the download; a
     mismatch deletes the file and raises :class:`DownloadError`). With neither, the computed
-    SHA-256 is returned (and worth recording). ``retries``: resumed attempts after a broken
-    connection; when they run out the partial file is kept and the next call continues it.
+    SHA-256 is returned (and worth recording). ``retries``: further attempts after a broken
+    connection (resumed from the partial file) or an answer 408/429/5xx (after the server's
+    ``Retry-After``, capped at :data:`MAX_RETRY_AFTER` s, else a backoff of 0.5, 1, 2... s, at
+    most 8); when they run out :class:`DownloadError` names the URL and the last status, and a
+    partial file is kept for the next call to continue. Another HTTP error (404, 403...) raises
+    at once. ``sleep``: how to wait between attempts (tests pass a recorder).
     """
     destination = Path(destination)
     if destination.is_file():
@@ -99,22 +109,36 @@ def download_file(
                 )
                 break
             except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as exc:
-                if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
-                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-                if isinstance(exc, urllib.error.URLError) and not part.exists():
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # its body is not needed: free the connection
+                    if exc.code not in RETRY_STATUSES:
+                        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+                    pause = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+                    what = f"the server answered HTTP {exc.code} {exc.reason}"
+                elif isinstance(exc, urllib.error.URLError) and not part.exists():
                     # nothing arrived at all (offline, unknown host, refused): retrying will not help
                     raise DownloadError(f"{url}: {exc.reason if hasattr(exc, 'reason') else exc}") from exc
+                else:
+                    pause, what = None, f"connection lost ({type(exc).__name__}: {exc})"
                 last_error = exc
                 if attempt < retries:
+                    if pause is None:
+                        pause = min(2.0**attempt, 8.0) * (0.5 if isinstance(exc, urllib.error.HTTPError) else 0.25)
                     if echo:
-                        echo(f"connection lost ({type(exc).__name__}: {exc}); resuming ({attempt + 1}/{retries})")
-                    time.sleep(min(2.0**attempt, 8.0) * 0.25)
+                        action = "resuming" if part.exists() and part.stat().st_size else "trying again"
+                        echo(f"{what}; {action} in {pause:g} s ({attempt + 1}/{retries})")
+                    sleep(pause)
         else:
             have = part.stat().st_size if part.exists() else 0
+            kept = f"{have} bytes kept in {part}: run again to resume" if have else "run again later"
+            if isinstance(last_error, urllib.error.HTTPError):
+                raise DownloadError(
+                    f"{url}: the server answered HTTP {last_error.code} {last_error.reason} "
+                    f"{retries + 1} times in a row (busy or failing); {kept}"
+                ) from last_error
             raise DownloadError(
-                f"{url}: connection lost {retries + 1} times ({type(last_error).__name__}: "
-                f"{last_error}); {have} bytes kept in {part}: run again to resume"
-            )
+                f"{url}: connection lost {retries + 1} times ({type(last_error).__name__}: {last_error}); {kept}"
+            ) from last_error
     finally:
         if bar is not None:
             bar.close()
@@ -127,6 +151,29 @@ def download_file(
         os.fsync(handle.fileno())
     os.replace(part, destination)
     return Downloaded(destination, digest, destination.stat().st_size, fetched=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), within
+    ``[0, MAX_RETRY_AFTER]``; ``None`` when absent or unreadable (then the backoff applies)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _fetch_into(part: Path, url: str, *, size: int | None, timeout: float, progress: bool, bar, description: str):
