@@ -399,6 +399,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue or max(64, 4 * args.max_batch),
         max_request_mb=args.max_request_mb,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_decoded_pixels=args.max_decoded_pixels,
+        max_connections=args.max_connections,
         workers_threads=args.workers_threads or ServeSettings.workers_threads,
         api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
     )
@@ -696,6 +699,21 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=40_000_000,
         help="largest image (width x height); beyond, 400 (decompression bombs)",
+    )
+    srv.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=80_000_000,
+        help="the images of one request together (width x height summed); beyond, 413",
+    )
+    srv.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=120_000_000,
+        help="decoded photo pixels held by all requests at once (memory bound); beyond, a request waits",
+    )
+    srv.add_argument(
+        "--max-connections", type=int, default=32, help="requests open at once (bodies in memory); beyond, 503"
     )
     srv.add_argument(
         "--workers-threads",

@@ -200,7 +200,7 @@ def test_unified_model_has_per_category_thresholds(trained_checkpoint, synthetic
     own = predictor.predict([image], category="weave")
     assert own.image_threshold == pytest.approx(float(np.quantile(per_category["weave"]["normal_scores"], 0.99)))
     assert predictor.predict([image]).image_threshold == pytest.approx(calibration["image"]["value"])
-    with pytest.raises(ValueError, match="category 'bolt' has no thresholds"):
+    with pytest.raises(ValueError, match="unknown category 'bolt'; this model knows washer, weave"):
         predictor.predict([image], category="bolt")
     # the CLI option, and a user threshold still wins over the category's
     out = tmp_path / "p"

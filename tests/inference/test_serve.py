@@ -225,11 +225,11 @@ def test_multipart_several_images_with_pictures(server, photos, expected, predic
     results = json.loads(raw)["results"]
     washer = predictor.predict([Image.open(io.BytesIO(photos[n])) for n in names], category="washer")
     washer_thr = predictor.thresholds_for("washer")
-    pixel = washer_thr["pixel"]["value"]
+    pixel = washer_thr.pixel.value
     for i, (name, result) in enumerate(zip(names, results)):
         assert result["name"] == f"{name}.png" and result["index"] == i and result["category"] == "washer"
         assert result["score"] == pytest.approx(expected[name]["score"], rel=TOL, abs=TOL)
-        assert result["threshold"] == pytest.approx(washer_thr["image"]["value"])
+        assert result["threshold"] == pytest.approx(washer_thr.image.value)
         assert result["decision"] == ("anomalous" if washer.is_anomalous[i] else "normal")
         heat = Image.open(io.BytesIO(base64.b64decode(result["heatmap_png"])))
         mask = Image.open(io.BytesIO(base64.b64decode(result["mask_png"])))

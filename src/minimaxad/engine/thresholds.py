@@ -8,7 +8,8 @@ false-positive rate can be chosen later without the data.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -93,53 +94,148 @@ def calibrate_thresholds(
     return calibration
 
 
-def resolve_thresholds(
+@dataclass(frozen=True)
+class Threshold:
+    """One threshold in force: its value (None when nothing defines it) and how it was chosen."""
+
+    value: float | None
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"value", "note"}``: the form stored in results, reports and answers."""
+        return {"value": self.value, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds in force for one category (or the whole model) and the one way scores become
+    decisions, shared by ``test``, the report, ``predict``, ``serve`` and ``watch``.
+
+    ``calibrated_for`` names whose calibration the values come from: the category itself, its
+    parent category (an AeBAD-S test domain ``category/domain``), or None for the model's own.
+    """
+
+    image: Threshold
+    pixel: Threshold
+    category: str | None = None
+    calibrated_for: str | None = None
+    normal_scores: np.ndarray | None = field(default=None, repr=False)  # (M,) sorted, for normalising
+
+    def decisions(self, scores: np.ndarray) -> list[str]:
+        """``"anomalous"`` (score >= image threshold), ``"normal"``, or ``"unknown"`` without a threshold."""
+        if self.image.value is None:
+            return ["unknown"] * len(scores)
+        return ["anomalous" if flagged else "normal" for flagged in self.is_anomalous(scores)]
+
+    def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: score >= image threshold (all False without a threshold)."""
+        scores = np.asarray(scores)
+        if self.image.value is None:
+            return np.zeros(scores.shape, dtype=bool)
+        return scores >= self.image.value
+
+    def normalize(self, scores: np.ndarray) -> np.ndarray:
+        """``(N,)`` scores mapped to [0, 1] with the threshold at 0.5 (NaN without a threshold)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.image.value is None:
+            return np.full(scores.shape, np.nan)
+        return normalize_scores(scores, self.image.value, self.normal_scores)
+
+    def defect_masks(self, maps: np.ndarray) -> np.ndarray | None:
+        """``maps >= pixel threshold`` (None without a pixel threshold)."""
+        return None if self.pixel.value is None else np.asarray(maps) >= self.pixel.value
+
+    def with_image_threshold(self, value: float, note: str) -> "Thresholds":
+        """The same rule with another image threshold (a request's own, say)."""
+        return replace(self, image=Threshold(float(value), note))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"image": {"value", "note"}, "pixel": {"value", "note"}}``."""
+        return {"image": self.image.as_dict(), "pixel": self.pixel.as_dict()}
+
+
+def near_threshold(scores: np.ndarray, thresholds: Sequence[float | None], margin: float) -> np.ndarray:
+    """``(N,)`` bool: scores within ``margin`` (relative) of their own threshold; these are the
+    ones a reduced-precision backend re-scores in float32 so that decisions are float32's."""
+    near = np.zeros(len(scores), dtype=bool)
+    if margin > 0:
+        for i, threshold in enumerate(thresholds):
+            if threshold is not None:
+                near[i] = abs(float(scores[i]) - threshold) <= margin * abs(threshold)
+    return near
+
+
+def thresholds_for(
     calibration: dict[str, Any] | None,
-    *,
     category: str | None = None,
+    *,
+    known_categories: Sequence[str] | None = None,
     image_threshold: float | None = None,
     false_positive_rate: float | None = None,
     pixel_threshold: float | None = None,
     pixel_false_positive_rate: float | None = None,
-) -> dict[str, dict[str, Any]]:
-    """The thresholds in force: user overrides first, then the stored calibration (the
-    ``category``'s own when it has one, else, for ``category/domain``, its category's, else the
-    model's).
+) -> Thresholds:
+    """The thresholds in force for ``category``: user overrides first, then the stored calibration.
 
-    Returns ``{"image": {"value", "note"}, "pixel": {"value", "note"}}``; a value is None when
-    nothing defines it (no calibration and no override).
+    The one fallback rule: a category's own calibration when it has one; for ``category/domain``
+    (an AeBAD-S test domain) its category's; otherwise the model's, with a note that says so (a
+    category of a unified model gets no thresholds of its own when fewer than two of its normal
+    images were held out). With ``known_categories`` (the categories the model was trained on), a
+    category outside them is refused with a :class:`ValueError`.
     """
     calibration = calibration or {}
     own = calibration.get("per_category") or {}
-    if category is not None and category not in own and "/" in category:
-        category = category.rsplit("/", 1)[0]  # an AeBAD-S test domain ("AeBAD_S/view"): its category's
-    if category is not None and category in own:
-        calibration = own[category]
-    out: dict[str, dict[str, Any]] = {}
+    chosen, calibrated_for, fallback = calibration, None, None
+    if category is not None:
+        parent = category.rsplit("/", 1)[0] if "/" in category else None
+        if category in own:
+            chosen, calibrated_for = own[category], category
+        elif parent in own:
+            chosen, calibrated_for = own[parent], parent
+        elif known_categories and category not in known_categories and parent not in known_categories:
+            raise ValueError(f"unknown category {category!r}; this model knows {', '.join(sorted(known_categories))}")
+        elif own:
+            fallback = f"the model's threshold: category {category!r} has no calibration of its own"
+    resolved = {}
     for kind, value, fpr, stored_key in (
         ("image", image_threshold, false_positive_rate, "normal_scores"),
         ("pixel", pixel_threshold, pixel_false_positive_rate, "normal_pixel_quantiles"),
     ):
-        stored = calibration.get(kind) or {}
+        stored = chosen.get(kind) or {}
         if value is not None:
-            out[kind] = {"value": float(value), "note": f"set by the user ({kind} threshold {value:g})"}
+            resolved[kind] = Threshold(float(value), f"set by the user ({kind} threshold {value:g})")
         elif fpr is not None:
-            normal = calibration.get(stored_key)
+            normal = chosen.get(stored_key)
             if not normal:
                 raise ValueError(
                     f"a {kind} false-positive rate needs the normal scores stored at calibration, "
                     f"and this checkpoint has none; pass an explicit threshold instead"
                 )
-            out[kind] = {
-                "value": quantile_threshold(np.asarray(normal), fpr),
-                "note": f"{100 * (1 - fpr):g}th percentile of the calibration scores "
-                f"({calibration.get('source', 'normal images')}), chosen by the user's false-positive rate",
-            }
+            resolved[kind] = Threshold(
+                quantile_threshold(np.asarray(normal), fpr),
+                f"{100 * (1 - fpr):g}th percentile of the calibration scores "
+                f"({chosen.get('source', 'normal images')}), chosen by the user's false-positive rate",
+            )
         elif "value" in stored:
-            out[kind] = {"value": float(stored["value"]), "note": stored.get("note", "calibrated")}
+            note = stored.get("note", "calibrated")
+            resolved[kind] = Threshold(float(stored["value"]), f"{fallback} ({note})" if fallback else note)
         else:
-            out[kind] = {"value": None, "note": "not calibrated"}
-    return out
+            resolved[kind] = Threshold(None, "not calibrated")
+    normal = chosen.get("normal_scores")
+    return Thresholds(
+        resolved["image"],
+        resolved["pixel"],
+        category=category,
+        calibrated_for=calibrated_for,
+        normal_scores=np.asarray(normal, dtype=np.float64) if normal else None,
+    )
+
+
+def resolve_thresholds(
+    calibration: dict[str, Any] | None, *, category: str | None = None, **overrides: Any
+) -> dict[str, dict[str, Any]]:
+    """:func:`thresholds_for` as ``{"image": {"value", "note"}, "pixel": {"value", "note"}}``."""
+    return thresholds_for(calibration, category, **overrides).as_dict()
 
 
 def thresholds_by_category(

@@ -10,7 +10,11 @@ backend in a single worker thread, and hands each request its own result.
   burst of requests fills one batch instead of being split by the time its decoding takes.
 * Backpressure: at most ``max_queue`` images wait; a request that does not fit raises
   :class:`QueueFull` at once (the service answers 503), so memory stays bounded.
-* A failing batch fails only the futures of that batch; the worker goes on.
+* A failing batch fails only the futures of that batch; the worker goes on. A request that is
+  cancelled while it waits (its client gone, a timeout) leaves the queue; its images are not run.
+* If the worker thread dies anyway, :attr:`MicroBatcher.failure` says why, :attr:`ready` turns
+  False, the queued requests fail, and ``on_death`` is called (the service exits so that its
+  supervisor restarts it). A failed warm-up likewise leaves the batcher not ready.
 * :meth:`MicroBatcher.close` stops taking images and answers everything already queued.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -60,7 +64,9 @@ class _Pending:
 class MicroBatcher:
     """Run ``predictor.backend`` on batches gathered from concurrent :meth:`submit` calls.
 
-    ``on_batch(size)`` and ``on_queue_depth(depth)`` are called from the worker thread (metrics).
+    ``on_batch(size)`` and ``on_queue_depth(depth)`` are called from the worker thread (metrics);
+    ``on_death(error)`` once, from the worker thread, if the worker stops for any reason other than
+    :meth:`close`.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class MicroBatcher:
         max_queue: int = 256,
         on_batch: Callable[[int], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        on_death: Callable[[BaseException], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -85,6 +92,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self._on_batch = on_batch or (lambda size: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
+        self._on_death = on_death or (lambda error: None)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._incoming = 0  # images of requests being decoded: they will be submitted shortly
         self._lock = threading.Condition()
@@ -92,6 +100,7 @@ class MicroBatcher:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="minimaxad-batcher", daemon=True)
         self.warmup_error: BaseException | None = None
+        self.failure: BaseException | None = None  # why the worker stopped, if it stopped on its own
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "MicroBatcher":
@@ -101,8 +110,14 @@ class MicroBatcher:
 
     @property
     def ready(self) -> bool:
-        """Warmed up and taking images."""
-        return self._ready.is_set() and not self._closing
+        """Warmed up, the worker alive, and taking images."""
+        return (
+            self._ready.is_set()
+            and self.warmup_error is None
+            and self.failure is None
+            and not self._closing
+            and self._thread.is_alive()
+        )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the worker has tried its warm-up batch (see ``warmup_error``); False if ``timeout``
@@ -146,6 +161,8 @@ class MicroBatcher:
                 self._lock.notify_all()
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
+            if self.failure is not None:
+                raise BatcherClosed(f"the inference worker has stopped: {self.failure}")
             if len(self._queue) + len(images) > self.max_queue:
                 raise QueueFull(f"{len(self._queue)} images are waiting (limit {self.max_queue}); retry shortly")
             pending = [_Pending(image, threshold, Future()) for image, threshold in zip(images, thresholds)]
@@ -157,15 +174,29 @@ class MicroBatcher:
     # -- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self._warm_up()
-        except BaseException as exc:  # reported by /v1/ready; the batches will fail with it too
-            self.warmup_error = exc
+            try:
+                self._warm_up()
+            except Exception as exc:  # reported by /v1/ready and to requests; the worker waits for close
+                self.warmup_error = exc
+            self._ready.set()
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._score(batch)
+        except BaseException as exc:  # a bug of ours, or out of memory: say so, never hang requests
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failure = exc
+            stranded = list(self._queue)
+            self._queue.clear()
+            self._lock.notify_all()
         self._ready.set()
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._score(batch)
+        for pending in stranded:
+            _resolve(pending.future, error=BatcherClosed(f"the inference worker has stopped: {exc}"))
+        self._on_death(exc)
 
     def _warm_up(self) -> None:
         size = self.predictor.transform.output_size[0]
@@ -194,47 +225,41 @@ class MicroBatcher:
         return batch
 
     def _score(self, batch: list[_Pending]) -> None:
+        # a request cancelled while waiting (client gone, timeout) is dropped; the others run
+        batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         started = time.perf_counter()
         try:
             if self.warmup_error is not None:
                 raise RuntimeError(f"the model failed to warm up: {self.warmup_error}")
-            maps, scores, rechecked = self._run_backend(
+            maps, scores, rechecked = self.predictor.run(
                 torch.stack([p.image for p in batch]), [p.threshold for p in batch]
             )
-        except BaseException as exc:
+        except Exception as exc:  # this batch fails; the worker goes on
             for p in batch:
-                p.future.set_exception(exc)
+                _resolve(p.future, error=exc)
             return
         finished = time.perf_counter()
         self._on_batch(len(batch))
         for i, p in enumerate(batch):
-            p.future.set_result(
-                ScoredImage(
-                    score=float(scores[i]),
-                    anomaly_map=maps[i],
-                    rechecked=bool(rechecked[i]),
-                    batch_size=len(batch),
-                    queue_ms=1e3 * (started - p.queued_at),
-                    inference_ms=1e3 * (finished - started),
-                )
+            scored = ScoredImage(
+                score=float(scores[i]),
+                anomaly_map=maps[i],
+                rechecked=bool(rechecked[i]),
+                batch_size=len(batch),
+                queue_ms=1e3 * (started - p.queued_at),
+                inference_ms=1e3 * (finished - started),
             )
+            _resolve(p.future, result=scored)
 
-    def _run_backend(
-        self, images: torch.Tensor, thresholds: list[float | None]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What :meth:`Predictor.predict` does with a batch, with each image's own threshold:
-        reduced-precision scores that close to it are re-scored in float32."""
-        predictor = self.predictor
-        maps, scores = predictor.backend(images)
-        maps = maps.float().cpu().numpy()
-        scores = scores.float().cpu().numpy()
-        near = np.zeros(len(scores), dtype=bool)
-        if predictor.recheck_margin > 0:
-            for i, threshold in enumerate(thresholds):
-                if threshold is not None:
-                    near[i] = abs(scores[i] - threshold) <= predictor.recheck_margin * abs(threshold)
-            if near.any():
-                exact_maps, exact_scores = predictor.float32_backend()(images[torch.from_numpy(near)])
-                maps[near] = exact_maps.float().cpu().numpy()
-                scores[near] = exact_scores.float().cpu().numpy()
-        return maps, scores, near
+
+def _resolve(future: Future, *, result: object = None, error: BaseException | None = None) -> None:
+    """Answer ``future`` unless it is already done (cancelled by its waiter): never raises."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

@@ -22,7 +22,7 @@ from PIL import Image
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
-from minimaxad.engine.thresholds import normalize_scores, resolve_thresholds
+from minimaxad.engine.thresholds import Thresholds, near_threshold, thresholds_for
 from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.inference.backends import Backend, create_backend, load_backend
 from minimaxad.inference.export import read_metadata
@@ -35,14 +35,30 @@ class Prediction:
     """Results for a batch, in input order. Maps are at the network's input size."""
 
     scores: np.ndarray  # (N,) raw anomaly scores
-    normalized_scores: np.ndarray  # (N,) in [0, 1], 0.5 at the image threshold
-    is_anomalous: np.ndarray  # (N,) bool: score >= image threshold
     maps: np.ndarray  # (N, H, W) float32 anomaly maps
-    defect_masks: np.ndarray | None  # (N, H, W) bool: map >= pixel threshold (None without one)
-    image_threshold: float | None
-    pixel_threshold: float | None
+    thresholds: Thresholds  # the rule the decisions were made with
     sizes: list[tuple[int, int]]  # (width, height) of each original image
     rechecked: np.ndarray | None = None  # (N,) bool: re-scored in float32 (near the threshold)
+    normalized_scores: np.ndarray = field(init=False)  # (N,) in [0, 1], 0.5 at the image threshold
+    is_anomalous: np.ndarray = field(init=False)  # (N,) bool: score >= image threshold
+    decisions: list[str] = field(init=False)  # "anomalous", "normal", or "unknown" without a threshold
+    defect_masks: np.ndarray | None = field(init=False)  # (N, H, W) bool: map >= pixel threshold
+
+    def __post_init__(self) -> None:
+        self.normalized_scores = self.thresholds.normalize(self.scores)
+        self.is_anomalous = self.thresholds.is_anomalous(self.scores)
+        self.decisions = self.thresholds.decisions(self.scores)
+        self.defect_masks = self.thresholds.defect_masks(self.maps)
+
+    @property
+    def image_threshold(self) -> float | None:
+        """The image threshold the decisions were made with (None: none was defined)."""
+        return self.thresholds.image.value
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """The pixel threshold of the defect masks (None: none was defined)."""
+        return self.thresholds.pixel.value
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -71,6 +87,7 @@ class Predictor:
         backend: str | Backend = "fused",
         recheck_margin: float | None = None,
         float32_backend: Backend | None = None,
+        categories: Sequence[str] | None = None,
     ) -> None:
         self.transform = Transform(image_size, crop_size)
         size = self.transform.output_size[0]
@@ -95,22 +112,20 @@ class Predictor:
             pixel_threshold=pixel_threshold,
             pixel_false_positive_rate=pixel_false_positive_rate,
         )
-        self.thresholds = resolve_thresholds(self.calibration, **self.overrides)
+        # the categories the model was trained on (its own thresholds or not); else those calibrated
+        self._categories = sorted(categories or self.calibration.get("per_category") or {})
+        self.thresholds = self.thresholds_for(None)
 
     @property
     def categories(self) -> list[str]:
-        """Categories with their own calibrated thresholds (a unified model); else empty."""
-        return sorted(self.calibration.get("per_category") or {})
+        """The categories of a unified model (each decides with its own thresholds where it has them);
+        empty for a single-category model."""
+        return self._categories if len(self._categories) > 1 or self.calibration.get("per_category") else []
 
-    def thresholds_for(self, category: str | None = None) -> dict[str, dict[str, Any]]:
-        """The thresholds in force for ``category`` (its own when calibrated, else the model's)."""
-        if category is None:
-            return self.thresholds
-        if self.calibration.get("per_category") and category not in self.calibration["per_category"]:
-            raise ValueError(
-                f"category {category!r} has no thresholds in this model; choose one of {', '.join(self.categories)}"
-            )
-        return resolve_thresholds(self.calibration, category=category, **self.overrides)
+    def thresholds_for(self, category: str | None = None) -> Thresholds:
+        """The thresholds in force for ``category``: its own when calibrated, else the model's (see
+        :func:`minimaxad.engine.thresholds.thresholds_for`); an unknown category is a ValueError."""
+        return thresholds_for(self.calibration, category, known_categories=self.categories, **self.overrides)
 
     @classmethod
     def from_checkpoint(
@@ -152,6 +167,7 @@ class Predictor:
             calibration=state.get("thresholds"),
             device=device,
             backend=backend,
+            categories=state.get("categories"),
             **threshold_overrides,
         )
 
@@ -185,18 +201,19 @@ class Predictor:
             calibration=meta.get("thresholds"),
             backend=runner,
             float32_backend=float32,
+            categories=meta.get("categories"),
             **threshold_overrides,
         )
 
     @property
     def image_threshold(self) -> float | None:
         """The image-score threshold in force (calibrated, or set by the user), or None."""
-        return self.thresholds["image"]["value"]
+        return self.thresholds.image.value
 
     @property
     def pixel_threshold(self) -> float | None:
         """The pixel threshold of the defect masks in force, or None."""
-        return self.thresholds["pixel"]["value"]
+        return self.thresholds.pixel.value
 
     def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Paths, PIL images or arrays -> a normalised batch and the original (W, H) sizes."""
@@ -210,27 +227,31 @@ class Predictor:
         """
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
-        threshold = self.thresholds_for(category)["image"]["value"]
+        thresholds = self.thresholds_for(category)
         scores, maps, sizes, rechecked = [], [], [], []
         for start in range(0, len(images), batch_size):
             batch, batch_sizes = self.preprocess(images[start : start + batch_size])
-            batch_maps, batch_scores = self.backend(batch)
-            batch_maps = batch_maps.float().cpu().numpy()
-            batch_scores = batch_scores.float().cpu().numpy()
-            near = np.zeros(len(batch_scores), dtype=bool)
-            if self.recheck_margin > 0 and threshold is not None:
-                near = np.abs(batch_scores - threshold) <= self.recheck_margin * abs(threshold)
-                if near.any():
-                    exact_maps, exact_scores = self.float32_backend()(batch[torch.from_numpy(near)])
-                    batch_maps[near] = exact_maps.float().cpu().numpy()
-                    batch_scores[near] = exact_scores.float().cpu().numpy()
+            batch_maps, batch_scores, near = self.run(batch, [thresholds.image.value] * len(batch))
             maps.append(batch_maps)
             scores.append(batch_scores)
             rechecked.append(near)
             sizes.extend(batch_sizes)
-        prediction = self.decide(np.concatenate(scores), np.concatenate(maps), sizes, category)
-        prediction.rechecked = np.concatenate(rechecked)
-        return prediction
+        return Prediction(np.concatenate(scores), np.concatenate(maps), thresholds, sizes, np.concatenate(rechecked))
+
+    def run(self, batch: torch.Tensor, thresholds: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Maps ``(B, S, S)`` and scores ``(B,)`` of a normalised batch, as float32 numpy arrays, and
+        which images were re-scored in float32: on a reduced-precision backend, each image whose
+        score lies within ``recheck_margin`` of its own threshold (``thresholds``, one per image),
+        so that its decision is the float32 model's."""
+        maps, scores = self.backend(batch)
+        maps = maps.float().cpu().numpy()
+        scores = scores.float().cpu().numpy()
+        near = near_threshold(scores, thresholds, self.recheck_margin)
+        if near.any():
+            exact_maps, exact_scores = self.float32_backend()(batch[torch.from_numpy(near)])
+            maps[near] = exact_maps.float().cpu().numpy()
+            scores[near] = exact_scores.float().cpu().numpy()
+        return maps, scores, near
 
     def float32_backend(self) -> Backend:
         """The float32 form of this predictor's model (made on first use), for re-checks."""
@@ -252,21 +273,10 @@ class Predictor:
     def decide(
         self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]], category: str | None = None
     ) -> Prediction:
-        """A :class:`Prediction` from a batch's ``scores (B,)`` and ``maps``: decisions and defect masks
-        against ``category``'s thresholds, and scores normalised by its calibration; ``sizes`` are the
-        photos' own (W, H), kept for painting."""
-        thresholds = self.thresholds_for(category)
-        image_thr, pixel_thr = thresholds["image"]["value"], thresholds["pixel"]["value"]
-        calibration = (self.calibration.get("per_category") or {}).get(category, self.calibration)
-        normal = calibration.get("normal_scores")
-        if image_thr is None:
-            normalized = np.full(len(scores), np.nan)
-            anomalous = np.zeros(len(scores), dtype=bool)
-        else:
-            normalized = normalize_scores(scores, image_thr, np.asarray(normal) if normal else None)
-            anomalous = scores >= image_thr
-        masks = None if pixel_thr is None else maps >= pixel_thr
-        return Prediction(scores, normalized, anomalous, maps, masks, image_thr, pixel_thr, sizes)
+        """A :class:`Prediction` from a batch's ``scores (B,)`` and ``maps``: decisions, normalised
+        scores and defect masks under ``category``'s thresholds; ``sizes`` are the photos' own
+        (W, H), kept for painting."""
+        return Prediction(scores, maps, self.thresholds_for(category), sizes)
 
 
 REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16")
@@ -375,11 +385,11 @@ class MapStyle:
     def of(cls, predictor: Predictor, category: str | None, alpha: float) -> "MapStyle":
         """How to paint ``category``'s maps: its pixel threshold, and the low end of the colour scale from
         the normal images' pixel quantiles."""
-        calibration = (predictor.calibration.get("per_category") or {}).get(category, predictor.calibration)
+        thresholds = predictor.thresholds_for(category)
+        own = predictor.calibration.get("per_category") or {}
+        calibration = own[thresholds.calibrated_for] if thresholds.calibrated_for else predictor.calibration
         quantiles = calibration.get("normal_pixel_quantiles")
-        return cls(
-            predictor.thresholds_for(category)["pixel"]["value"], float(quantiles[10]) if quantiles else None, alpha
-        )
+        return cls(thresholds.pixel.value, float(quantiles[10]) if quantiles else None, alpha)
 
     def heatmap(self, photo: Image.Image, amap: np.ndarray) -> Image.Image:
         """``amap`` over ``photo``, coloured from the normal pixels' level to 1.5 x the pixel threshold."""
@@ -501,9 +511,7 @@ def _write_one(
             "name": name,
             "score": float(result.scores[i]),
             "normalized_score": float(result.normalized_scores[i]),
-            "decision": ("anomalous" if result.is_anomalous[i] else "normal")
-            if result.image_threshold is not None
-            else "unknown",
+            "decision": result.decisions[i],
             "width": photo.size[0],
             "height": photo.size[1],
             "heatmap": f"heatmaps/{name}.png",
@@ -520,7 +528,7 @@ def _write_one(
                 label=-1,
                 score=float(result.scores[i]),
                 anomaly_map=amap,
-                image=photo,
+                image=None,  # the report reads the photo again at thumbnail size: none is kept in memory
             )
         )
 
@@ -529,7 +537,7 @@ def _summary(
     checkpoint: Path,
     predictor: Predictor,
     category: str | None,
-    thresholds: dict[str, Any],
+    thresholds: Thresholds,
     files_out: PredictionFiles,
     failed: list[tuple[str, str]],
 ) -> dict[str, Any]:
@@ -537,38 +545,38 @@ def _summary(
         "checkpoint": str(checkpoint),
         "backend": predictor.backend.name,
         "category": category,
-        "image_threshold": thresholds["image"]["value"],
-        "image_threshold_note": thresholds["image"]["note"],
-        "pixel_threshold": thresholds["pixel"]["value"],
-        "pixel_threshold_note": thresholds["pixel"]["note"],
+        "image_threshold": thresholds.image.value,
+        "image_threshold_note": thresholds.image.note,
+        "pixel_threshold": thresholds.pixel.value,
+        "pixel_threshold_note": thresholds.pixel.note,
         "predictions": files_out.rows,
         "rechecked_in_float32": files_out.rechecked,
         "failed": [{"path": p, "error": e} for p, e in failed],
     }
 
 
-def _write_html(files_out: PredictionFiles, thresholds: dict[str, Any]) -> None:
+def _write_html(files_out: PredictionFiles, thresholds: Thresholds) -> None:
     from minimaxad.reporting.html import write_report as render
 
     render(
         files_out.path("report.html"),
         metrics=None,
         items=files_out.report_items,
-        image_threshold=thresholds["image"]["value"],
-        pixel_threshold=thresholds["pixel"]["value"],
-        threshold_notes={"image": thresholds["image"]["note"], "pixel": thresholds["pixel"]["note"]},
+        image_threshold=thresholds.image.value,
+        pixel_threshold=thresholds.pixel.value,
+        threshold_notes={"image": thresholds.image.note, "pixel": thresholds.pixel.note},
         title="minimaxad predictions",
     )
 
 
 def _echo_results(
-    echo: Callable[[str], None], files_out: PredictionFiles, thresholds: dict[str, Any], failed: list[tuple[str, str]]
+    echo: Callable[[str], None], files_out: PredictionFiles, thresholds: Thresholds, failed: list[tuple[str, str]]
 ) -> None:
     rows = files_out.rows
     anomalous = sum(r["decision"] == "anomalous" for r in rows)
     echo(
         f"predicted {len(rows)} image(s): {anomalous} anomalous, {len(rows) - anomalous} normal "
-        f"(image threshold {thresholds['image']['value']}: {thresholds['image']['note']}); "
+        f"(image threshold {thresholds.image.value}: {thresholds.image.note}); "
         f"results in {files_out.output}"
     )
     if failed:

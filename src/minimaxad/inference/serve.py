@@ -9,6 +9,17 @@ Sturdiness rules: a bad upload is answered 400 with the reason for that image an
 the batch of other requests; bodies over ``max_request_mb`` get 413 before they are read; a full
 queue gets 503 with ``Retry-After``; nothing a client sends is used as a path; SIGTERM lets
 in-flight requests finish. Needs the ``serve`` extra: ``pip install "minimaxad[serve]"``.
+
+Memory is bounded whatever clients send. At most ``max_connections`` requests are open at once
+(uvicorn answers 503 beyond), each body at most ``max_request_mb``. Photos are decoded one at a
+time straight into the network's input; the full-size photo is kept only when the request asks for
+pictures (``return=heatmap,mask``). A request whose images add up to more than
+``max_request_pixels`` gets 413 before anything is decoded, and the decoded pixels held by all
+requests together never exceed ``max_decoded_pixels``: a request waits for its share.
+
+The service stays honest about its health: ``/v1/ready`` answers 503 while warming up, after a
+failed warm-up (with the reason) and if the inference worker has died; in the last case the
+process also exits with a non-zero status so that its supervisor restarts it.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at run time,
@@ -23,13 +34,14 @@ import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from minimaxad.data.io import load_image
-from minimaxad.engine.thresholds import normalize_scores
+from minimaxad.engine.thresholds import Thresholds
 from minimaxad.files import sha256_of
 from minimaxad.inference.batching import BatcherClosed, MicroBatcher, QueueFull, ScoredImage
 from minimaxad.inference.predict import MapStyle, Predictor, is_exported_model
@@ -72,6 +84,9 @@ class ServeSettings:
     max_queue: int = 64  # images waiting for a batch; beyond this, 503
     max_request_mb: float = 20.0
     max_pixels: int = 40_000_000  # per image (width x height): larger is refused as a decompression bomb
+    max_request_pixels: int = 80_000_000  # the images of one request together; beyond, 413
+    max_decoded_pixels: int = 120_000_000  # held by all requests at once; beyond, a request waits
+    max_connections: int = 32  # open requests (uvicorn's limit_concurrency); beyond, 503
     workers_threads: int = max(1, min(8, os.cpu_count() or 1))  # decoding uploads, drawing heatmaps
     api_key: str | None = None
     alpha: float = 0.5  # heatmap opacity
@@ -85,6 +100,27 @@ class ServeSettings:
             raise ValueError(f"workers_threads must be at least 1, got {self.workers_threads}")
         if self.max_queue < self.max_batch:
             raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch ({self.max_batch})")
+        if self.max_decoded_pixels < self.max_pixels:
+            raise ValueError(
+                f"max_decoded_pixels ({self.max_decoded_pixels}) must be at least max_pixels ({self.max_pixels}): "
+                f"one largest image must fit"
+            )
+        if self.max_request_pixels < 1 or self.max_connections < 1:
+            raise ValueError("max_request_pixels and max_connections must be positive")
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client may meet, as ``GET /v1/model`` shows them."""
+        return {
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+            "max_queue": self.max_queue,
+            "max_request_mb": self.max_request_mb,
+            "max_pixels": self.max_pixels,
+            "max_request_pixels": self.max_request_pixels,
+            "max_decoded_pixels": self.max_decoded_pixels,
+            "max_connections": self.max_connections,
+            "workers_threads": self.workers_threads,
+        }
 
 
 class ServiceError(Exception):
@@ -107,11 +143,10 @@ class BadImage(ValueError):
 
 
 # -- uploads -> images -------------------------------------------------------------------------
-def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes from a client -> an upright RGB photo, or :class:`BadImage` with the reason.
-
-    The header is checked before any pixel is decoded, so a small file that claims a huge size
-    (a decompression bomb) costs nothing."""
+def open_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes from a client -> a PIL image whose header has been read and checked (size, format,
+    colour mode) but whose pixels are not decoded yet, or :class:`BadImage` with the reason. A
+    small file that claims a huge size (a decompression bomb) costs nothing here."""
     if not data:
         raise BadImage("empty upload (0 bytes)")
     try:
@@ -137,14 +172,25 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
             f"image colour mode {image.mode} is not accepted (it would not convert to RGB "
             f"faithfully); send RGB or grayscale"
         )
+    return image
+
+
+def decode_opened(image: Image.Image) -> Image.Image:
+    """Decode an image from :func:`open_upload` into an upright RGB photo, or :class:`BadImage`."""
     try:
         image.load()  # the whole file: truncated uploads fail here
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise BadImage(f"truncated or corrupt {image.format} data ({exc})") from exc
     try:
         return load_image(image)  # EXIF orientation, any mode -> RGB
-    except (OSError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises on bad EXIF or pixel data
         raise BadImage(f"cannot convert the {image.mode} image to RGB ({exc})") from exc
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes from a client -> an upright RGB photo, or :class:`BadImage` with the reason
+    (:func:`open_upload`, then :func:`decode_opened`)."""
+    return decode_opened(open_upload(data, max_pixels))
 
 
 def parse_multipart(body: bytes, content_type: str) -> tuple[list[tuple[str | None, bytes]], dict[str, str]]:
@@ -218,8 +264,8 @@ def describe_model(checkpoint: str | Path, predictor: Predictor) -> dict[str, An
 
         stored = read_checkpoint(path)
     sha = sha256_of(path)
-    thresholds = {"image": predictor.thresholds["image"], "pixel": predictor.thresholds["pixel"]}
-    per_category = {c: predictor.thresholds_for(c) for c in predictor.categories}
+    thresholds = predictor.thresholds.as_dict()
+    per_category = {c: predictor.thresholds_for(c).as_dict() for c in predictor.categories}
     return {
         "model_id": f"{path.stem}-{sha[:12]}",
         "backbone": stored.get("backbone"),
@@ -275,10 +321,385 @@ class ServiceMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-# -- the application ----------------------------------------------------------------------------
-def create_app(predictor: Predictor, model_info: dict[str, Any], settings: ServeSettings | None = None):
-    """The FastAPI application over a loaded ``predictor``. Its lifespan starts the micro-batcher
-    (warm-up included: ``/v1/ready`` turns 200 after it) and drains it at shutdown."""
+# -- memory ---------------------------------------------------------------------------------------
+class PixelBudget:
+    """Decoded pixels held by all requests together: :meth:`reserve` waits until a request's share
+    fits under ``limit`` (first come, first served), so that memory stays bounded under any load."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self._changed: asyncio.Condition | None = None  # made in the event loop that uses it
+
+    @asynccontextmanager
+    async def reserve(self, pixels: int):
+        """Hold ``pixels`` (at most ``limit``) for the duration of the ``async with`` block."""
+        if pixels > self.limit:
+            raise ValueError(f"{pixels} pixels can never fit a budget of {self.limit}")
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+@dataclass
+class PredictRequest:
+    """One ``POST /v1/predict``, parsed and checked: its uploads and how to decide on them."""
+
+    uploads: list[tuple[str | None, bytes]]  # (client's file name or None, bytes)
+    category: str | None
+    thresholds: Thresholds  # the category's, with the request's own image threshold if it gave one
+    threshold_source: str
+    wanted: set[str]  # pictures to return: heatmap, mask
+
+
+@dataclass
+class DecodedUploads:
+    """A request's photos decoded into one normalised batch; the full-size photos only when the
+    request wants pictures drawn on them."""
+
+    batch: torch.Tensor  # (N, 3, S, S)
+    sizes: list[tuple[int, int]]  # (width, height) of each photo
+    photos: list[Image.Image] | None
+
+
+# -- the service ------------------------------------------------------------------------------------
+class InspectionService:
+    """Everything behind the HTTP handlers, testable without a server: the micro-batcher, the
+    memory budget, request parsing, decoding, the decision and the answer.
+
+    ``on_fatal(error)`` is called once if the inference worker dies (``serve`` then stops the
+    server and exits non-zero)."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        model_info: dict[str, Any],
+        settings: ServeSettings | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.model_info = model_info
+        self.settings = settings or ServeSettings()
+        self.metrics = ServiceMetrics()
+        self.on_fatal = on_fatal or (lambda error: None)
+        self.batcher = MicroBatcher(
+            predictor,
+            max_batch=self.settings.max_batch,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue=self.settings.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+            on_queue_depth=self.metrics.queue_depth.set,
+            on_death=self._worker_died,
+        )
+        self.budget = PixelBudget(self.settings.max_decoded_pixels)
+        self.max_bytes = int(self.settings.max_request_mb * 2**20)
+        self.model_id = model_info["model_id"]
+        self._styles: dict[str | None, MapStyle] = {}  # category -> how its maps are drawn (as predict)
+
+    # -- life cycle and health ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the inference worker (it warms the backend up first)."""
+        self.batcher.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Answer what is queued, then stop the worker."""
+        self.batcher.close(timeout)
+
+    def _worker_died(self, error: BaseException) -> None:
+        self.metrics.errors.labels("worker_died").inc()
+        self.on_fatal(error)
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """``GET /v1/ready``: (HTTP status, body)."""
+        batcher = self.batcher
+        if batcher.failure is not None:
+            return 503, {"status": "failed", "detail": f"the inference worker has stopped: {batcher.failure}"}
+        if batcher.warmup_error is not None:
+            return 503, {"status": "failed", "detail": f"warm-up failed: {batcher.warmup_error}"}
+        if not batcher.ready:
+            return 503, {"status": "warming up" if not batcher.wait_ready(0) else "shutting down"}
+        return 200, {"status": "ready", "model_id": self.model_id}
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /v1/model``: the model and the limits a client may meet."""
+        return {**self.model_info, **self.settings.limits()}
+
+    def check_ready(self) -> None:
+        """Raise the 503 a request gets while the model cannot score."""
+        status, body = self.readiness()
+        if status != 200:
+            retry = {"Retry-After": "1"} if body["status"] in ("warming up", "shutting down") else None
+            detail = body.get("detail") or f"the model is {body['status']}"
+            raise ServiceError(503, "not_ready", detail, headers=retry)
+
+    # -- requests -----------------------------------------------------------------------------------
+    def parse(self, body: bytes, content_type: str, query: dict[str, Optional[str]]) -> PredictRequest:
+        """The uploads and options of a request (query parameters win over multipart fields)."""
+        if content_type.lower().startswith("multipart/form-data"):
+            uploads, fields = parse_multipart(body, content_type)
+            if not uploads:
+                raise ServiceError(
+                    400,
+                    "bad_request",
+                    "multipart body without an image part (send the photo as a file part, e.g. "
+                    "curl -F image=@photo.png)",
+                )
+        else:  # raw bytes, whatever the declared type: the decoder decides what they are
+            uploads, fields = [(None, body)], {}
+        if len(uploads) > self.settings.max_queue:
+            raise ServiceError(
+                413, "too_large", f"{len(uploads)} images in one request; at most {self.settings.max_queue}"
+            )
+
+        def option(name: str) -> str | None:
+            return query.get(name) if query.get(name) is not None else fields.get(name)
+
+        category = option("category") or None
+        try:
+            thresholds = self.predictor.thresholds_for(category)
+        except ValueError as exc:
+            raise ServiceError(422, "unknown_category", str(exc)[:300]) from exc
+        source = thresholds.image.note
+        threshold_text = option("threshold")
+        if threshold_text not in (None, ""):
+            try:
+                value = float(threshold_text)
+            except ValueError:
+                value = float("nan")
+            if not np.isfinite(value):
+                raise ServiceError(
+                    422, "bad_request", f"threshold must be a finite number, got {threshold_text[:50]!r}"
+                )
+            thresholds, source = thresholds.with_image_threshold(value, "set by the request"), "request"
+        wanted = {w.strip() for w in (option("return") or "").split(",") if w.strip()}
+        if wanted - set(RETURNABLE):
+            raise ServiceError(
+                422,
+                "bad_request",
+                f"return= takes {', '.join(RETURNABLE)} (comma-separated), got "
+                f"{', '.join(sorted(wanted - set(RETURNABLE)))[:100]!r}",
+            )
+        return PredictRequest(uploads, category, thresholds, source, wanted)
+
+    def open_all(self, request: PredictRequest) -> tuple[list[Image.Image], int]:
+        """Read every upload's header (no pixel decoded): the opened images and the decoded pixels
+        the request will hold at once (all its photos with pictures, else its largest); 400 for
+        bad uploads, 413 beyond ``max_request_pixels``."""
+        opened, errors = [], []
+        for index, (name, data) in enumerate(request.uploads):
+            try:
+                opened.append(open_upload(data, self.settings.max_pixels))
+            except BadImage as exc:
+                errors.append({"index": index, "name": name, "error": str(exc)})
+        if errors:
+            raise bad_images(errors)
+        pixels = [image.size[0] * image.size[1] for image in opened]
+        if sum(pixels) > self.settings.max_request_pixels:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"the {len(pixels)} images of this request have {sum(pixels)} pixels in all, more than the limit "
+                f"of {self.settings.max_request_pixels} (--max-request-pixels); send fewer or smaller photos",
+            )
+        return opened, sum(pixels) if request.wanted else max(pixels)
+
+    def decode_all(self, request: PredictRequest, opened: list[Image.Image]) -> DecodedUploads:
+        """In a worker thread (torch calls on the event loop's thread pay for PyTorch's intra-op
+        threading, 20x slower on a busy CPU, and would stall every request): one photo at a time,
+        straight into the network's input; the photo itself is kept only for pictures."""
+        tensors, sizes, photos, errors = [], [], [], []
+        for index, image in enumerate(opened):
+            try:
+                photo = decode_opened(image)
+            except BadImage as exc:
+                errors.append({"index": index, "name": request.uploads[index][0], "error": str(exc)})
+                continue
+            finally:
+                image.close()
+            if not errors:
+                tensors.append(self.predictor.transform(photo))
+                sizes.append(photo.size)
+                if request.wanted:
+                    photos.append(photo)
+            del photo
+        if errors:
+            raise bad_images(errors)
+        return DecodedUploads(torch.stack(tensors), sizes, photos if request.wanted else None)
+
+    async def predict(self, request: PredictRequest, limiter: Any) -> dict[str, Any]:
+        """Decode, score in the shared batches, decide and answer; decoded pixels held under the budget."""
+        import anyio
+
+        started = time.perf_counter()
+        self.check_ready()
+        opened, pixels = self.open_all(request)
+        async with self.budget.reserve(pixels):
+            decode_started = time.perf_counter()
+            n = len(opened)
+            self.batcher.expect(n)  # the batcher may wait for these while they decode
+            announced = True
+            try:
+                decoded = await anyio.to_thread.run_sync(self.decode_all, request, opened, limiter=limiter)
+                decode_ms = 1e3 * (time.perf_counter() - decode_started)
+                self.check_ready()
+                announced = False  # submit() settles the announcement, whether it queues the images or not
+                futures = self.batcher.submit(decoded.batch, [request.thresholds.image.value] * n, expected=True)
+            except QueueFull as exc:
+                raise ServiceError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from exc
+            except BatcherClosed as exc:
+                raise ServiceError(503, "shutting_down", str(exc), headers={"Retry-After": "2"}) from exc
+            finally:
+                if announced:  # images that will not come (bad upload, cancelled request): no batch waits
+                    self.batcher.cancel(n)
+            try:
+                scored = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            except BatcherClosed as exc:
+                raise ServiceError(503, "not_ready", str(exc)) from exc
+            except Exception as exc:
+                raise ServiceError(500, "internal", f"inference failed: {type(exc).__name__}: {exc}") from exc
+
+            def build() -> list[dict[str, Any]]:
+                return [self.answer(request, i, decoded, scored[i], decode_ms) for i in range(n)]
+
+            results = await anyio.to_thread.run_sync(build, limiter=limiter) if request.wanted else build()
+        total_ms = 1e3 * (time.perf_counter() - started)
+        for result in results:
+            result["timing_ms"]["total"] = total_ms
+        return {"model_id": self.model_id, "results": results}
+
+    def answer(
+        self, request: PredictRequest, index: int, decoded: DecodedUploads, scored: ScoredImage, decode_ms: float
+    ) -> dict[str, Any]:
+        """The answer for one image: score, decision under the request's thresholds, pictures."""
+        thresholds = request.thresholds
+        decision = thresholds.decisions(np.array([scored.score]))[0]
+        normalized = float(thresholds.normalize(np.array([scored.score]))[0])
+        self.metrics.images.labels(decision).inc()
+        width, height = decoded.sizes[index]
+        result: dict[str, Any] = {
+            "index": index,
+            "name": request.uploads[index][0],
+            "score": scored.score,
+            "normalized_score": None if np.isnan(normalized) else normalized,
+            "decision": decision,
+            "threshold": thresholds.image.value,
+            "threshold_source": request.threshold_source,
+            "pixel_threshold": thresholds.pixel.value,
+            "category": request.category,
+            "model_id": self.model_id,
+            "width": width,
+            "height": height,
+            "rechecked_in_float32": scored.rechecked,
+            "batch_size": scored.batch_size,
+            "timing_ms": {"decode": decode_ms, "queue": scored.queue_ms, "inference": scored.inference_ms},
+        }
+        if request.wanted:
+            style = self._styles.get(request.category)
+            if style is None:
+                style = self._styles[request.category] = MapStyle.of(
+                    self.predictor, request.category, self.settings.alpha
+                )
+            photo = decoded.photos[index]
+            if "heatmap" in request.wanted:
+                result["heatmap_png"] = png_base64(style.heatmap(photo, scored.anomaly_map))
+            if "mask" in request.wanted:
+                result["mask_png"] = png_base64(style.mask(photo, scored.anomaly_map))
+        return result
+
+    async def read_body(self, request: Any) -> bytes:
+        """The request's body, refused with 413 past ``max_request_mb`` before more is read."""
+        from starlette.requests import ClientDisconnect
+
+        limit = self.settings.max_request_mb
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"request body of {int(declared)} bytes is over the limit of {limit:g} MB (--max-request-mb)",
+            )
+        chunks, total = [], 0
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise ServiceError(
+                        413, "too_large", f"request body is over the limit of {limit:g} MB (--max-request-mb)"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect as exc:  # the client went away mid-upload: nobody to answer
+            raise ServiceError(400, "disconnected", "the client closed the connection before the body ended") from exc
+        return b"".join(chunks)
+
+    def check_key(self, headers: Any) -> None:
+        """401 unless the request carries the API key (when one is set)."""
+        key = self.settings.api_key
+        if key is None:
+            return
+        given = headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            given = token if scheme.lower() == "bearer" else None
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            raise ServiceError(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+
+def bad_images(errors: list[dict[str, Any]]) -> ServiceError:
+    """The 400 answer for uploads that cannot be scored, with the reason for each."""
+    detail = "; ".join(f"image {e['index']}{' (' + e['name'] + ')' if e['name'] else ''}: {e['error']}" for e in errors)
+    return ServiceError(400, "bad_image", detail, errors=errors)
+
+
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "image": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "one or several photos (any part with a file name)",
+                    },
+                    "category": {"type": "string"},
+                    "threshold": {"type": "number"},
+                    "return": {"type": "string", "example": "heatmap,mask"},
+                },
+            }
+        },
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+# -- the application --------------------------------------------------------------------------------
+def create_app(
+    predictor: Predictor,
+    model_info: dict[str, Any],
+    settings: ServeSettings | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+):
+    """The FastAPI application over a loaded ``predictor``: thin handlers around an
+    :class:`InspectionService`. Its lifespan starts the micro-batcher (warm-up included:
+    ``/v1/ready`` turns 200 after it) and drains it at shutdown."""
     import anyio
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -286,30 +707,17 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
 
     from minimaxad import __version__
 
-    settings = settings or ServeSettings()
-    metrics = ServiceMetrics()
-    batcher = MicroBatcher(
-        predictor,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
-        on_batch=metrics.batch_size.observe,
-        on_queue_depth=metrics.queue_depth.set,
-    )
-    limiter = anyio.CapacityLimiter(settings.workers_threads)
-    max_bytes = int(settings.max_request_mb * 2**20)
-    categories = model_info.get("categories") or []
-    model_id = model_info["model_id"]
-    calibration = predictor.calibration
-    styles: dict[str | None, MapStyle] = {}  # category -> how its maps are drawn (as minimaxad predict)
+    service = InspectionService(predictor, model_info, settings, on_fatal)
+    metrics = service.metrics
+    limiter = anyio.CapacityLimiter(service.settings.workers_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        service.start()
         try:
             yield
         finally:  # uvicorn gets here after in-flight requests were answered
-            await anyio.to_thread.run_sync(batcher.close, 30.0)
+            await anyio.to_thread.run_sync(service.stop, 30.0)
 
     app = FastAPI(
         title="minimaxad",
@@ -318,7 +726,8 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         description="MiniMaxAD anomaly detection at the inspection station: post photos to "
         "/v1/predict, get scores, decisions, heatmaps and defect masks.",
     )
-    app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
+    app.state.service, app.state.batcher, app.state.metrics = service, service.batcher, metrics
+    app.state.settings = service.settings
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -343,21 +752,8 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
         return response
 
     async def require_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token if scheme.lower() == "bearer" else None
-        if given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise ServiceError(
-                401,
-                "unauthorized",
-                "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        service.check_key(request.headers)
 
-    # -- pages and probes --------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -368,190 +764,37 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
     async def health() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get(f"{API_PREFIX}/ready", summary="Model loaded and warmed up")
+    @app.get(f"{API_PREFIX}/ready", summary="Model loaded and warmed up, inference worker alive")
     async def ready() -> JSONResponse:
-        if batcher.warmup_error is not None:
-            return JSONResponse({"status": "failed", "detail": f"warm-up failed: {batcher.warmup_error}"}, 503)
-        if not batcher.ready:
-            return JSONResponse(
-                {"status": "warming up" if not batcher.wait_ready(0) else "shutting down"},
-                503,
-                headers={"Retry-After": "1"},
-            )
-        return JSONResponse({"status": "ready", "model_id": model_id})
+        status, body = service.readiness()
+        headers = {"Retry-After": "1"} if body["status"] in ("warming up", "shutting down") else None
+        return JSONResponse(body, status, headers=headers)
 
     @app.get(
         f"{API_PREFIX}/model",
-        summary="The model: backbone, image size, categories, thresholds, hash",
+        summary="The model (backbone, image size, categories, thresholds, hash) and the service's limits",
         dependencies=[Depends(require_key)],
     )
     async def model() -> dict[str, Any]:
-        return {
-            **model_info,
-            "max_batch": settings.max_batch,
-            "max_wait_ms": settings.max_wait_ms,
-            "max_request_mb": settings.max_request_mb,
-            "max_pixels": settings.max_pixels,
-        }
+        return service.describe()
 
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_key)])
     async def prometheus() -> Response:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
-    # -- prediction ----------------------------------------------------------------------------
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise ServiceError(
-                413,
-                "too_large",
-                f"request body of {int(declared)} bytes is over the limit of "
-                f"{settings.max_request_mb:g} MB (--max-request-mb)",
-            )
-        from starlette.requests import ClientDisconnect
-
-        chunks, total = [], 0
-        try:
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ServiceError(
-                        413,
-                        "too_large",
-                        f"request body is over the limit of {settings.max_request_mb:g} MB (--max-request-mb)",
-                    )
-                chunks.append(chunk)
-        except ClientDisconnect as exc:  # the client went away mid-upload: nobody to answer
-            raise ServiceError(400, "disconnected", "the client closed the connection before the body ended") from exc
-        return b"".join(chunks)
-
-    def request_options(
-        query: dict[str, Optional[str]], fields: dict[str, str]
-    ) -> tuple[str | None, float | None, set[str]]:
-        category = query["category"] if query["category"] is not None else fields.get("category") or None
-        threshold_text = query["threshold"] if query["threshold"] is not None else fields.get("threshold")
-        wanted_text = query["return"] if query["return"] is not None else fields.get("return", "")
-        if category is not None and categories and category not in categories:
-            raise ServiceError(
-                422,
-                "unknown_category",
-                f"unknown category {category[:100]!r}; this model knows {', '.join(categories)}",
-            )
-        threshold = None
-        if threshold_text not in (None, ""):
-            try:
-                threshold = float(threshold_text)
-            except ValueError:
-                threshold = float("nan")
-            if not np.isfinite(threshold):
-                raise ServiceError(
-                    422, "bad_request", f"threshold must be a finite number, got {threshold_text[:50]!r}"
-                )
-        wanted = {w.strip() for w in wanted_text.split(",") if w.strip()}
-        if wanted - set(RETURNABLE):
-            raise ServiceError(
-                422,
-                "bad_request",
-                f"return= takes {', '.join(RETURNABLE)} (comma-separated), got "
-                f"{', '.join(sorted(wanted - set(RETURNABLE)))[:100]!r}",
-            )
-        return category, threshold, wanted
-
-    def decode_all(uploads: list[tuple[str | None, bytes]]):
-        """In a worker thread: torch calls on the event loop's (main) thread pay for PyTorch's
-        intra-op threading, 20x slower than here on a busy CPU, and would stall every request."""
-        photos, errors = [], []
-        for index, (name, data) in enumerate(uploads):
-            try:
-                photos.append(decode_upload(data, settings.max_pixels))
-            except BadImage as exc:
-                errors.append({"index": index, "name": name, "error": str(exc)})
-        batch = predictor.preprocess(photos)[0] if photos and not errors else None
-        return photos, batch, errors
-
-    def answer(
-        index: int,
-        name: str | None,
-        photo: Image.Image,
-        scored: ScoredImage,
-        category: str | None,
-        threshold_override: float | None,
-        wanted: set[str],
-        decode_ms: float,
-    ) -> dict[str, Any]:
-        thresholds = predictor.thresholds_for(category)
-        calib = (calibration.get("per_category") or {}).get(category, calibration)
-        threshold = threshold_override if threshold_override is not None else thresholds["image"]["value"]
-        pixel_threshold = thresholds["pixel"]["value"]
-        if threshold is None:
-            decision, normalized = "unknown", None
-        else:
-            normal = calib.get("normal_scores")
-            normalized = float(
-                normalize_scores(np.array([scored.score]), threshold, np.asarray(normal) if normal else None)[0]
-            )
-            decision = "anomalous" if scored.score >= threshold else "normal"
-        metrics.images.labels(decision).inc()
-        result: dict[str, Any] = {
-            "index": index,
-            "name": name,
-            "score": scored.score,
-            "normalized_score": normalized,
-            "decision": decision,
-            "threshold": threshold,
-            "threshold_source": "request" if threshold_override is not None else thresholds["image"]["note"],
-            "pixel_threshold": pixel_threshold,
-            "category": category,
-            "model_id": model_id,
-            "width": photo.size[0],
-            "height": photo.size[1],
-            "rechecked_in_float32": scored.rechecked,
-            "batch_size": scored.batch_size,
-            "timing_ms": {"decode": decode_ms, "queue": scored.queue_ms, "inference": scored.inference_ms},
-        }
-        if wanted:
-            if category not in styles:
-                styles[category] = MapStyle.of(predictor, category, settings.alpha)
-            if "heatmap" in wanted:
-                result["heatmap_png"] = png_base64(styles[category].heatmap(photo, scored.anomaly_map))
-            if "mask" in wanted:
-                result["mask_png"] = png_base64(styles[category].mask(photo, scored.anomaly_map))
-        return result
-
-    predict_body = {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "one or several photos (any part with a file name)",
-                        },
-                        "category": {"type": "string"},
-                        "threshold": {"type": "number"},
-                        "return": {"type": "string", "example": "heatmap,mask"},
-                    },
-                }
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-
     @app.post(
         f"{API_PREFIX}/predict",
         dependencies=[Depends(require_key)],
-        openapi_extra={"requestBody": predict_body},
+        openapi_extra={"requestBody": PREDICT_BODY},
         summary="Score photos: decisions, scores and (return=heatmap,mask) the pictures",
         responses={
             400: {"description": "an image cannot be scored (the reason per image)"},
             401: {"description": "API key missing or wrong"},
-            413: {"description": "body over --max-request-mb, or more images than the queue holds"},
+            413: {
+                "description": "body over --max-request-mb, images over --max-request-pixels, or more "
+                "images than the queue holds"
+            },
             422: {"description": "unknown category, bad threshold or return="},
             503: {"description": "queue full or not ready: retry after Retry-After seconds"},
         },
@@ -564,71 +807,14 @@ def create_app(predictor: Predictor, model_info: dict[str, Any], settings: Serve
             None, alias="return", description="comma-separated: heatmap, mask (PNG, base64)"
         ),
     ) -> JSONResponse:
-        started = time.perf_counter()
-        body = await read_body(request)
-        content_type = request.headers.get("content-type", "")
-        if content_type.lower().startswith("multipart/form-data"):
-            uploads, fields = parse_multipart(body, content_type)
-            if not uploads:
-                raise ServiceError(
-                    400,
-                    "bad_request",
-                    "multipart body without an image part (send the photo as a "
-                    "file part, e.g. curl -F image=@photo.png)",
-                )
-        else:  # raw bytes, whatever the declared type: the decoder decides what they are
-            uploads, fields = [(None, body)], {}
-        chosen_category, threshold_value, wanted = request_options(
-            {"category": category, "threshold": threshold, "return": return_}, fields
+        body = await service.read_body(request)
+        parsed = service.parse(
+            body,
+            request.headers.get("content-type", ""),
+            {"category": category, "threshold": threshold, "return": return_},
         )
-        if len(uploads) > settings.max_queue:
-            raise ServiceError(413, "too_large", f"{len(uploads)} images in one request; at most {settings.max_queue}")
-        decode_started = time.perf_counter()
-        batcher.expect(len(uploads))  # the batcher may wait for these while they decode
-        try:
-            photos, batch, errors = await anyio.to_thread.run_sync(decode_all, uploads, limiter=limiter)
-        except BaseException:
-            batcher.cancel(len(uploads))
-            raise
-        decode_ms = 1e3 * (time.perf_counter() - decode_started)
-        if errors:
-            batcher.cancel(len(uploads))
-            detail = "; ".join(
-                f"image {e['index']}{' (' + e['name'] + ')' if e['name'] else ''}: {e['error']}" for e in errors
-            )
-            raise ServiceError(400, "bad_image", detail, errors=errors)
-        if not batcher.ready:
-            batcher.cancel(len(uploads))
-            if batcher.warmup_error is not None:
-                raise ServiceError(503, "not_ready", f"the model failed to warm up: {batcher.warmup_error}")
-            raise ServiceError(503, "not_ready", "the model is still warming up", headers={"Retry-After": "1"})
-        effective = (
-            threshold_value
-            if threshold_value is not None
-            else predictor.thresholds_for(chosen_category)["image"]["value"]
-        )
-        try:
-            futures = batcher.submit(batch, [effective] * len(batch), expected=True)
-        except QueueFull as exc:
-            raise ServiceError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from exc
-        except BatcherClosed as exc:
-            raise ServiceError(503, "shutting_down", str(exc), headers={"Retry-After": "2"}) from exc
-        try:
-            scored = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        except Exception as exc:
-            raise ServiceError(500, "internal", f"inference failed: {type(exc).__name__}: {exc}") from exc
-
-        def build() -> list[dict[str, Any]]:
-            return [
-                answer(i, uploads[i][0], photos[i], scored[i], chosen_category, threshold_value, wanted, decode_ms)
-                for i in range(len(photos))
-            ]
-
-        results = await anyio.to_thread.run_sync(build, limiter=limiter) if wanted else build()
-        total_ms = 1e3 * (time.perf_counter() - started)
-        for result in results:
-            result["timing_ms"]["total"] = total_ms
-        return JSONResponse({"model_id": model_id, "results": results})
+        del body
+        return JSONResponse(await service.predict(parsed, limiter))
 
     return app
 
@@ -653,6 +839,7 @@ def build_service(
     settings: ServeSettings | None = None,
     encoder_weights: str | None = None,
     recheck_margin: float | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
     **threshold_overrides: Any,
 ):
     """Load the model once and build the application (``minimaxad serve`` without the server)."""
@@ -670,7 +857,7 @@ def build_service(
         recheck_margin=recheck_margin,
         **threshold_overrides,
     )
-    return create_app(predictor, describe_model(checkpoint, predictor), settings)
+    return create_app(predictor, describe_model(checkpoint, predictor), settings, on_fatal)
 
 
 def serve(
@@ -693,6 +880,15 @@ def serve(
     except ImportError as exc:
         raise RuntimeError('minimaxad serve needs FastAPI and uvicorn: pip install "minimaxad[serve]"') from exc
     settings = settings or ServeSettings()
+    fatal: list[BaseException] = []
+    server: list[Any] = []
+
+    def stop_on_fatal(error: BaseException) -> None:  # from the batcher's thread
+        fatal.append(error)
+        echo(f"minimaxad serve: error: the inference worker has stopped ({type(error).__name__}: {error}); exiting")
+        if server:
+            server[0].should_exit = True
+
     app = build_service(
         checkpoint,
         backend=backend,
@@ -700,6 +896,7 @@ def serve(
         settings=settings,
         encoder_weights=encoder_weights,
         recheck_margin=recheck_margin,
+        on_fatal=stop_on_fatal,
         **threshold_overrides,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
@@ -709,6 +906,15 @@ def serve(
         )
     echo(f"minimaxad serve: http://{host}:{port}/ (web page), http://{host}:{port}/docs (API); Ctrl-C to stop")
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, access_log=False
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        access_log=False,
+        limit_concurrency=settings.max_connections,
     )
-    uvicorn.Server(config).run()
+    server.append(uvicorn.Server(config))
+    server[0].run()
+    if fatal:  # the supervisor (systemd, Kubernetes, Docker) restarts a process that exits non-zero
+        raise RuntimeError(f"the inference worker stopped: {type(fatal[0]).__name__}: {fatal[0]}")
