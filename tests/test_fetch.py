@@ -200,7 +200,7 @@ def test_hub_weights_downloaded_from_the_configured_base_url(tmp_path, monkeypat
     from minimaxad import MiniMaxAD
     from minimaxad.models import weights
 
-    file = "unireplknet_f_in1k_224_acc78.6.pth"
+    file = "unireplknet_f_in1k_224_acc78.58.pth"
     body = _imagenet_like_bytes("unireplknet_f", tmp_path)
     served = ServedFiles(
         files={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": body},
@@ -223,7 +223,7 @@ def test_hub_weights_with_a_wrong_hash_are_refused(tmp_path, monkeypatch):
     from minimaxad import MiniMaxAD
     from minimaxad.models import weights
 
-    file = "unireplknet_f_in1k_224_acc78.6.pth"
+    file = "unireplknet_f_in1k_224_acc78.58.pth"
     served = ServedFiles(files={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": b"not the weights"})
     base, stop = start_file_server(served)
     try:
@@ -246,5 +246,5 @@ def test_hub_offline_fails_with_instructions(tmp_path, monkeypatch):
     with pytest.raises(EncoderWeightsError) as info:
         MiniMaxAD("unireplknet_f", encoder_weights="hub")
     message = str(info.value)
-    assert "download failed" in message and "unireplknet_f_in1k_224_acc78.6.pth" in message
+    assert "download failed" in message and "unireplknet_f_in1k_224_acc78.58.pth" in message
     assert "--encoder-weights PATH" in message and "'--encoder-weights none'" in message

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +102,7 @@ def test_hub_without_huggingface_hub_still_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMAXAD_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("MINIMAXAD_HUB_URL", "http://127.0.0.1:9")  # nothing listens: fails at once
     monkeypatch.setattr(builtins, "__import__", no_hub)
-    with pytest.raises(EncoderWeightsError, match="download failed.*127.0.0.1:9.*unireplknet_f_in1k_224_acc78.6.pth"):
+    with pytest.raises(EncoderWeightsError, match="download failed.*127.0.0.1:9.*unireplknet_f_in1k_224_acc78.58.pth"):
         MiniMaxAD("unireplknet_f", encoder_weights="hub")
 
 
@@ -127,3 +130,49 @@ def test_official_state_dict_mismatch_fails():
     other = MiniMaxAD("unireplknet_f")
     with pytest.raises(RuntimeError, match="decoder state dict does not fit backbone unireplknet_micro"):
         model.load_official_state_dict(decoder=other.decoder.state_dict())
+
+
+# -- the hub file names, against the authors' table ------------------------------------------------
+def _authors_hub_file_names() -> dict[str, str]:
+    """``huggingface_file_names`` of the authors' models/unireplknet.py, read as text (never
+    imported): key (``unireplknet_f_1k``...) -> file name on the hub."""
+    from ..conftest import AUTHORS_CODE_ENV, DEFAULT_AUTHORS_CODE, authors_code_dir
+
+    code = authors_code_dir()
+    if code is None:
+        looked = Path(os.environ.get(AUTHORS_CODE_ENV, DEFAULT_AUTHORS_CODE)) / "models" / "unireplknet.py"
+        pytest.skip(f"the authors' code is not here: no {looked} (set {AUTHORS_CODE_ENV} to a checkout of it)")
+    source = code / "models" / "unireplknet.py"
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), filename=str(source))):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "huggingface_file_names" for t in node.targets
+        ):
+            table = ast.literal_eval(node.value)
+            assert isinstance(table, dict) and table, f"huggingface_file_names in {source} is not a filled dict"
+            return table
+    raise AssertionError(f"no huggingface_file_names table in {source}: has the authors' code changed?")
+
+
+def test_every_imagenet_file_name_is_the_authors_hub_name():
+    from minimaxad.models.registry import BACKBONES
+
+    table = _authors_hub_file_names()
+    checked = {}
+    for name, spec in BACKBONES.items():
+        key = f"{name}_1k"  # unireplknet_f -> unireplknet_f_1k: the ImageNet-1k file
+        if spec.imagenet_file is None:
+            assert key not in table, f"{name} has no ImageNet file here, the authors publish {table[key]}"
+            continue
+        checked[name] = (spec.imagenet_file, table.get(key))
+    assert {n: ours for n, (ours, _) in checked.items()} == {n: theirs for n, (_, theirs) in checked.items()}
+    assert checked["unireplknet_f"][0] == "unireplknet_f_in1k_224_acc78.58.pth"
+    assert len(checked) == 5  # a, f, p, n, t
+
+
+def test_file_checks_are_keyed_by_the_registry_file_names():
+    from minimaxad.models.registry import BACKBONES
+    from minimaxad.models.weights import IMAGENET_FILE_CHECKS
+
+    names = {spec.imagenet_file for spec in BACKBONES.values() if spec.imagenet_file}
+    assert set(IMAGENET_FILE_CHECKS) <= names, f"checks for files no backbone uses: {set(IMAGENET_FILE_CHECKS) - names}"
+    assert "unireplknet_f_in1k_224_acc78.6.pth" not in IMAGENET_FILE_CHECKS

@@ -42,7 +42,7 @@ _SPECS = [
         (48, 96, 192, 384),
         (2, 2, 6, 2),
         ((3, 3), (13, 13), (13,) * 6),
-        "unireplknet_f_in1k_224_acc78.6.pth",
+        "unireplknet_f_in1k_224_acc78.58.pth",
         "Femto, 6.2 M",
     ),
     BackboneSpec(
