@@ -40,6 +40,10 @@ class EncoderWeightsError(RuntimeError):
     """The encoder weights could not be found, read, or did not fit the backbone."""
 
 
+class EncoderWeightsNotFoundError(EncoderWeightsError, FileNotFoundError):
+    """An explicit encoder-weights path names no file (never replaced by a hub download)."""
+
+
 def weights_cache_dir() -> Path:
     """Where ``hub`` downloads and local look-ups go: ``$MINIMAXAD_WEIGHTS_DIR`` or
     ``~/.cache/minimaxad/weights``."""
@@ -155,14 +159,41 @@ def download_weights(spec: BackboneSpec, *, progress: bool = True, echo=None) ->
     return result.path
 
 
+HUB_SOURCES = ("hub", "imagenet", "auto")  # any case: the authors' ImageNet file, from a cache or downloaded
+
+
 def resolve_weights_source(spec: BackboneSpec, source: str | Path, *, progress: bool = True) -> Path:
-    """Turn ``"hub"``/``"imagenet"`` (cache, then download) or a path into an existing file."""
-    if str(source).lower() in ("hub", "imagenet", "auto"):
+    """Turn ``"hub"``/``"imagenet"`` (cache, then download) or a path into an existing file.
+
+    Any other value is a path, and only that file will do: a missing one raises
+    :class:`EncoderWeightsNotFoundError` (a ``FileNotFoundError``) naming it, never a download.
+    ``"none"`` (a random encoder) has no file: it raises :class:`EncoderWeightsError`; callers
+    build the model without encoder weights instead.
+    """
+    if str(source).lower() in HUB_SOURCES:
         return download_weights(spec, progress=progress)
+    if str(source).lower() == "none":
+        raise EncoderWeightsError(
+            f"encoder weights 'none' means a random encoder for backbone {spec.name}: there is no file to "
+            f"load. Build the model without encoder weights (MiniMaxAD({spec.name!r})), or pass an "
+            f"existing file or 'hub'"
+        )
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise EncoderWeightsError(_missing_weights_message(spec, f"no file at {path}"))
-    return path
+    if path.is_file():
+        return path
+    where = "is a folder, not a file" if path.is_dir() else "does not exist"
+    if not path.is_absolute():
+        where += f" (relative to the current folder {Path.cwd()})"
+    hint = (
+        f" ({spec.name}'s ImageNet file is {spec.imagenet_file}, from {hub_file_url(spec.imagenet_file)})"
+        if spec.imagenet_file
+        else ""
+    )
+    raise EncoderWeightsNotFoundError(
+        f"--encoder-weights {str(source)!r}: {path} {where}. Pass an existing file{hint}, 'hub' (the "
+        f"authors' ImageNet weights, from {weights_cache_dir()} or downloaded from {HUB_URL}) or 'none' "
+        f"(a random encoder; results not comparable to the paper)"
+    )
 
 
 def file_identity(path: Path) -> str:
