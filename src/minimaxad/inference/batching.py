@@ -226,7 +226,7 @@ class MicroBatcher:
 
     def _score(self, batch: list[_Pending]) -> None:
         # a request cancelled while waiting (client gone, timeout) is dropped; the others run
-        batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        batch = [p for p in batch if _claim(p.future)]
         if not batch:
             return
         started = time.perf_counter()
@@ -240,6 +240,10 @@ class MicroBatcher:
             for p in batch:
                 _resolve(p.future, error=exc)
             return
+        except BaseException as exc:  # not an error of this batch's: the worker stops (see _die)
+            for p in batch:
+                _resolve(p.future, error=BatcherClosed(f"the inference worker has stopped: {exc}"))
+            raise
         finished = time.perf_counter()
         self._on_batch(len(batch))
         for i, p in enumerate(batch):
@@ -252,6 +256,14 @@ class MicroBatcher:
                 inference_ms=1e3 * (finished - started),
             )
             _resolve(p.future, result=scored)
+
+
+def _claim(future: Future) -> bool:
+    """Mark ``future`` running; False when it was cancelled or is no longer pending."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # already running or done: not ours to run
+        return False
 
 
 def _resolve(future: Future, *, result: object = None, error: BaseException | None = None) -> None:
