@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,11 @@ from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
 REFERENCE_BATCH = 2  # images every backend scores for the accuracy column
+# How long a backend's child process may run before it is killed (child_timeout): generous, so
+# that only a hung child (a deadlocked runtime, a compiler that never returns) is cut short.
+CHILD_STARTUP_S = 120.0  # Python and torch imports, the model built
+CHILD_PER_IMAGE_SIZE_S = 300.0  # a backend's export or compilation at one image size, on a slow CPU
+CHILD_PER_MEASUREMENT_S = 60.0  # warm-up and the minimum of 3 runs of one (size, batch), over --seconds
 
 
 # -- machine and model -------------------------------------------------------------------------
@@ -213,8 +219,13 @@ def run_benchmark(
     threads: int | None = None,
     output: Path | None = Path("benchmark.json"),
     echo=print,
+    child_timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Measure ``backends`` (default: every one that can run here), print the table, write JSON."""
+    """Measure ``backends`` (default: every one that can run here), print the table, write JSON.
+
+    Each backend runs in a child process killed after ``child_timeout_s`` seconds (default:
+    :func:`child_timeout` of its work); a backend that timed out, like one that failed, is listed
+    under ``not_measured`` with its reason (``"timed out after N s"``)."""
     from minimaxad.inference.backends import BACKENDS, available_backends
 
     dev = resolve_device(device)
@@ -268,7 +279,8 @@ def run_benchmark(
                 "threads": threads,
                 "reference_dir": tmp,
             }
-            result = _run_child(spec, Path(tmp))
+            limit = child_timeout(spec) if child_timeout_s is None else child_timeout_s
+            result = _run_child(spec, Path(tmp), timeout=limit)
             if "error" in result:
                 failures[backend] = result["error"]
                 echo(f"  {backend}: not measured: {result['error']}")
@@ -290,22 +302,64 @@ def run_benchmark(
     return report
 
 
-def _run_child(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+def child_timeout(spec: dict[str, Any]) -> float:
+    """Seconds a backend's child process may take for ``spec`` before it is killed: a start-up
+    allowance, a compilation allowance per image size, and per (image size, batch) measurement
+    ten times the requested ``seconds`` plus a fixed allowance for warm-up and the minimum runs."""
+    sizes, batches = len(spec["image_sizes"]), len(spec["batch_sizes"])
+    per_measurement = 10.0 * float(spec["seconds"]) + CHILD_PER_MEASUREMENT_S
+    return CHILD_STARTUP_S + sizes * CHILD_PER_IMAGE_SIZE_S + sizes * batches * per_measurement
+
+
+def _child_command(spec_path: Path, out_path: Path) -> list[str]:
+    return [sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)]
+
+
+def _run_child(spec: dict[str, Any], folder: Path, timeout: float | None = None) -> dict[str, Any]:
+    """Measure one backend in a fresh process; ``{"error": ...}`` when it failed or ran past
+    ``timeout`` seconds (then it is killed, with any process it started)."""
     spec_path = folder / f"{spec['backend']}.spec.json"
     out_path = folder / f"{spec['backend']}.out.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
-    done = subprocess.run(
-        [sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)],
+    own_group = hasattr(os, "killpg")  # POSIX: the child leads a process group, killed whole on a timeout
+    child = subprocess.Popen(
+        _child_command(spec_path, out_path),
         env=env,
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )
-    if done.returncode != 0 or not out_path.is_file():
-        lines = [line for line in (done.stderr or "").strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+    try:
+        _, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(child, own_group)
+        try:
+            child.communicate(timeout=10)  # the pipes: closed unless a process left the group holds them
+        except subprocess.TimeoutExpired:
+            pass
+        return {"error": f"timed out after {timeout:g} s"}
+    except BaseException:  # Ctrl-C: the child has its own session and would not see it
+        _kill(child, own_group)
+        raise
+    if child.returncode != 0 or not out_path.is_file():
+        lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit code {child.returncode}"}
     return json.loads(out_path.read_text())
+
+
+def _kill(child: subprocess.Popen, own_group: bool) -> None:
+    """Kill ``child`` and, on POSIX, every process of its group (compiler workers...)."""
+    if own_group:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    child.kill()
+    child.wait()
 
 
 def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, float], peak: float) -> None:
