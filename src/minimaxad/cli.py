@@ -709,7 +709,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument(
         "--max-decoded-pixels",
         type=int,
-        default=120_000_000,
+        default=80_000_000,
         help="decoded photo pixels held by all requests at once (memory bound); beyond, a request waits",
     )
     srv.add_argument(

@@ -85,7 +85,7 @@ class ServeSettings:
     max_request_mb: float = 20.0
     max_pixels: int = 40_000_000  # per image (width x height): larger is refused as a decompression bomb
     max_request_pixels: int = 80_000_000  # the images of one request together; beyond, 413
-    max_decoded_pixels: int = 120_000_000  # held by all requests at once; beyond, a request waits
+    max_decoded_pixels: int = 80_000_000  # held by all requests at once; beyond, a request waits
     max_connections: int = 32  # open requests (uvicorn's limit_concurrency); beyond, 503
     workers_threads: int = max(1, min(8, os.cpu_count() or 1))  # decoding uploads, drawing heatmaps
     api_key: str | None = None
