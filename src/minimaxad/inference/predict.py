@@ -270,14 +270,6 @@ class Predictor:
             )
         return self._float32_backend
 
-    def decide(
-        self, scores: np.ndarray, maps: np.ndarray, sizes: list[tuple[int, int]], category: str | None = None
-    ) -> Prediction:
-        """A :class:`Prediction` from a batch's ``scores (B,)`` and ``maps``: decisions, normalised
-        scores and defect masks under ``category``'s thresholds; ``sizes`` are the photos' own
-        (W, H), kept for painting."""
-        return Prediction(scores, maps, self.thresholds_for(category), sizes)
-
 
 REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16")
 RECHECK_MARGIN = 0.01  # relative distance to the image threshold re-scored in float32
