@@ -184,11 +184,10 @@ def _reason(exc: BaseException) -> str:
 def _decision_values(result: Prediction, i: int) -> dict[str, Any]:
     """Score, normalized score, decision and threshold of photo ``i`` of ``result``, as the
     results record them (``"unknown"`` and no normalized score without a calibrated threshold)."""
-    calibrated = result.image_threshold is not None
     return {
         "score": float(result.scores[i]),
-        "normalized_score": float(result.normalized_scores[i]) if calibrated else None,
-        "decision": ("anomalous" if result.is_anomalous[i] else "normal") if calibrated else "unknown",
+        "normalized_score": float(result.normalized_scores[i]) if result.image_threshold is not None else None,
+        "decision": result.decisions[i],
         "threshold": result.image_threshold,
     }
 
@@ -237,8 +236,7 @@ class FolderWatcher:
                 f"full_scan_seconds must be positive and recheck_seconds not negative "
                 f"(got {full_scan_seconds} and {recheck_seconds})"
             )
-        if category is not None and predictor.categories and category not in predictor.categories:
-            raise ValueError(f"unknown category {category!r}; this model knows {', '.join(predictor.categories)}")
+        predictor.thresholds_for(category)  # an unknown category is refused now, not at the first photo
         self.predictor = predictor
         self.category = category
         self.batch_size = batch_size
