@@ -132,6 +132,110 @@ def test_unreadable_and_truncated_files_name_the_path(tmp_path):
     assert (info.format, info.size) == ("JPEG", (64, 64))
 
 
+# -- only bad data is "cannot decode": a bug or an out-of-memory propagates -------------------------
+def _cut_png(tmp_path):
+    save_image(tmp_path / "full.png", (64, 64), 1)
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    return tmp_path / "cut.png"
+
+
+def test_a_corrupt_file_is_still_a_bad_image_with_the_same_message(tmp_path):
+    cut = _cut_png(tmp_path)
+    with pytest.raises(BadImageError) as caught:
+        load_image(cut)
+    assert str(caught.value) == (
+        f"cannot decode image {cut}: image file is truncated. Expected a complete PNG/JPEG/BMP/TIFF/WebP file; "
+        "replace the file, or pass skip_bad_images=True to leave it out with a warning."
+    )
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("error", [MemoryError, TypeError, KeyError, IndexError, ZeroDivisionError])
+def test_an_error_inside_the_decoder_that_is_not_bad_data_propagates(tmp_path, monkeypatch, error):
+    save_image(tmp_path / "good.png", (16, 16), 1)
+
+    def fails(self, *args, **kwargs):
+        raise error("raised inside the decoder")
+
+    monkeypatch.setattr(Image.Image, "load", fails)
+    with pytest.raises(error, match="raised inside the decoder"):
+        load_image(tmp_path / "good.png")
+    with pytest.raises(error, match="raised inside the decoder"):
+        probe_image(tmp_path / "good.png", full=True)
+    with pytest.raises(error, match="raised inside the decoder"):
+        load_mask(tmp_path / "good.png")
+
+
+@pytest.mark.parametrize("error", [MemoryError, TypeError, KeyError, IndexError])
+def test_an_error_in_our_conversion_is_not_a_bad_image(tmp_path, monkeypatch, error):
+    import minimaxad.data.io as image_io
+
+    save_image(tmp_path / "good.png", (16, 16), 1)
+    save_image(tmp_path / "mask.png", (16, 16), 1, mode="L")
+
+    def bug(im):
+        raise error("a bug in the conversion")
+
+    monkeypatch.setattr(image_io, "to_rgb", bug)
+    monkeypatch.setattr(image_io, "_mask_raw_array", bug)
+    with pytest.raises(error, match="a bug in the conversion"):
+        load_image(tmp_path / "good.png")
+    with pytest.raises(error, match="a bug in the conversion"):
+        load_mask(tmp_path / "mask.png")
+
+
+def test_out_of_memory_while_opening_is_not_a_bad_image(tmp_path, monkeypatch):
+    save_image(tmp_path / "good.png", (16, 16), 1)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(Image, "open", no_memory)
+    with pytest.raises(MemoryError):
+        load_image(tmp_path / "good.png")
+
+
+def _exif(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """An EXIF block (little-endian TIFF, one IFD) of (tag, type, count, 4 value bytes) entries."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI4s", *e) for e in entries) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd
+
+
+ROTATE_6 = (0x0112, 3, 1, struct.pack("<HH", 6, 0))  # Orientation = 6, a SHORT
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        (0x0128, 2, 4, b"ab\x00\x00"),  # ResolutionUnit (a SHORT) stored as text: PIL's writer raises struct.error
+        (0x011A, 2, 4, b"ab\x00\x00"),  # XResolution (a RATIONAL) stored as text: TypeError
+        (0x010F, 11, 1, struct.pack("<f", 1.5)),  # Make (text) stored as a FLOAT: AttributeError
+    ],
+)
+def test_a_damaged_exif_value_does_not_spoil_a_good_photo(tmp_path, damaged):
+    """ImageOps.exif_transpose re-encodes the rest of the EXIF block and fails on such values;
+    the photo itself is fine and is turned upright."""
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[:, :10] = 255
+    Image.fromarray(arr).save(tmp_path / "phone.jpg", exif=_exif(ROTATE_6, damaged), quality=95)
+    out = load_image(tmp_path / "phone.jpg")
+    assert out.size == (20, 30) and out.mode == "RGB"
+    assert np.asarray(out)[:8].mean() > 200 and np.asarray(out)[-8:].mean() < 50  # stored left = displayed top
+    assert out.getexif().get(0x0112) is None  # never turned twice
+    assert np.array_equal(np.asarray(load_image(out)), np.asarray(out))
+    assert probe_image(tmp_path / "phone.jpg", full=True).size == (20, 30)
+
+
+def test_a_damaged_exif_header_is_a_bad_image(tmp_path):
+    """PIL raises SyntaxError reading it (a JPEG's is read, and dropped, by PIL when it opens)."""
+    broken = b"Exif\x00\x00MX*\x00" + bytes(8)  # not a TIFF byte order
+    Image.fromarray(photo((8, 6), 1)).save(tmp_path / "x.png", exif=broken)
+    with pytest.raises(BadImageError, match=r"cannot decode image .*x\.png: not a TIFF file") as caught:
+        load_image(tmp_path / "x.png")
+    assert isinstance(caught.value.__cause__, SyntaxError)
+
+
 def test_list_images_skips_hidden_and_other_files(tmp_path):
     for name in ["b.PNG", "a.jpg", "c.JPEG", "._a.jpg", ".hidden.png", "transforms.json", "notes.txt"]:
         (tmp_path / name).write_bytes(b"x")

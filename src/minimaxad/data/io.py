@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -152,20 +152,21 @@ def load_image(src: ImageSource) -> Image.Image:
     """Decode ``src`` (path, PIL image or numpy array) into an upright 8-bit RGB PIL image.
 
     EXIF orientation is applied (a portrait phone photo stays portrait). Raises
-    :class:`BadImageError` naming the path when a file cannot be decoded completely.
+    :class:`BadImageError` naming the path when a file cannot be decoded completely; any other
+    exception (a ``MemoryError``, a bug) is not a bad file and propagates as it is.
     """
     if isinstance(src, np.ndarray):
         return to_rgb(_array_to_pil(src))
     if isinstance(src, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(src))
+        src.load()
+        return to_rgb(_upright(src))
     path = os.fspath(src)
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"image file not found: {path}")
-    try:
+    try:  # PIL's calls only: what they raise on bad data is a bad file; our conversion stays outside
         with Image.open(path) as im:
             im.load()  # decode fully now: truncated files fail here, not in the network
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            photo = _upright(im)
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"cannot decode image {path}: {_bomb_reason(exc)}") from exc
     except DECODE_ERRORS as exc:
@@ -173,24 +174,45 @@ def load_image(src: ImageSource) -> Image.Image:
             f"cannot decode image {path}: {str(exc) or type(exc).__name__}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
             "file; replace the file, or pass skip_bad_images=True to leave it out with a warning."
         ) from exc
+    return to_rgb(photo)
 
 
-# What PIL's format plugins raise on malformed files, besides OSError: a broken header can end
-# in any of these (found by the fuzz test in tests/data/test_bad_corpus.py).
-DECODE_ERRORS = (
-    UnidentifiedImageError,
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    OverflowError,
-    struct.error,
-    MemoryError,
-)
+# What PIL raises on a malformed file. UnidentifiedImageError is an OSError (Image.open turns its
+# plugins' IndexError, TypeError, KeyError and struct.error on a broken header into it); the
+# decoders raise OSError ("image file is truncated", "broken data stream"), SyntaxError (a bad
+# chunk, a bad EXIF header), ValueError or EOFError; struct.error comes from EXIF values.
+# DecompressionBombError (neither of these) is caught on its own. Anything else, MemoryError
+# and the TypeError of a bug included, is not a bad file and must propagate.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+# EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Where an image keeps its orientation besides its EXIF block: dropped from a turned image.
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A new image: the decoded ``im`` turned as its EXIF orientation says. Like
+    ``ImageOps.exif_transpose``, but a turned image drops its metadata (so that it is never
+    turned twice) instead of re-encoding the rest of the EXIF block: PIL's EXIF writer raises
+    TypeError, AttributeError or struct.error on damaged EXIF values of an otherwise good photo.
+    Reading a damaged EXIF header raises SyntaxError (one of :data:`DECODE_ERRORS`)."""
+    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return im.copy()
+    turned = im.transpose(method)
+    for key in _ORIENTATION_KEYS:
+        turned.info.pop(key, None)
+    return turned
 
 
 def _bomb_reason(exc: Exception) -> str:
@@ -281,16 +303,17 @@ def load_mask(path: Union[str, os.PathLike], mode: str = "auto") -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"mask file not found: {path}")
-    try:
+    try:  # PIL's calls only, as in load_image
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            raw = _mask_raw_array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            mask = _upright(im)
+    except Image.DecompressionBombError as exc:
+        raise BadMaskError(f"cannot decode mask {path}: {_bomb_reason(exc)}") from exc
+    except DECODE_ERRORS as exc:
         raise BadMaskError(
             f"cannot decode mask {path}: {exc}. Expected a PNG/BMP/TIFF mask (0 normal, 255 defect)."
         ) from exc
-    return mask_to_uint8(raw, where=path, mode=mode)
+    return mask_to_uint8(_mask_raw_array(mask), where=path, mode=mode)
 
 
 # --------------------------------------------------------------------------- quick checks
