@@ -24,7 +24,7 @@ from .http_server import ServedFiles, start_file_server
 def test_demo_fetches_the_imagenet_encoder_when_it_can(tmp_path, monkeypatch):
     from minimaxad import MiniMaxAD
 
-    file = "unireplknet_f_in1k_224_acc78.6.pth"
+    file = "unireplknet_f_in1k_224_acc78.58.pth"
     torch.save(MiniMaxAD("unireplknet_f").encoder.state_dict(), tmp_path / "w.pth")
     served = ServedFiles(files={f"/DingXiaoH/UniRepLKNet/resolve/main/{file}": (tmp_path / "w.pth").read_bytes()})
     base, stop = start_file_server(served)
@@ -49,7 +49,7 @@ def test_demo_offline_says_random_encoder_plainly(tmp_path, monkeypatch):
     weights, sentence = choose_encoder("unireplknet_f", "hub", echo=lambda line: None, progress=False)
     assert weights == "none"
     assert sentence.startswith("a RANDOM encoder") and "could not be downloaded" in sentence
-    assert "127.0.0.1:9" in sentence and "unireplknet_f_in1k_224_acc78.6.pth" in sentence
+    assert "127.0.0.1:9" in sentence and "unireplknet_f_in1k_224_acc78.58.pth" in sentence
 
 
 BROWSER_SCRIPT = (

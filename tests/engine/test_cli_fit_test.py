@@ -289,7 +289,7 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
     ]
     assert main([*args, "--output", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "unireplknet_f_in1k_224_acc78.6.pth" in err and "--encoder-weights PATH" in err
+    assert "unireplknet_f_in1k_224_acc78.58.pth" in err and "--encoder-weights PATH" in err
     assert "huggingface.co/DingXiaoH/UniRepLKNet" in err
     assert not (tmp_path / "a" / "weave").exists()
 
@@ -297,12 +297,12 @@ def test_default_encoder_weights_come_from_the_cache(synthetic_root, tmp_path, m
     (tmp_path / "cache").mkdir(exist_ok=True)  # the failed download attempt may have made it
     torch.save(
         {"model": encoder_to_official(donor.encoder.state_dict(), donor.spec)},
-        tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.6.pth",
+        tmp_path / "cache" / "unireplknet_f_in1k_224_acc78.58.pth",
     )
     assert main([*args, "--output", str(tmp_path / "b")]) == 0
     ckpt = read_checkpoint(tmp_path / "b" / "weave" / "checkpoint.pt")
     assert ckpt["encoder_state"] is None  # the encoder comes from its file, not the checkpoint
-    assert ckpt["encoder_weights"]["identity"].startswith("unireplknet_f_in1k_224_acc78.6.pth@sha256:")
+    assert ckpt["encoder_weights"]["identity"].startswith("unireplknet_f_in1k_224_acc78.58.pth@sha256:")
 
 
 def test_aebad_preset_reports_each_test_domain(tmp_path):

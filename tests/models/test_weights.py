@@ -244,12 +244,6 @@ def test_fit_with_a_missing_encoder_weights_path_fails_before_any_download(
     assert f"--encoder-weights '{missing}': {missing} does not exist. Pass an existing file" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine/checkpoint.py model_from_checkpoint still turns an explicit encoder_weights path that does "
-    "not exist into 'hub' (its fallback is meant for the recorded path only); remove this mark once fixed",
-)
 def test_an_explicit_missing_path_for_a_checkpoint_is_not_replaced_by_the_hub(tmp_path, no_download):
     from minimaxad.engine.checkpoint import model_from_checkpoint
 

@@ -287,7 +287,8 @@ def model_from_checkpoint(
     if checkpoint.get("encoder_state") is None:
         source = encoder_weights or info.get("source") or "hub"
         if (
-            source
+            not encoder_weights  # a path the user gives now is used as given (missing: an error)
+            and source
             and Path(str(source)).name
             and not Path(str(source)).exists()
             and str(source) not in ("hub", "imagenet")

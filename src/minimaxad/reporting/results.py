@@ -12,12 +12,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from minimaxad.files import atomic_write
 from minimaxad.metrics import METRIC_KEYS, evaluate
 
 #: confidence-interval keys (``(lo, hi)``) that may accompany the metrics
@@ -180,20 +180,6 @@ def _columns(summary: Mapping[str, Any]) -> list[str]:
     return cols
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old or the new file, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (created if needed), atomically.
 
@@ -214,7 +200,7 @@ def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tup
         if extra in summary:
             doc[extra] = _json_clean(summary[extra])
     json_path, csv_path = out / "metrics.json", out / "metrics.csv"
-    _atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     cols = _columns(summary)
     spread = summary.get("categories_std")  # seed spread: a <metric>_std column after each metric
     if spread is not None:
@@ -235,7 +221,7 @@ def write_metrics(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tup
                 v = row.get(c)
             cells.append("" if v is None else repr(float(v)))
         w.writerow([name, *cells])
-    _atomic_write(csv_path, buf.getvalue())
+    atomic_write(csv_path, buf.getvalue())
     return json_path, csv_path
 
 
