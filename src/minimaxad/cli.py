@@ -402,6 +402,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_pixels=args.max_request_pixels,
         max_decoded_pixels=args.max_decoded_pixels,
         max_connections=args.max_connections,
+        client_timeout_s=args.client_timeout,
         workers_threads=args.workers_threads or ServeSettings.workers_threads,
         api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
     )
@@ -714,6 +715,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     srv.add_argument(
         "--max-connections", type=int, default=32, help="requests open at once (bodies in memory); beyond, 503"
+    )
+    srv.add_argument(
+        "--client-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may stay without sending a request, or pause inside a body; then closed (408)",
     )
     srv.add_argument(
         "--workers-threads",

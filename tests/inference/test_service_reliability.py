@@ -336,3 +336,56 @@ def test_a_category_without_own_thresholds_decides_with_the_models_everywhere(
     assert main(arguments + ["--category", "washer", "--once", "--settle-seconds", "0"]) == 0
     (record,) = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
     assert record["threshold"] == pytest.approx(model_threshold) and record["decision"] == decision
+
+
+# -- connections that send nothing, or stop mid-body ------------------------------------------------------
+def test_idle_connections_are_closed_so_they_cannot_lock_the_service_out(trained_checkpoint):
+    """uvicorn counts a connection that never sends a request against --max-connections and never
+    closes it: enough of them (a leaking client, a port scanner) made every request 503."""
+    import uvicorn
+
+    from minimaxad.inference.serve import request_deadline_protocol
+
+    settings = ServeSettings(workers_threads=1, max_connections=3, client_timeout_s=1.0)
+    app = build_service(trained_checkpoint, settings=settings)
+    server = ThreadServer(app)
+    server.server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            limit_concurrency=settings.max_connections,
+            http=request_deadline_protocol(settings.client_timeout_s),
+        )
+    )
+    server.thread = threading.Thread(target=server.server.run, kwargs={"sockets": [server.sock]}, daemon=True)
+    with server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+        idle[1].sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # part of a head, never finished
+        try:
+            assert request(server.port, "GET", "/v1/ready")[0] == 503  # all 3 places taken
+            time.sleep(1.5)
+            for sock in idle:
+                assert sock.recv(100) == b""  # closed by the server
+            assert request(server.port, "GET", "/v1/ready")[0] == 200
+            assert post_png(server.port, png_bytes(64, 64))[0] == 200
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_body_that_stops_arriving_gets_408(trained_checkpoint):
+    app = build_service(trained_checkpoint, settings=ServeSettings(workers_threads=1, client_timeout_s=1.0))
+    with ThreadServer(app) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")
+            sock.sendall(b"Content-Length: 1000\r\n\r\n" + png_bytes(64, 64)[:100])
+            started, answer = time.perf_counter(), b""
+            while not answer.endswith(b"}"):  # head and body may come in separate segments
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+            answer = answer.decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "--client-timeout" in answer
+        assert 0.8 < time.perf_counter() - started < 5
+        assert post_png(running.port, png_bytes(64, 64))[0] == 200

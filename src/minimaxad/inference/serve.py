@@ -87,6 +87,7 @@ class ServeSettings:
     max_request_pixels: int = 80_000_000  # the images of one request together; beyond, 413
     max_decoded_pixels: int = 80_000_000  # held by all requests at once; beyond, a request waits
     max_connections: int = 32  # open requests (uvicorn's limit_concurrency); beyond, 503
+    client_timeout_s: float = 10.0  # a connection without a request head, or a pause in a body, ends after this
     workers_threads: int = max(1, min(8, os.cpu_count() or 1))  # decoding uploads, drawing heatmaps
     api_key: str | None = None
     alpha: float = 0.5  # heatmap opacity
@@ -105,8 +106,8 @@ class ServeSettings:
                 f"max_decoded_pixels ({self.max_decoded_pixels}) must be at least max_pixels ({self.max_pixels}): "
                 f"one largest image must fit"
             )
-        if self.max_request_pixels < 1 or self.max_connections < 1:
-            raise ValueError("max_request_pixels and max_connections must be positive")
+        if self.max_request_pixels < 1 or self.max_connections < 1 or self.client_timeout_s <= 0:
+            raise ValueError("max_request_pixels, max_connections and client_timeout_s must be positive")
 
     def limits(self) -> dict[str, Any]:
         """The limits a client may meet, as ``GET /v1/model`` shows them."""
@@ -119,6 +120,7 @@ class ServeSettings:
             "max_request_pixels": self.max_request_pixels,
             "max_decoded_pixels": self.max_decoded_pixels,
             "max_connections": self.max_connections,
+            "client_timeout_s": self.client_timeout_s,
             "workers_threads": self.workers_threads,
         }
 
@@ -628,9 +630,18 @@ class InspectionService:
                 "too_large",
                 f"request body of {int(declared)} bytes is over the limit of {limit:g} MB (--max-request-mb)",
             )
-        chunks, total = [], 0
+        chunks, total, pause = [], 0, self.settings.client_timeout_s
+        stream = request.stream().__aiter__()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:  # a client that stops sending mid-body must not hold its connection for ever
+                    chunk = await asyncio.wait_for(stream.__anext__(), pause)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError as exc:
+                    raise ServiceError(
+                        408, "timeout", f"no part of the body arrived for {pause:g} s (--client-timeout)"
+                    ) from exc
                 total += len(chunk)
                 if total > self.max_bytes:
                     raise ServiceError(
@@ -819,6 +830,34 @@ def create_app(
     return app
 
 
+# -- connections ------------------------------------------------------------------------------------
+def request_deadline_protocol(seconds: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) that closes a connection which
+    has not sent a complete request head within ``seconds``: uvicorn itself waits for ever, and
+    each such connection counts against ``--max-connections`` (a leaking client or a port scanner
+    would lock everyone out with 503). After a response, uvicorn's keep-alive timeout applies."""
+    try:
+        import httptools  # noqa: F401  (uvicorn's choice when it is installed)
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class RequestDeadlineProtocol(base):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._request_deadline = self.loop.call_later(seconds, self._close_without_request)
+
+        def _close_without_request(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # no request has begun
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._request_deadline.cancel()
+            super().connection_lost(exc)
+
+    return RequestDeadlineProtocol
+
+
 # -- the command --------------------------------------------------------------------------------
 def read_api_key(path: str | Path) -> str:
     """The key in ``path`` (its first line, stripped); an empty or missing file is an error."""
@@ -913,6 +952,7 @@ def serve(
         timeout_graceful_shutdown=30,
         access_log=False,
         limit_concurrency=settings.max_connections,
+        http=request_deadline_protocol(settings.client_timeout_s),
     )
     server.append(uvicorn.Server(config))
     server[0].run()
