@@ -26,6 +26,7 @@ process also exits with a non-zero status so that its supervisor restarts it.
 # and their types are imported inside create_app (FastAPI is an optional extra).
 import asyncio
 import base64
+import collections
 import hmac
 import io
 import os
@@ -326,12 +327,14 @@ class ServiceMetrics:
 # -- memory ---------------------------------------------------------------------------------------
 class PixelBudget:
     """Decoded pixels held by all requests together: :meth:`reserve` waits until a request's share
-    fits under ``limit`` (first come, first served), so that memory stays bounded under any load."""
+    fits under ``limit``, first come first served (a large request is not starved by a stream of
+    small ones), so that memory stays bounded under any load."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
         self.peak = 0
+        self._queue: collections.deque[object] = collections.deque()  # waiting requests, in arrival order
         self._changed: asyncio.Condition | None = None  # made in the event loop that uses it
 
     @asynccontextmanager
@@ -341,8 +344,14 @@ class PixelBudget:
             raise ValueError(f"{pixels} pixels can never fit a budget of {self.limit}")
         if self._changed is None:
             self._changed = asyncio.Condition()
+        ticket = object()
         async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use + pixels <= self.limit)
+            self._queue.append(ticket)
+            try:
+                await self._changed.wait_for(lambda: self._queue[0] is ticket and self.in_use + pixels <= self.limit)
+            finally:  # served, or cancelled while waiting: either way out of the line
+                self._queue.remove(ticket)
+                self._changed.notify_all()
             self.in_use += pixels
             self.peak = max(self.peak, self.in_use)
         try:
