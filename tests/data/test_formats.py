@@ -22,7 +22,7 @@ from .helpers import first, make_mvtec, save_image, save_mask, write_json
 
 
 def test_list_formats():
-    assert list_formats() == ["mvtec", "visa", "goodsad", "aebad", "mad", "realiad", "folder"]
+    assert list_formats() == ["mvtec", "visa", "goodsad", "aebad", "mad", "realiad", "mvtec_ad2", "folder"]
 
 
 # --------------------------------------------------------------------------- MVTec AD

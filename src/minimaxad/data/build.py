@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
-from minimaxad.data import aebad, folder, goodsad, mad, mvtec, realiad, visa
+from minimaxad.data import aebad, folder, goodsad, mad, mvtec, mvtec_ad2, realiad, visa
 from minimaxad.data.base import AnomalyDataset, UnifiedDataset, relabel_categories
 from minimaxad.data.transforms import RandomResizedCropFlip, Size
 
-__all__ = ["build_dataset", "build_unified", "list_formats", "list_categories", "FORMATS"]
+__all__ = ["build_dataset", "build_unified", "list_formats", "list_categories", "validation_split", "FORMATS"]
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,19 @@ class Format:
     description: str
     list_records: Callable[..., list]
     list_categories: Callable[..., list]
+    splits: tuple[str, ...] = ("train", "test")
+    validation_source: Optional[str] = None  # where a 'validation' split's normal photos are, e.g. validation/good
 
     @property
     def options(self) -> list[str]:
         """Reader-specific keyword options (beyond root, split, categories)."""
         params = inspect.signature(self.list_records).parameters
         return [p for p in params if p not in ("root", "split", "categories")]
+
+    @property
+    def has_validation(self) -> bool:
+        """The format has a split of normal photos for calibration (``split="validation"``)."""
+        return "validation" in self.splits
 
 
 FORMATS: dict[str, Format] = {
@@ -45,6 +52,14 @@ FORMATS: dict[str, Format] = {
             "realiad", "Real-IAD (realiad_<res>/ + JSON split files)", realiad.list_records, realiad.list_categories
         ),
         Format(
+            "mvtec_ad2",
+            "MVTec AD 2 (train, validation/good for calibration, test_public)",
+            mvtec_ad2.list_records,
+            mvtec_ad2.list_categories,
+            splits=mvtec_ad2.SPLITS,
+            validation_source=mvtec_ad2.VALIDATION_SOURCE,
+        ),
+        Format(
             "folder",
             "your own folders: train/, test/<good|defect>/, optional masks",
             folder.list_records,
@@ -56,6 +71,10 @@ _ALIASES = {
     "mvtec_ad": "mvtec",
     "mvtec-ad": "mvtec",
     "mvtecad": "mvtec",
+    "mvtec_ad_2": "mvtec_ad2",
+    "mvtec-ad2": "mvtec_ad2",
+    "mvtec-ad-2": "mvtec_ad2",
+    "mvtecad2": "mvtec_ad2",
     "visa_pytorch": "visa",
     "goods_ad": "goodsad",
     "pku-goodsad": "goodsad",
@@ -84,6 +103,13 @@ def _format(name: str) -> Format:
     return FORMATS[key]
 
 
+def validation_split(format: str) -> Optional[str]:
+    """Where the format's split of normal calibration photos is (``"validation/good"`` for
+    ``mvtec_ad2``), or None when it has none (``fit`` then holds training photos out)."""
+    fmt = _format(format)
+    return fmt.validation_source if fmt.has_validation else None
+
+
 def list_categories(format: str, root: Union[str, Path], **options: Any) -> list[str]:
     """Categories found in a dataset on disk (nothing is decoded)."""
     return _format(format).list_categories(Path(root), **options)
@@ -108,9 +134,10 @@ def build_dataset(
     """Open a dataset in one of :func:`list_formats` and check its files.
 
     Args:
-        format: 'mvtec', 'visa', 'goodsad', 'aebad', 'mad', 'realiad' or 'folder'.
+        format: 'mvtec', 'visa', 'goodsad', 'aebad', 'mad', 'realiad', 'mvtec_ad2' or 'folder'.
         root: the dataset folder (see docs/data.md for each layout).
-        split: 'train' (normal images) or 'test'.
+        split: 'train' (normal images) or 'test'; 'validation' (normal calibration photos, never
+            augmented) where the format has one (``mvtec_ad2``).
         categories: a name or list; None = all (one dataset over several categories is
             the unified setting; every item keeps its category).
         image_size, crop_size: resize to (size, size), then optional center crop.
@@ -122,7 +149,7 @@ def build_dataset(
         mask_rule: 'binarise' (masks > 0.5), or AeBAD-S's 'relabel-max' / 'relabel-half'
             (see :class:`AnomalyDataset`).
         options: reader options: allow_missing_masks (mvtec, visa, goodsad, aebad, mad,
-            realiad, folder), split_file (visa), subset (mad), resolution and json_dir
+            realiad, mvtec_ad2, folder), split_file (visa), subset (mad), resolution and json_dir
             (realiad), category (folder: name of a single-category root).
 
     Returns:
@@ -130,8 +157,9 @@ def build_dataset(
         label, category, path, defect_type, has_mask.
     """
     fmt = _format(format)
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}; expected 'train' or 'test'")
+    if split not in fmt.splits:
+        others = "" if split != "validation" else f" (format {fmt.name!r} has no validation split)"
+        raise ValueError(f"split={split!r}; expected {' or '.join(map(repr, fmt.splits))}{others}")
     if augment and split != "train":
         raise ValueError("augment=True is for the training split; the test transform stays deterministic")
     if domain is not None:
@@ -146,7 +174,7 @@ def build_dataset(
     label = f"{fmt.name} {split} ({', '.join(cats[:4])}{', ...' if len(cats) > 4 else ''})"
     return AnomalyDataset(
         records,
-        split=split,
+        split="test" if split == "test" else "train",  # validation photos are normal, like the training ones
         image_size=image_size,
         crop_size=crop_size,
         augment=augment,

@@ -5,7 +5,7 @@ Every download is resumable and checked (:mod:`minimaxad.fetch`); the archive is
 temporary folder inside ``DIR`` and renamed when complete. Extraction refuses the whole archive
 if any member would land outside its folder (an absolute path, ``..``), is a symbolic or hard
 link, or is a device or pipe: nothing of such an archive is kept. Datasets that need a form or an
-account (GoodsAD, AeBAD-S, Real-IAD, MPDD, MAD) are not downloaded: the command prints where to
+account (MVTec AD 2, GoodsAD, AeBAD-S, Real-IAD, MPDD, MAD) are not downloaded: the command prints where to
 get them and how to lay them out.
 
 Nothing outside ``DIR`` is written; the downloaded archive is deleted after a successful
@@ -145,6 +145,20 @@ DATASETS: dict[str, DatasetSource] = {
         url="https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/420938113-1629960298/"
         "mvtec_anomaly_detection.tar.xz",
         sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+    ),
+    "mvtec_ad2": DatasetSource(
+        "mvtec_ad2",
+        "MVTec AD 2 (8 categories; validation split, public and private test sets)",
+        CC_BY_NC_SA,
+        "https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
+        "mvtec_ad2",
+        "mvtec_ad_2",
+        instructions="MVTec AD 2 sits behind a form: fill it in on "
+        "https://www.mvtec.com/company/research/datasets/mvtec-ad-2, download the archive and unpack it "
+        "so that {root}/mvtec_ad_2/<category>/train/good, validation/good, test_public/{{good,bad,ground_truth}}, "
+        "test_private and test_private_mixed exist; then: --format mvtec_ad2 --data {root}/mvtec_ad_2 "
+        "(fit calibrates on validation/good). The private test sets are scored by "
+        "https://benchmark.mvtec.com, not here.",
     ),
     "visa": DatasetSource(
         "visa",

@@ -385,6 +385,7 @@ def _fit(
     closing: contextlib.ExitStack | None = None,
 ) -> dict[str, Any] | None:
     from minimaxad.data import calibration_subset, split_holdout
+    from minimaxad.data.build import validation_split
 
     if context.is_main:
         check_writable_folder(output, "--output folder")  # fail now, not after hours of training
@@ -424,6 +425,10 @@ def _fit(
     if context.enabled:
         echo(f"      distributed: {context.world_size} processes ({context.backend}), global batch {config.batch_size}")
     jobs = [("all", categories)] if config.unified else [(c, [c]) for c in categories]
+    # a format with its own normal calibration photos (MVTec AD 2 validation/good) calibrates on them
+    # and holds no training photo out; merged extra data sets keep the hold-out
+    validation_source = None if config.extra_datasets else validation_split(config.format)
+    validation = open_dataset(config, "validation") if validation_source else None
     per_category: dict[str, dict] = {}
     trained = []  # distributed runs evaluate once every model is trained
     for name, job_categories in jobs:
@@ -434,13 +439,19 @@ def _fit(
         else:
             train_set = train_full.subset(np.flatnonzero(np.asarray(train_full.item_categories) == name))
         holdout = None
-        if config.val_fraction > 0:
+        if validation is not None:
+            holdout = validation.subset(np.flatnonzero(np.isin(validation.item_categories, job_categories)))
+            holdout = calibration_subset(holdout, config.val_max_images, seed=config.seed)
+            calibration_note = f"thresholds from {len(holdout)} validation photos ({validation_source}), none held out"
+        elif config.val_fraction > 0:
             train_set, holdout = split_holdout(train_set, config.val_fraction, seed=config.seed)
             # thresholds from every category alike, never from augmented crops
             holdout = calibration_subset(holdout, config.val_max_images, seed=config.seed).with_augment(False)
+        if validation is None:
+            calibration_note = f"{0 if holdout is None else len(holdout)} held out for thresholds"
         echo(
             f"[2/3] training {'one model for all categories' if config.unified else f'category {name}'}: "
-            f"{len(train_set)} images, {0 if holdout is None else len(holdout)} held out for thresholds"
+            f"{len(train_set)} images, {calibration_note}"
         )
         job_config = config.updated(categories=job_categories)
         job = None if config.unified else name
