@@ -146,7 +146,8 @@ def test_fixture_all_metrics(evaluation_fixture, variant):
         assert res[key] == pytest.approx(ref[key], abs=1e-6), key
     assert res["aupro_200"] == pytest.approx(ref["aupro_200_thresholds"], abs=1e-4)
     assert res["aupro"] == pytest.approx(ref["aupro_200_thresholds"], abs=5e-3)
-    assert all(isinstance(res[k], float) for k in metrics.METRIC_KEYS)
+    assert all(isinstance(res[k], float) for k in metrics.METRIC_KEYS if k != "seg_f1")  # seg_f1: needs a threshold
+    assert "seg_f1" not in res and res["seg_f1_max"] == res["p_f1max"]
 
 
 def test_fixture_numpy_and_channel_free_inputs_agree(evaluation_fixture):
@@ -374,7 +375,8 @@ def test_evaluate_keys_and_options():
     img = evaluate(s, y)
     assert set(img) == {"i_auroc", "i_ap", "i_f1max", "i_f1max_threshold"}
     full = evaluate(s, y, anomaly_maps=maps, masks=masks)
-    assert set(full) == set(img) | {"p_auroc", "p_ap", "p_f1max", "p_f1max_threshold", "aupro", "aupro_200"}
+    pixel = {"p_auroc", "p_ap", "p_f1max", "p_f1max_threshold", "aupro", "aupro_200", "seg_f1_max"}
+    assert set(full) == set(img) | pixel
     assert "aupro" not in evaluate(s, y, anomaly_maps=maps, masks=masks, aupro_exact=False)
     # maps without masks: image metrics only
     assert set(evaluate(s, y, anomaly_maps=maps)) == set(img)

@@ -142,3 +142,23 @@ def test_format_table_percent_one_decimal():
     assert lines[3].split() == ["transistor", "95.1", "-"]
     assert lines[-1].split() == ["mean", "97.6", "98.8"]
     assert len({len(line) for line in lines}) == 1  # fixed width
+
+
+def test_seg_f1_columns_in_files_and_table(tmp_path):
+    from minimaxad.reporting.results import DEPLOYMENT_KEYS, METRIC_DESCRIPTIONS
+
+    per_category = {
+        "a": {"i_auroc": 0.9, "p_f1max": 0.6, "seg_f1": 0.4, "seg_f1_max": 0.6, "seg_f1_threshold": 0.3},
+        "b": {"i_auroc": 0.8},  # no defect pixel: no pixel metric, no seg_f1
+    }
+    summary = summarize(per_category)
+    assert summary["categories"]["a"]["seg_f1"] == 0.4 and "seg_f1_threshold" not in summary["categories"]["a"]
+    assert summary["mean"]["seg_f1"] == 0.4 and summary["mean"]["seg_f1_max"] == 0.6
+    assert "seg_f1" not in summarize(per_category, keys=("i_auroc", "p_f1max"))["mean"]  # a paper protocol's keys
+    json_path, csv_path = write_metrics(summary, tmp_path)
+    assert json.loads(json_path.read_text())["categories"]["a"]["seg_f1"] == 0.4
+    header, row_a, row_b, _ = csv_path.read_text().splitlines()
+    assert header.split(",")[-2:] == ["seg_f1", "seg_f1_max"] and row_b.endswith(",,")
+    table = format_table(summary)
+    assert "SegF1" in table and "SegF1max" in table
+    assert set(DEPLOYMENT_KEYS) == set(METRIC_DESCRIPTIONS) and "oracle" in METRIC_DESCRIPTIONS["seg_f1_max"]

@@ -256,6 +256,11 @@ def evaluate_model(
                 anomaly_maps=outputs.maps,
                 masks=outputs.masks,
                 has_mask=has_mask,
+                # each category's calibrated pixel threshold (the rule of the report and predict), for seg_f1
+                pixel_thresholds={
+                    c: resolve_thresholds(calibration, category=c, **threshold_overrides)["pixel"]["value"]
+                    for c in dict.fromkeys(outputs.categories)
+                },
                 bootstrap=config.bootstrap,
                 seed=config.seed,
             )
@@ -286,13 +291,21 @@ def _concat_outputs(parts: list[DatasetOutputs]) -> DatasetOutputs:
 
 
 def finish_results(
-    per_category: dict[str, dict], output: Path, echo: Echo, protocol: Protocol | None = None
+    per_category: dict[str, dict],
+    output: Path,
+    echo: Echo,
+    protocol: Protocol | None = None,
+    *,
+    paper_protocol: bool = True,
 ) -> dict[str, Any]:
     """Mean over categories (or AeBAD-S domains, or test sets), ``metrics.json`` + ``metrics.csv``
-    (each with the metrics the protocol reports), and the printed table in the paper's layout."""
-    from minimaxad.reporting.results import format_paper_table, summarize, write_metrics
+    (each with the metrics the protocol reports), and the printed table in the paper's layout.
+    ``paper_protocol=False`` (a run without preset or ``--protocol``) adds ``DEPLOYMENT_KEYS``
+    (``seg_f1``, ``seg_f1_max``) to what the protocol reports; a paper protocol keeps the authors' metrics."""
+    from minimaxad.reporting.results import DEPLOYMENT_KEYS, format_paper_table, summarize, write_metrics
 
-    summary = summarize(per_category, keys=protocol.reported if protocol else None)
+    keys = None if protocol is None else tuple(protocol.reported) + (() if paper_protocol else DEPLOYMENT_KEYS)
+    summary = summarize(per_category, keys=keys)
     if protocol is not None:
         summary["protocol"] = protocol.name
     json_path, csv_path = write_metrics(summary, output)
@@ -482,7 +495,9 @@ def _fit(
         return None
     for job in trained:
         _evaluate_job(*job, per_category, echo, progress)
-    summary = finish_results(per_category, output, echo, run_protocol(config))
+    summary = finish_results(
+        per_category, output, echo, run_protocol(config), paper_protocol=config.protocol is not None
+    )
     _log_results(logger, summary, output, [None] if config.unified else [name for name, _ in jobs])
     if not config.unified:
         echo(f"reports: {output}/<category>/report.html")
@@ -561,6 +576,7 @@ def test(
     setup_logging(output, "test.log")
     per_category: dict[str, dict] = {}
     used: Protocol | None = None
+    paper_protocol = False  # True when a checkpoint's configuration (or --protocol) names a paper protocol
     for path in find_checkpoints(checkpoint):
         state = read_checkpoint(path)
         config = RunConfig.from_dict(state["config"])
@@ -568,6 +584,7 @@ def test(
             config = config.updated(**get_protocol(protocol).run_settings())
         config = config.updated(data=data, format=format, **(overrides or {}))
         used = run_protocol(config)
+        paper_protocol = paper_protocol or config.protocol is not None
         echo(f"protocol {used.describe()}")
         wanted = [c for c in state["categories"] if categories is None or c in categories]
         if categories is not None and not wanted:
@@ -601,4 +618,4 @@ def test(
             indent=2,
         )
     )
-    return finish_results(per_category, output, echo, used)
+    return finish_results(per_category, output, echo, used, paper_protocol=paper_protocol)

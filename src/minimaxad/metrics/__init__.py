@@ -1,7 +1,9 @@
 """Evaluation metrics of MiniMaxAD, exact and fast on full benchmark test sets.
 
 Image level: AUROC, average precision, F1-max. Pixel level: AUROC, AP, F1-max, the exact
-AUPRO and the authors' 200-threshold AUPRO (the paper's tables). Optional bootstrap
+AUPRO and the authors' 200-threshold AUPRO (the paper's tables), and MVTec AD 2's SegF1 (the
+pooled pixel F1 at the model's own calibrated pixel threshold; ``seg_f1_max`` the oracle F1-max,
+the same quantity as ``p_f1max``). Optional bootstrap
 confidence intervals for the image-level metrics. See ``docs/metrics.md``.
 
 >>> from minimaxad.metrics import evaluate
@@ -21,6 +23,7 @@ from .ranking import (
     auroc_from,
     average_precision,
     curves_from,
+    f1_at_from,
     f1_max,
     f1max_from,
     pos_table,
@@ -34,6 +37,7 @@ __all__ = [
     "auroc",
     "average_precision",
     "f1_max",
+    "seg_f1",
     "aupro",
     "aupro_200",
     "roc_curve",
@@ -43,8 +47,9 @@ __all__ = [
     "METRIC_KEYS",
 ]
 
-#: the scalar metrics ``evaluate`` can return (pixel ones only with maps and masks)
-METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro", "aupro_200")
+#: the scalar metrics ``evaluate`` can return (pixel ones only with maps and masks; ``seg_f1`` only
+#: with a pixel threshold; ``seg_f1_max`` is ``p_f1max`` under MVTec AD 2's name)
+METRIC_KEYS = ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "aupro", "aupro_200", "seg_f1", "seg_f1_max")
 
 _CURVE_POINTS = 500
 
@@ -60,6 +65,7 @@ def evaluate(
     bootstrap: int = 0,
     seed: int = 0,
     return_curves: bool = False,
+    pixel_threshold: float | None = None,
 ) -> dict[str, Any]:
     """All metrics of a test set.
 
@@ -70,8 +76,10 @@ def evaluate(
     Returns floats under ``i_auroc, i_ap, i_f1max, i_f1max_threshold`` and, when maps and
     masks are both given and the masks contain at least one anomalous pixel, ``p_auroc, p_ap,
     p_f1max, p_f1max_threshold, aupro`` (exact; skipped with ``aupro_exact=False``) and
-    ``aupro_200`` (the paper's). Pixel metrics are *absent* (not NaN) when the masks have no
-    anomalous pixel. ``bootstrap=B > 0`` adds ``i_auroc_ci, i_ap_ci, i_f1max_ci`` = (lo, hi),
+    ``aupro_200`` (the paper's), and ``seg_f1_max`` (= ``p_f1max``: MVTec AD 2's oracle SegF1).
+    With ``pixel_threshold`` (the model's calibrated one) also ``seg_f1``: the F1 of ``map >=
+    pixel_threshold`` over all pixels of all images pooled, and ``seg_f1_threshold``. Pixel metrics
+    are *absent* (not NaN) when the masks have no anomalous pixel. ``bootstrap=B > 0`` adds ``i_auroc_ci, i_ap_ci, i_f1max_ci`` = (lo, hi),
     95 % percentile intervals over B stratified image resamples seeded by ``seed``.
     ``return_curves`` adds ``curves = {"image": {"roc": {fpr, tpr, thresholds}, "pr":
     {precision, recall, thresholds}}, "pixel": {... same ..., "pro": {fpr, pro, thresholds}}}``
@@ -117,6 +125,10 @@ def evaluate(
             out["p_auroc"] = auroc_from(data.ranked, pt)
             out["p_ap"] = ap_from(data.ranked, pt)
             out["p_f1max"], out["p_f1max_threshold"] = f1max_from(data.ranked, pt)
+            out["seg_f1_max"] = out["p_f1max"]  # the same pooled F1 maximised over thresholds
+            if pixel_threshold is not None:
+                out["seg_f1"] = f1_at_from(data.ranked, pixel_threshold)
+                out["seg_f1_threshold"] = float(pixel_threshold)
             if aupro_exact:
                 out["aupro"] = aupro_exact_from(data, pro_integration_limit)
             out["aupro_200"], pro_curve = aupro_200_from(data, pro_integration_limit, return_curve=True)
@@ -132,3 +144,16 @@ def evaluate(
     if return_curves:
         out["curves"] = curves
     return out
+
+
+def seg_f1(anomaly_maps: ArrayLike, masks: ArrayLike, threshold: float) -> float:
+    """MVTec AD 2's SegF1: the F1 of ``map >= threshold`` against the masks (``> 0.5``) over all
+    pixels of all images pooled (TP, FP and FN summed over the images, then F1; not a mean of
+    per-image F1s). maps/masks: (N, H, W) or (N, 1, H, W). NaN when the masks have no anomalous
+    pixel (like the other pixel metrics, the score is undefined there)."""
+    data = PixelData(anomaly_maps, masks, need_regions=False)
+    if not data.has_positive:
+        return float("nan")
+    if not data.has_negative:
+        raise ValueError("masks mark every pixel anomalous: SegF1 needs normal pixels (are the masks inverted?)")
+    return f1_at_from(data.ranked, threshold)

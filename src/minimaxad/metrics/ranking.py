@@ -175,6 +175,29 @@ def f1max_from(r: Ranked, t: PosTable) -> tuple[float, float]:
     return float(best), float(t.u[k])
 
 
+def at_least(threshold: float, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The smallest value of ``dtype`` that is ``>= threshold``, as a 0-d tensor: for values ``x`` of
+    that dtype, ``x >= at_least(t)`` is exactly ``float(x) >= t`` (no rounding of ``t`` to the dtype)."""
+    t = float(threshold)
+    if t != t:
+        raise ValueError("the threshold is NaN; give a finite threshold (is the calibration missing?)")
+    value = torch.tensor(t, dtype=torch.float64).to(dtype)
+    if float(value) < t:
+        value = torch.nextafter(value, torch.tensor(float("inf"), dtype=dtype))
+    return value.to(device)
+
+
+def f1_at_from(r: Ranked, threshold: float) -> float:
+    """Exact F1 = 2 TP / (2 TP + FP + FN) of ``score >= threshold`` (compared as float64) over all
+    the ranked scores pooled: TP/FP/FN are counts over every item, not a mean of per-item F1s. 0 when
+    nothing is positive at all (no TP)."""
+    th = at_least(threshold, r.pos.dtype, r.pos.device)
+    tp = r.n_pos - int(torch.searchsorted(r.pos, th.reshape(1), right=False))
+    fp = r.n_neg - int(r.count_lt(th.reshape(1)))
+    denominator = tp + fp + r.n_pos  # = 2 TP + FP + FN
+    return 2 * tp / denominator if tp else 0.0
+
+
 def _prepare(scores: ArrayLike, labels: ArrayLike, what: str) -> Ranked:
     s = scores_1d(scores, "scores")
     y = binary_labels(labels, "labels")

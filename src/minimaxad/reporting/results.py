@@ -32,7 +32,19 @@ _HEADERS = {
     "p_f1max": "P-F1max",
     "aupro": "AUPRO",
     "aupro_200": "AUPRO-200",
+    "seg_f1": "SegF1",
+    "seg_f1_max": "SegF1max",  # the oracle: the best threshold chosen with the test masks (= P-F1max)
 }
+
+#: what each column of ``metrics.csv`` / the table means, for the metrics that are not the paper's
+METRIC_DESCRIPTIONS = {
+    "seg_f1": "pooled pixel F1 of map >= the pixel threshold calibrated on normal held-out images (MVTec AD 2)",
+    "seg_f1_max": "oracle: best pooled pixel F1 over all thresholds, chosen on the test masks (= p_f1max)",
+}
+
+#: metrics reported by a run that follows no paper protocol (no preset, no ``--protocol``), on top of
+#: the protocol's; a paper protocol reports exactly its ``reported`` (the authors' tables)
+DEPLOYMENT_KEYS = ("seg_f1", "seg_f1_max")
 
 
 def _scalar(v: Any) -> float | None:
@@ -97,6 +109,7 @@ def evaluate_by_category(
     anomaly_maps: Any = None,
     masks: Any = None,
     has_mask: Any = None,
+    pixel_thresholds: Mapping[str, float | None] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """Run :func:`minimaxad.metrics.evaluate` per category and :func:`summarize` the results.
@@ -105,7 +118,8 @@ def evaluate_by_category(
     (N, H, W) or (N, 1, H, W) (optional). has_mask: optional (N,) bool, True where the item's
     mask is real ground truth (normal images count as real all-zero masks); a category gets
     pixel metrics only if all its items have masks, or a ``{category: bool}`` mapping. Extra
-    keyword arguments go to ``evaluate`` (``bootstrap``, ``seed``...). With
+    keyword arguments go to ``evaluate`` (``bootstrap``, ``seed``...). pixel_thresholds:
+    ``{category: pixel threshold or None}``, each category's calibrated threshold, for ``seg_f1``. With
     ``return_curves=True`` the summary also holds ``curves = {category: curves}``.
     Categories keep their order of first appearance. Items of a category that are contiguous
     are sliced without copying the maps.
@@ -142,6 +156,7 @@ def evaluate_by_category(
             _take(labels, sel),
             anomaly_maps=_take(anomaly_maps, sel) if with_pixels else None,
             masks=_take(masks, sel) if with_pixels else None,
+            pixel_threshold=(pixel_thresholds or {}).get(name),
             **kw,
         )
         if "curves" in res:
@@ -344,4 +359,6 @@ __all__ = [
     "format_table",
     "CI_KEYS",
     "METRIC_KEYS",
+    "DEPLOYMENT_KEYS",
+    "METRIC_DESCRIPTIONS",
 ]
