@@ -179,11 +179,6 @@ def test_fit_calibrates_on_validation_photos(tmp_path, capsys):
     assert (out / "metrics.json").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/trainer.calibrate names every hold-out 'normal images held out of training'; "
-    "it needs the validation source passed down (outside this change)",
-)
 def test_threshold_note_names_the_validation_photos(tmp_path):
     from minimaxad.cli import main
     from minimaxad.engine.checkpoint import read_checkpoint

@@ -584,7 +584,14 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
     from minimaxad.data import calibration_subset
 
     if holdout_set is not None and len(holdout_set) > 0:
-        dataset, source = holdout_set, "normal images held out of training"
+        from minimaxad.data.build import validation_split
+
+        # a format with its own calibration photos (MVTec AD 2 validation/good) is calibrated on them
+        split = None if config.extra_datasets else validation_split(config.format or "mvtec")
+        dataset, source = (
+            holdout_set,
+            f"normal validation photos ({split})" if split else "normal images held out of training",
+        )
     else:
         dataset = train_set
         source = (
