@@ -23,7 +23,8 @@ from minimaxad.metrics import METRIC_KEYS, evaluate
 #: confidence-interval keys (``(lo, hi)``) that may accompany the metrics
 CI_KEYS = tuple(f"{k}_ci" for k in METRIC_KEYS)
 
-_HEADERS = {
+#: column titles of the metrics table, the CSV and the seeds page
+METRIC_HEADERS = {
     "i_auroc": "I-AUROC",
     "i_ap": "I-AP",
     "i_f1max": "I-F1max",
@@ -251,7 +252,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     cols = [k for k in METRIC_KEYS if any(k in r for r in rows)]
     names = [*cats.keys(), "mean"]
     w0 = max([len("category"), *map(len, names)])
-    widths = [max(len(_HEADERS[c]), 6) for c in cols]
+    widths = [max(len(METRIC_HEADERS[c]), 6) for c in cols]
 
     spread = summary.get("categories_std")  # from seed_spread: cells become "mean ± std"
     if spread is not None:
@@ -269,7 +270,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 cells.append(f"{100 * float(v):{w}.1f}")
         return cells
 
-    lines = ["  ".join(["category".ljust(w0), *(_HEADERS[c].rjust(w) for c, w in zip(cols, widths))])]
+    lines = ["  ".join(["category".ljust(w0), *(METRIC_HEADERS[c].rjust(w) for c, w in zip(cols, widths))])]
     lines.append("-" * len(lines[0]))
     for name, row in cats.items():
         lines.append("  ".join([name.ljust(w0), *fmt(row, None if spread is None else spread.get(name))]))
@@ -342,11 +343,11 @@ def format_paper_table(summary: Mapping[str, Any], protocol: Any = None) -> str:
 
     cells = [[cell(n, k) for n in names] for k in order]
     widths = [max(len(n), *(len(r[j]) for r in cells)) for j, n in enumerate(names)]
-    w0 = max(len("metric"), *(len(_HEADERS[k]) for k in order))
+    w0 = max(len("metric"), *(len(METRIC_HEADERS[k]) for k in order))
     lines = ["  ".join(["metric".ljust(w0), *(n.rjust(w) for n, w in zip(names, widths))])]
     lines.append("-" * len(lines[0]))
     for k, row in zip(order, cells):
-        lines.append("  ".join([_HEADERS[k].ljust(w0), *(c.rjust(w) for c, w in zip(row, widths))]))
+        lines.append("  ".join([METRIC_HEADERS[k].ljust(w0), *(c.rjust(w) for c, w in zip(row, widths))]))
     return "\n".join(lines)
 
 

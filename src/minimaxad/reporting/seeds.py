@@ -8,17 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from minimaxad.metrics import METRIC_KEYS
-
-_NAMES = {
-    "i_auroc": "I-AUROC",
-    "i_ap": "I-AP",
-    "i_f1max": "I-F1max",
-    "p_auroc": "P-AUROC",
-    "p_ap": "P-AP",
-    "p_f1max": "P-F1max",
-    "aupro": "AUPRO",
-    "aupro_200": "AUPRO-200",
-}
+from minimaxad.reporting.results import METRIC_HEADERS
 
 
 def _cell(value: Any, std: Any = None) -> str:
@@ -38,7 +28,7 @@ def write_seed_report(
     cats, mean = summary["categories"], summary["mean"]
     spread, std = summary.get("categories_std", {}), summary.get("std", {})
     cols = [k for k in METRIC_KEYS if k in mean or any(k in r for r in cats.values())]
-    head = "".join(f"<th>{_NAMES[k]}</th>" for k in cols)
+    head = "".join(f"<th>{METRIC_HEADERS[k]}</th>" for k in cols)
     rows = [
         f"<tr><th>{html.escape(n)}</th>" + "".join(_cell(r.get(k), spread.get(n, {}).get(k)) for k in cols) + "</tr>"
         for n, r in cats.items()
