@@ -541,21 +541,9 @@ def test_a_broken_model_stops_the_watcher_and_no_photo_pays_for_it(predictor, so
         return real_predict(images, batch_size=batch_size, category=category)
 
     monkeypatch.setattr(predictor, "predict", predict)
-    for attempt in range(5):
-        if attempt == 4:
-            broken[0] = False
-        clock = FakeClock()
-        watcher = FolderWatcher(inbox, out, predictor, settle_seconds=1.0, clock=clock, echo=lambda m: None)
-        watcher.poll()
-        clock.now = 2
-        if broken[0]:
-            with pytest.raises(RuntimeError, match="the model or the device is failing, not the photos"):
-                watcher.poll()
-        else:
-            assert watcher.poll() == 2
-    records = read_json_lines(out / "results.jsonl")
-    assert [r["file"] for r in records] == ["a.png", "b.png"]
-    assert all(r["decision"] in ("normal", "anomalous") for r in records)
+    restart_while_failing(
+        inbox, out, predictor, broken, RuntimeError, "the model or the device is failing, not the photos"
+    )
 
 
 def test_a_full_output_disk_stops_the_watcher_and_no_photo_pays_for_it(predictor, sources, tmp_path, monkeypatch):
@@ -572,14 +560,20 @@ def test_a_full_output_disk_stops_the_watcher_and_no_photo_pays_for_it(predictor
         return real_write(path, data)
 
     monkeypatch.setattr(watch_module, "atomic_write", atomic_write)
+    restart_while_failing(inbox, out, predictor, full, OSError, "No space left")
+
+
+def restart_while_failing(inbox, out, predictor, failing: list[bool], error: type, match: str) -> None:
+    """Five starts of a watcher on the same OUT, the fault on for the first four: each faulty start
+    stops with ``error``, and the fifth scores both photos (none was quarantined meanwhile)."""
     for attempt in range(5):
-        full[0] = attempt < 4
+        failing[0] = attempt < 4
         clock = FakeClock()
         watcher = FolderWatcher(inbox, out, predictor, settle_seconds=1.0, clock=clock, echo=lambda m: None)
         watcher.poll()
         clock.now = 2
-        if full[0]:
-            with pytest.raises(OSError, match="No space left"):
+        if failing[0]:
+            with pytest.raises(error, match=match):
                 watcher.poll()
         else:
             assert watcher.poll() == 2
