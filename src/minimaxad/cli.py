@@ -50,8 +50,20 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--p-hard", type=float)
     p.add_argument("--p-lim", type=float)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="network input side (default 256; with --tile-size: the tile size)")
     p.add_argument("--crop-size", type=int)
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="cut each photo, at its own resolution, into tiles of this side (small defects in large photos)",
+    )
+    p.add_argument("--tile-stride", type=int, help="pixels between tiles (default: the tile size, no overlap)")
+    p.add_argument("--resize-long-side", type=int, help="with --tile-size: resize each photo's long side first")
+    p.add_argument(
+        "--tile-blend",
+        choices=["mean", "distance"],
+        help="overlapping tiles' maps: averaged (default) or distance-weighted",
+    )
     p.add_argument("--test-domains", nargs="+", help="AeBAD-S: same background illumination view")
     p.add_argument(
         "--extra-data",
@@ -139,6 +151,10 @@ FIT_KEYS = (
     "p_lim",
     "image_size",
     "crop_size",
+    "tile_size",
+    "tile_stride",
+    "resize_long_side",
+    "tile_blend",
     "test_domains",
     "epochs",
     "max_steps",
@@ -178,6 +194,8 @@ def config_from_args(args: argparse.Namespace):
 
         config = config.updated(**get_protocol(args.protocol).run_settings())
     overrides: dict[str, Any] = {k: getattr(args, k) for k in FIT_KEYS}
+    if args.tile_size is not None and args.image_size is None:
+        overrides["image_size"] = args.tile_size  # tiles go to the network as they are
     if args.extra_data:
         extras = []
         for spec in args.extra_data:
@@ -220,6 +238,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             "bootstrap": args.bootstrap,
             "test_domains": args.test_domains,
             "skip_bad_images": args.skip_bad_images or None,
+            "tile_size": args.tile_size,
+            "tile_stride": args.tile_stride,
+            "resize_long_side": args.resize_long_side,
         }.items()
         if v is not None
     }
@@ -261,8 +282,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         recheck_margin=args.recheck_margin,
         trust_torchscript=args.trust_torchscript,
+        tiling=_tiling_overrides(args),
     )
     return 0 if result["predicted"] else 1
+
+
+def _tiling_overrides(args: argparse.Namespace):
+    """``--tile-size``/``--tile-stride``/``--resize-long-side`` of an inference command (None: the model's tiling)."""
+    from minimaxad.inference.predict import TilingOverrides
+
+    given = TilingOverrides(args.tile_size, args.tile_stride, args.resize_long_side)
+    return None if given == TilingOverrides() else given
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -326,6 +356,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder_weights=args.encoder_weights,
         check=not args.no_check,
         overwrite=args.overwrite,
+        tiling=_tiling_overrides(args),
     )
     meta = json.loads(Path(str(path) + ".json").read_text())
     parity = meta.get("parity_relative_error")
@@ -419,6 +450,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         image_threshold=args.threshold,
         false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold,
+        tiling=_tiling_overrides(args),
         **({"trust": True} if args.trust_torchscript else {}),
     )
     return 0
@@ -446,6 +478,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         image_threshold=args.threshold,
         false_positive_rate=args.false_positive_rate,
         pixel_threshold=args.pixel_threshold,
+        tiling=_tiling_overrides(args),
         **({"trust": True} if args.trust_torchscript else {}),
     )
     return 0
@@ -513,6 +546,12 @@ DEPLOYED_MODEL = _options(
         ),
     ),
 )
+# test, predict, serve, watch, export: a tiled model is tiled as it was trained; these change that
+TILING = _options(
+    (("--tile-size",), dict(type=int, help="tile photos of this side (default: as the model was trained)")),
+    (("--tile-stride",), dict(type=int, help="pixels between tiles, e.g. half the tile size for overlap")),
+    (("--resize-long-side",), dict(type=int, help="resize each photo's long side before tiling")),
+)
 PHOTOS = _options(
     (("--category",), dict(help="unified model: use this category's calibrated thresholds")),
     (("--batch-size",), dict(type=int, default=16)),
@@ -536,7 +575,9 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 def add_test_parser(sub: argparse._SubParsersAction) -> None:
     """The ``test`` command's parser."""
     test = sub.add_parser(
-        "test", parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION], help="evaluate a trained checkpoint on a test set"
+        "test",
+        parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, TILING],
+        help="evaluate a trained checkpoint on a test set",
     )
     test.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run folder")
     test.add_argument("--data", help="dataset root (default: the one the model was trained on)")
@@ -560,7 +601,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     """The ``predict`` command's parser."""
     pred = sub.add_parser(
         "predict",
-        parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+        parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS, TILING],
         help="score new photos: heatmaps, masks, scores.csv/json",
     )
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -608,7 +649,9 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     """The ``export`` command's parser."""
     exp = sub.add_parser(
-        "export", parents=[COMMON, ENCODER], help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)"
+        "export",
+        parents=[COMMON, ENCODER, TILING],
+        help="export the fused inference pipeline (ONNX, TorchScript, OpenVINO)",
     )
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument(
@@ -671,7 +714,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     """The ``serve`` command's parser."""
     srv = sub.add_parser(
         "serve",
-        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL],
+        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, TILING],
         help="HTTP service and web page for an inspection station",
         description="Serve a trained model over HTTP: POST /v1/predict (photos -> scores, decisions, "
         "heatmaps, masks), GET /v1/model, /v1/health, /v1/ready, /metrics "
@@ -736,7 +779,7 @@ def add_watch_parser(sub: argparse._SubParsersAction) -> None:
     """The ``watch`` command's parser."""
     wat = sub.add_parser(
         "watch",
-        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS],
+        parents=[COMMON, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS, TILING],
         help="score images as a line camera drops them into a folder",
         description="Watch IN_DIR: score each new image once it is completely written, append "
         "it to OUT/results.jsonl and OUT/results.csv, write its heatmap and mask; a "

@@ -48,7 +48,7 @@ def cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
 # lowest first; a module is in the layer of its longest matching prefix
 LAYERS = (
     ("files and downloads", ("minimaxad.files", "minimaxad.fetch")),
-    ("the method", ("minimaxad.models", "minimaxad.losses", "minimaxad.anomaly_map")),
+    ("the method", ("minimaxad.models", "minimaxad.losses", "minimaxad.anomaly_map", "minimaxad.tiling")),
     ("data and metrics", ("minimaxad.data", "minimaxad.metrics")),
     ("reporting", ("minimaxad.reporting",)),
     ("the engine", ("minimaxad.engine", "minimaxad.presets")),

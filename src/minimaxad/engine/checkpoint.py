@@ -21,6 +21,7 @@ import torch
 from minimaxad import __version__
 from minimaxad.files import create_temporary_beside
 from minimaxad.models import MiniMaxAD
+from minimaxad.tiling import Tiling
 
 FORMAT = "minimaxad-checkpoint"
 FORMAT_VERSION = 1
@@ -159,6 +160,8 @@ def build_checkpoint(
         "image_size": int(config["image_size"]),
         "crop_size": config.get("crop_size"),
         "top_ratio": float(config.get("top_ratio", 0.01)),
+        # how photos are cut into tiles (None: whole photos at image_size): predict/serve/export follow it
+        "tiling": tiling_settings(config),
         "encoder_weights": {
             "identity": model.encoder_weights_id,
             "source": None if random_encoder else str(config.get("encoder_weights")),
@@ -172,6 +175,24 @@ def build_checkpoint(
         ),
         "training_state": training_state,
     }
+
+
+def tiling_settings(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The :class:`~minimaxad.tiling.Tiling` of a run's configuration as plain data (None without tiling)."""
+    if config.get("tile_size") is None:
+        return None
+    return Tiling(
+        config["tile_size"],
+        config.get("tile_stride"),
+        config.get("resize_long_side"),
+        config["image_size"],
+        config.get("tile_blend", "mean"),
+    ).to_dict()
+
+
+def checkpoint_tiling(state: dict[str, Any]) -> Tiling | None:
+    """The tiling a checkpoint (or an exported file's metadata) was trained with, or None."""
+    return Tiling.from_dict(state.get("tiling"))
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from minimaxad.files import atomic_write
+from minimaxad.tiling import Tiling
 
 
 @dataclass
@@ -29,6 +30,11 @@ class RunConfig:
     augment: bool = False  # AeBAD-S training augmentation
     extra_datasets: list[dict[str, Any]] = field(default_factory=list)  # merged unified training
     cache: bool = False
+    # full-resolution tiling (minimaxad/tiling.py): None trains and scores whole photos at image_size
+    tile_size: int | None = None
+    tile_stride: int | None = None  # None: tile_size (no overlap)
+    resize_long_side: int | None = None  # resize each photo's long side to this before tiling
+    tile_blend: str = "mean"  # overlapping tile maps: mean | distance
     workers: int = 0
     skip_bad_images: bool = False
     # model
@@ -69,6 +75,24 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints (0: only at the end)
     logger: list[str] | None = None  # also log to: csv | tensorboard | mlflow (engine/loggers.py)
     preset: str | None = None
+
+    def tiling(self) -> Tiling | None:
+        """The run's :class:`~minimaxad.tiling.Tiling` (tiles fed to the network at ``image_size``),
+        or None without ``tile_size``; settings tiling cannot combine with are refused here."""
+        if self.tile_size is None:
+            if self.tile_stride is not None or self.resize_long_side is not None:
+                raise ValueError("--tile-stride and --resize-long-side need --tile-size")
+            return None
+        clashes = {
+            "a paper preset or --protocol (the paper resizes whole photos)": self.protocol is not None,
+            "--crop-size": self.crop_size is not None,
+            "--extra-data": bool(self.extra_datasets),
+            "--test-domains": bool(self.test_domains),
+        }
+        for what, clash in clashes.items():
+            if clash:
+                raise ValueError(f"--tile-size cannot be combined with {what}; drop one of them")
+        return Tiling(self.tile_size, self.tile_stride, self.resize_long_side, self.image_size, self.tile_blend)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as plain data (what ``config.json`` and checkpoints hold)."""

@@ -185,6 +185,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        order: Callable[[torch.Generator], list[int]] | None = None,
     ) -> None:
         if batch_size < 1 or num_items < 1:
             raise ValueError(
@@ -205,10 +206,14 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
         self.num_items, self.batch_size, self.drop_last = num_items, batch_size, drop_last
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.order = order
 
     def permutation(self) -> list[int]:
-        """This epoch's order of all the items: the same on every rank and for every world size."""
+        """This epoch's order of all the items: the same on every rank and for every world size
+        (``order(generator)`` when given, e.g. tiles grouped by photo; else a plain permutation)."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.order is not None:
+            return self.order(generator)
         return torch.randperm(self.num_items, generator=generator).tolist()
 
     def global_batches(self) -> list[list[int]]:

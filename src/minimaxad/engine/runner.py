@@ -110,7 +110,9 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
         raise ValueError("no data root given: pass --data ROOT")
     augment = config.augment and split == "train"
     common = dict(image_size=config.image_size, crop_size=config.crop_size, skip_bad_images=config.skip_bad_images)
-    kwargs = dict(common, augment=augment, cache=config.cache and split == "train" and not augment)
+    # tiled runs cut the decoded photos themselves: a cache of whole photos resized to image_size is of no use
+    cache = config.cache and split == "train" and not augment and config.tile_size is None
+    kwargs = dict(common, augment=augment, cache=cache)
     if split == "test":
         kwargs["mask_rule"] = _DATASET_MASK_RULES[run_protocol(config).mask_rule]
     if config.cache and augment:
@@ -240,6 +242,7 @@ def evaluate_model(
             workers=config.workers,
             progress=progress,
             protocol_map=(protocol.level_merge, protocol.smoothing) if own else None,
+            tiling=config.tiling(),
         )
         if domain is not None:
             outputs.categories = [f"{c}/{domain}" if several else domain for c in outputs.categories]
@@ -256,6 +259,7 @@ def evaluate_model(
                 anomaly_maps=outputs.maps,
                 masks=outputs.masks,
                 has_mask=has_mask,
+                valid=outputs.valid,  # tiled photos of different sizes
                 # each category's calibrated pixel threshold (the rule of the report and predict), for seg_f1
                 pixel_thresholds={
                     c: resolve_thresholds(calibration, category=c, **threshold_overrides)["pixel"]["value"]
@@ -400,6 +404,7 @@ def _fit(
     from minimaxad.data import calibration_subset, split_holdout
     from minimaxad.data.build import validation_split
 
+    tiling = config.tiling()  # settings it cannot be combined with fail before anything is written
     if context.is_main:
         check_writable_folder(output, "--output folder")  # fail now, not after hours of training
         remove_stale_temporaries(output)  # partial writes of a killed run (its checkpoints are complete)
@@ -428,6 +433,8 @@ def _fit(
     categories = list(train_full.categories)
     echo(f"      {len(train_full)} training images, categories: {', '.join(categories)}")
     echo(f"      protocol {run_protocol(config).describe()}")
+    if tiling is not None:
+        echo(f"      tiling: {tiling.describe()}")
     if run_protocol(config).name == "aebad-mvtec" and not config.extra_datasets:
         echo(
             "      WARNING: the aebad-mvtec protocol trains on AeBAD-S merged with MVTec AD; without "

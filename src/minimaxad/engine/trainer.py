@@ -184,11 +184,12 @@ def train(
     """
     run = TrainingRun(config, output_dir, categories, context or current_context())
     run.set_up(resume, data=_fingerprint_of(train_set))
-    plan = run.plan(len(train_set))
+    items = training_items(config, train_set)
+    plan = run.plan(len(items))
     run.start_progress(plan, enabled=progress)
     for epoch in run.remaining_epochs(plan):
         step_started = time.perf_counter()
-        for batch in run.batches(train_set, epoch):
+        for batch in run.batches(items, epoch):
             run.step(batch)
             if on_step is not None:
                 now = time.perf_counter()
@@ -375,6 +376,7 @@ class TrainingRun:
             rank=self.context.rank,
             world_size=self.context.world_size,
             drop_last=config.drop_last,
+            order=getattr(train_set, "epoch_order", None),  # tiles: grouped by photo
         )
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
@@ -522,6 +524,19 @@ class TrainingRun:
         return self.config.channels_last and self.device.type == "cuda"
 
 
+def training_items(config: RunConfig, train_set):
+    """What the steps draw from: ``train_set``'s photos, or with tiling every tile of them
+    (:class:`~minimaxad.data.tiles.TrainingTiles`; ``--cache`` keeps all decoded photos in memory)."""
+    tiling = config.tiling()
+    if tiling is None:
+        return train_set
+    from minimaxad.data.tiles import TrainingTiles
+
+    tiles = TrainingTiles(train_set, tiling, cache_all=config.cache)
+    log.info("tiling: %d training photos cut into %d tiles, %s", len(train_set), len(tiles), tiling.describe())
+    return tiles
+
+
 def _fingerprint_of(train_set) -> dict[str, Any] | None:
     """The training files' fingerprint (None for a dataset that does not list its files)."""
     paths = getattr(train_set, "paths", None)
@@ -610,10 +625,11 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
         device=device,
         workers=config.workers,
         collect_masks=False,
+        tiling=config.tiling(),
     )
     return calibrate_thresholds(
         outputs.scores,
-        outputs.maps,
+        outputs.map_list(),
         image_fpr=config.image_fpr,
         pixel_fpr=config.pixel_fpr,
         source=source,

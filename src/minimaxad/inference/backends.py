@@ -362,9 +362,11 @@ def create_backend(
     channels_last: bool | None = None,
     workdir: str | Path | None = None,
     threads: int | None = None,
+    smooth: bool = True,
 ) -> Backend:
     """Build backend ``name`` (see :data:`BACKENDS`) for ``model`` at ``image_size``.
 
+    ``smooth=False`` gives the unsmoothed maps a tiled model stitches (see :class:`InferencePipeline`).
     ``model`` may be in training form (needed for ``eager``) or fused; the others work on a
     re-parameterized copy. File backends export the pipeline into ``workdir`` (a temporary
     folder by default) and check it against PyTorch there. ``channels_last`` defaults to True on
@@ -384,10 +386,12 @@ def create_backend(
                 "than float32 here; use fused, compiled or onnxruntime"
             )
         form = "fused" if name == "compiled" else name
-        pipeline = build_pipeline(model, form, top_ratio=top_ratio, image_threshold=image_threshold)
+        pipeline = build_pipeline(model, form, top_ratio=top_ratio, image_threshold=image_threshold, smooth=smooth)
         return TorchBackend(name, pipeline, dev, channels_last=channels_last, compile=name == "compiled")
     # file backends: export once (a private copy: export moves it to the CPU), check, load like a deployed file
-    pipeline = build_pipeline(model, "fused", top_ratio=top_ratio, image_threshold=image_threshold, private_copy=True)
+    pipeline = build_pipeline(
+        model, "fused", top_ratio=top_ratio, image_threshold=image_threshold, private_copy=True, smooth=smooth
+    )
     temporary = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="minimaxad-export-")) if temporary else Path(workdir)
     try:

@@ -233,9 +233,13 @@ class MicroBatcher:
         try:
             if self.warmup_error is not None:
                 raise RuntimeError(f"the model failed to warm up: {self.warmup_error}")
-            maps, scores, rechecked = self.predictor.run(
-                torch.stack([p.image for p in batch]), [p.threshold for p in batch]
-            )
+            thresholds = [p.threshold for p in batch]
+            if self.predictor.tiling is not None:  # photos cut into tiles: max_batch counts tiles
+                maps, scores, rechecked = self.predictor.run_photos(
+                    [p.image for p in batch], thresholds, self.max_batch
+                )
+            else:
+                maps, scores, rechecked = self.predictor.run(torch.stack([p.image for p in batch]), thresholds)
         except Exception as exc:  # this batch fails; the worker goes on
             for p in batch:
                 _resolve(p.future, error=exc)

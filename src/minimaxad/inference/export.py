@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from minimaxad.engine.checkpoint import checkpoint_tiling, read_checkpoint
 from minimaxad.files import atomic_write
 from minimaxad.inference.backends import BackendUnavailable, load_backend
 from minimaxad.inference.graph_files import (  # noqa: F401 (public names of this module)
@@ -91,6 +92,9 @@ def export_metadata(
         "backbone": state["backbone"],
         "top_ratio": state.get("top_ratio", 0.01),
         "categories": state.get("categories", []),
+        # a tiled model's graph maps tiles (unsmoothed); photos are cut and stitched as minimaxad.tiling says
+        "tiling": state.get("tiling"),
+        "map": "tile maps before smoothing: stitch, then smooth" if state.get("tiling") else "smoothed",
         "thresholds": state.get("thresholds") or {},
         "parity_relative_error": parity,
     }
@@ -103,17 +107,24 @@ def export(
     encoder_weights: str | None = None,
     check: bool = True,
     overwrite: bool = False,
+    tiling: Any = None,
 ) -> Path:
     """Export a trained checkpoint's re-parameterized pipeline to ``output`` (format from the
     suffix unless given: ``.onnx``, ``.xml`` for OpenVINO, else TorchScript) and its metadata to
     ``<output>.json``. Existing files are refused unless ``overwrite``. The batch axis of the
-    exported graph is dynamic."""
+    exported graph is dynamic. A tiled model (or ``tiling``, a
+    :class:`~minimaxad.inference.predict.TilingOverrides`) exports the graph of one tile's unsmoothed
+    map; its sidecar holds the tiling, which ``predict``/``serve`` follow."""
     output = Path(output)
     format = format or {".onnx": "onnx", ".xml": "openvino"}.get(output.suffix.lower(), "torchscript")
     meta_path = metadata_path(output)
     if not overwrite:  # before the (slow) export, and before anything is written
         refuse_to_overwrite(written_files(output, format) + [meta_path])
-    pipeline, state = pipeline_from_checkpoint(checkpoint, encoder_weights=encoder_weights)
+    state = read_checkpoint(checkpoint)
+    if tiling is not None:  # TilingOverrides: the file's sidecar records the tiling it is to be run with
+        tiled = tiling.apply(checkpoint_tiling(state), state["image_size"])
+        state = {**state, "tiling": None if tiled is None else tiled.to_dict()}
+    pipeline, state = pipeline_from_checkpoint(state, encoder_weights=encoder_weights)
     size = state.get("crop_size") or state["image_size"]
     parity = export_pipeline(pipeline, output, format, size, check=check, overwrite=overwrite)
     meta = export_metadata(state, format, parity, pipeline.output_names)

@@ -34,6 +34,8 @@ class InferencePipeline(nn.Module):
         compute_dtype: dtype the network runs in (``torch.bfloat16`` / ``torch.float16`` for the
             reduced-precision paths). Maps and scores are always computed in float32 from the
             features, so only the network's arithmetic is reduced.
+        smooth: False leaves the Gaussian out: the maps of a tiled model's tiles, which are
+            stitched into the photo's map first and smoothed there (:mod:`minimaxad.tiling`).
     """
 
     def __init__(
@@ -42,9 +44,11 @@ class InferencePipeline(nn.Module):
         top_ratio: float = 0.01,
         image_threshold: float | None = None,
         compute_dtype: torch.dtype = torch.float32,
+        smooth: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
+        self.smooth = bool(smooth)
         self.top_ratio = float(top_ratio)
         self.compute_dtype = compute_dtype
         self.has_threshold = image_threshold is not None
@@ -64,7 +68,9 @@ class InferencePipeline(nn.Module):
         if self.compute_dtype != torch.float32:
             encoder_features = [f.float() for f in encoder_features]
             decoder_features = [f.float() for f in decoder_features]
-        maps = anomaly_map(encoder_features, decoder_features, image_size=(images.shape[-2], images.shape[-1]))
+        maps = anomaly_map(
+            encoder_features, decoder_features, image_size=(images.shape[-2], images.shape[-1]), smooth=self.smooth
+        )
         scores = image_score(maps, self.top_ratio)
         if self.has_threshold:
             return maps, scores, scores >= self.image_threshold
@@ -83,6 +89,7 @@ def build_pipeline(
     top_ratio: float = 0.01,
     image_threshold: float | None = None,
     private_copy: bool = False,
+    smooth: bool = True,
 ) -> InferencePipeline:
     """The one place an :class:`InferencePipeline` is made (backends, export and predict use it).
 
@@ -99,21 +106,25 @@ def build_pipeline(
                 "the eager backend is the training-form model, but this model is re-parameterized; "
                 "pass the model before reparameterize()"
             )
-        return InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold)
+        return InferencePipeline(copy.deepcopy(model), top_ratio, image_threshold, smooth=smooth)
     network = fused_copy(model)
     dtype = PIPELINE_FORMS[form]
     if (private_copy or dtype != torch.float32) and network is model:
         network = copy.deepcopy(network)
-    return InferencePipeline(network.to(dtype), top_ratio, image_threshold, compute_dtype=dtype)
+    return InferencePipeline(network.to(dtype), top_ratio, image_threshold, compute_dtype=dtype, smooth=smooth)
 
 
 def pipeline_from_checkpoint(
     checkpoint: dict[str, Any] | str | Path, encoder_weights: str | Path | None = None
 ) -> tuple[InferencePipeline, dict[str, Any]]:
     """The fused pipeline of a trained checkpoint with its top ratio and calibrated image
-    threshold (the decision output), and the checkpoint's dict (for the metadata)."""
+    threshold (the decision output), and the checkpoint's dict (for the metadata). A tiled
+    model's pipeline gives the unsmoothed maps of tiles (no decision: that needs the whole photo)."""
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     model = model_from_checkpoint(state, encoder_weights=encoder_weights)
-    threshold = ((state.get("thresholds") or {}).get("image") or {}).get("value")
-    pipeline = build_pipeline(model, "fused", top_ratio=state.get("top_ratio", 0.01), image_threshold=threshold)
+    tiled = state.get("tiling") is not None
+    threshold = None if tiled else ((state.get("thresholds") or {}).get("image") or {}).get("value")
+    pipeline = build_pipeline(
+        model, "fused", top_ratio=state.get("top_ratio", 0.01), image_threshold=threshold, smooth=not tiled
+    )
     return pipeline.eval(), state

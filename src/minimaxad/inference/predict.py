@@ -20,35 +20,42 @@ import torch
 from PIL import Image
 
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
+from minimaxad.data.tiles import PhotoTiler
 from minimaxad.data.transforms import Transform
-from minimaxad.engine.checkpoint import model_from_checkpoint, read_checkpoint
+from minimaxad.engine.checkpoint import checkpoint_tiling, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.thresholds import Thresholds, near_threshold, thresholds_for
 from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
 from minimaxad.inference.backends import Backend, create_backend, load_backend
 from minimaxad.inference.export import read_metadata
 from minimaxad.models import MiniMaxAD
 from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
+from minimaxad.tiling import TiledPhoto, Tiling, run_tiled
 
 
 @dataclass
 class Prediction:
-    """Results for a batch, in input order. Maps are at the network's input size."""
+    """Results for a batch, in input order. Maps are at the network's input size, or, for a tiled
+    model, at each photo's (resized) resolution: then ``maps`` is a list of ``(H_i, W_i)`` arrays."""
 
     scores: np.ndarray  # (N,) raw anomaly scores
-    maps: np.ndarray  # (N, H, W) float32 anomaly maps
+    maps: np.ndarray | list[np.ndarray]  # (N, H, W) float32 anomaly maps, or one (H_i, W_i) per photo
     thresholds: Thresholds  # the rule the decisions were made with
     sizes: list[tuple[int, int]]  # (width, height) of each original image
     rechecked: np.ndarray | None = None  # (N,) bool: re-scored in float32 (near the threshold)
     normalized_scores: np.ndarray = field(init=False)  # (N,) in [0, 1], 0.5 at the image threshold
     is_anomalous: np.ndarray = field(init=False)  # (N,) bool: score >= image threshold
     decisions: list[str] = field(init=False)  # "anomalous", "normal", or "unknown" without a threshold
-    defect_masks: np.ndarray | None = field(init=False)  # (N, H, W) bool: map >= pixel threshold
+    defect_masks: np.ndarray | list[np.ndarray] | None = field(init=False)  # map >= pixel threshold, as maps
 
     def __post_init__(self) -> None:
         self.normalized_scores = self.thresholds.normalize(self.scores)
         self.is_anomalous = self.thresholds.is_anomalous(self.scores)
         self.decisions = self.thresholds.decisions(self.scores)
-        self.defect_masks = self.thresholds.defect_masks(self.maps)
+        if isinstance(self.maps, list):  # tiled photos of different sizes: one mask per map
+            masks = [self.thresholds.defect_masks(m) for m in self.maps]
+            self.defect_masks = None if self.thresholds.pixel.value is None else masks
+        else:
+            self.defect_masks = self.thresholds.defect_masks(self.maps)
 
     @property
     def image_threshold(self) -> float | None:
@@ -88,15 +95,24 @@ class Predictor:
         recheck_margin: float | None = None,
         float32_backend: Backend | None = None,
         categories: Sequence[str] | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         self.transform = Transform(image_size, crop_size)
         size = self.transform.output_size[0]
+        self.tiling = tiling
+        if tiling is not None:
+            if tiling.image_size != size or crop_size is not None:
+                raise ValueError(f"tiles go to the network at {tiling.image_size} px but the model takes {size} px")
+            self.tiler = PhotoTiler(tiling, tuple(self.transform.mean), tuple(self.transform.std))
         if isinstance(backend, Backend):
             self.backend = backend
         else:
             if model is None:
                 raise ValueError("a Predictor needs a model, or a ready Backend as backend=")
-            self.backend = create_backend(backend, model, image_size=size, top_ratio=top_ratio, device=device)
+            # a tiled model's network gives unsmoothed tile maps: the photo's map is stitched, then smoothed
+            self.backend = create_backend(
+                backend, model, image_size=size, top_ratio=top_ratio, device=device, smooth=tiling is None
+            )
         self.model = model
         self.device = self.backend.device
         # Reduced precision moves scores by ~0.1%: images that close to the threshold are
@@ -137,10 +153,13 @@ class Predictor:
         reparameterize: bool = True,
         backend: str = "fused",
         trust: bool = False,
+        tiling: TilingOverrides | None = None,
         **threshold_overrides: Any,
     ) -> "Predictor":
         """Load once: the model, transform and thresholds, on ``backend`` (see
         :data:`minimaxad.inference.backends.BACKENDS`; ``fused`` = re-parameterized PyTorch by default).
+        Photos are tiled as the model was trained (the checkpoint's tiling); ``tiling`` changes
+        some of its settings (:class:`TilingOverrides`, e.g. a smaller stride for overlapping tiles).
 
         ``checkpoint`` may also be an exported file (``.onnx``, OpenVINO ``.xml``, TorchScript) with
         its ``.json`` beside it: see :meth:`from_exported` (TorchScript needs ``trust=True``).
@@ -151,6 +170,7 @@ class Predictor:
                 device=device,
                 trust=trust,
                 backend=None if backend in ("fused", None) else backend,
+                tiling=tiling,
                 **threshold_overrides,
             )
         state = read_checkpoint(checkpoint)
@@ -168,6 +188,7 @@ class Predictor:
             device=device,
             backend=backend,
             categories=state.get("categories"),
+            tiling=(tiling or TilingOverrides()).apply(checkpoint_tiling(state), state["image_size"]),
             **threshold_overrides,
         )
 
@@ -179,6 +200,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         backend: str | None = None,
         trust: bool = False,
+        tiling: TilingOverrides | None = None,
         **threshold_overrides: Any,
     ) -> "Predictor":
         """A Predictor over a file written by ``minimaxad export``: ``.onnx`` runs in ONNX Runtime
@@ -186,6 +208,13 @@ class Predictor:
         in PyTorch (only with ``trust=True``: TorchScript runs the code stored in the file).
         Preprocessing and thresholds come from ``<file>.json``."""
         meta = read_metadata(Path(path))
+        stored = checkpoint_tiling(meta)
+        tiled = (tiling or TilingOverrides()).apply(stored, meta["image_size"])
+        if tiled is not None and stored is None:
+            raise ValueError(
+                f"{path} was exported without tiling (its graph smooths whole-photo maps); export the "
+                "checkpoint again with --tile-size to run it on tiles"
+            )
         device = "cpu" if str(device) == "auto" else device
         runner = load_backend(path, backend, device=device, trust=trust)
         float32 = None
@@ -202,6 +231,7 @@ class Predictor:
             backend=runner,
             float32_backend=float32,
             categories=meta.get("categories"),
+            tiling=tiled,
             **threshold_overrides,
         )
 
@@ -228,6 +258,12 @@ class Predictor:
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         thresholds = self.thresholds_for(category)
+        if self.tiling is not None:
+            photos = [load_image(image) for image in images]
+            maps_list, scores_arr, near = self.run_photos(
+                [self.tiler.cut(p) for p in photos], [thresholds.image.value] * len(photos), batch_size
+            )
+            return Prediction(scores_arr, maps_list, thresholds, [p.size for p in photos], near)
         scores, maps, sizes, rechecked = [], [], [], []
         for start in range(0, len(images), batch_size):
             batch, batch_sizes = self.preprocess(images[start : start + batch_size])
@@ -253,6 +289,31 @@ class Predictor:
             scores[near] = exact_scores.float().cpu().numpy()
         return maps, scores, near
 
+    def run_photos(
+        self, photos: Sequence[TiledPhoto], thresholds: Sequence[float | None], batch_size: int = 16
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """:meth:`run` for a tiled model: each photo's stitched map ``(H, W)`` at its (resized)
+        resolution, the scores, and which photos were re-scored in float32. ``batch_size`` counts tiles."""
+        results = list(self._tiled(photos, self.backend, batch_size))
+        maps = [r.map.float().cpu().numpy() for r in results]
+        scores = np.asarray([r.score for r in results], dtype=np.float32)
+        near = near_threshold(scores, thresholds, self.recheck_margin)
+        if near.any():
+            again = [photos[i] for i in np.flatnonzero(near)]
+            for i, exact in zip(np.flatnonzero(near), self._tiled(again, self.float32_backend(), batch_size)):
+                maps[i], scores[i] = exact.map.float().cpu().numpy(), exact.score
+        return maps, scores, near
+
+    def _tiled(self, photos: Sequence[TiledPhoto], backend: Backend, batch_size: int):
+        assert self.tiling is not None
+        return run_tiled(
+            photos,
+            lambda tiles: backend(tiles)[0],
+            batch_size=batch_size,
+            top_ratio=self.top_ratio,
+            blend=self.tiling.blend,
+        )
+
     def float32_backend(self) -> Backend:
         """The float32 form of this predictor's model (made on first use), for re-checks."""
         if self._float32_backend is None:
@@ -267,8 +328,34 @@ class Predictor:
                 image_size=self.transform.output_size[0],
                 top_ratio=self.top_ratio,
                 device=self.device,
+                smooth=self.tiling is None,
             )
         return self._float32_backend
+
+
+@dataclass(frozen=True)
+class TilingOverrides:
+    """Tiling settings given at inference time (``--tile-size``, ``--tile-stride``,
+    ``--resize-long-side``): they replace the model's own; None keeps the model's value."""
+
+    tile_size: int | None = None
+    tile_stride: int | None = None
+    resize_long_side: int | None = None
+
+    def apply(self, stored: Tiling | None, image_size: int) -> Tiling | None:
+        """The tiling in force: ``stored`` (the model's, None for a whole-photo model) with these
+        settings replacing its own; a whole-photo model is tiled only when ``tile_size`` is given."""
+        if self.tile_size is None and stored is None:
+            if self.tile_stride is not None or self.resize_long_side is not None:
+                raise ValueError(
+                    "this model scores whole photos: --tile-stride and --resize-long-side need --tile-size"
+                )
+            return None
+        base = stored.to_dict() if stored is not None else {"tile_size": self.tile_size, "image_size": image_size}
+        if self.tile_size is not None and self.tile_size != base["tile_size"]:
+            base["tile_stride"] = None  # a stride was for the old tile size
+        given = {k: v for k, v in vars(self).items() if v is not None}
+        return Tiling(**{**base, **given, "image_size": image_size})
 
 
 REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16")
@@ -413,6 +500,7 @@ def predict_paths(
     backend: str = "fused",
     recheck_margin: float | None = None,
     trust_torchscript: bool = False,
+    tiling: TilingOverrides | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score every image; write ``heatmaps/NAME.png`` (overlay at the photo's size),
@@ -430,6 +518,7 @@ def predict_paths(
         backend=backend,
         recheck_margin=recheck_margin,
         trust=trust_torchscript,
+        tiling=tiling,
     )
     files, names, failed = collect_inputs(inputs, exclude=files_out.output)
     style = MapStyle.of(predictor, category, alpha)

@@ -378,7 +378,7 @@ class DecodedUploads:
     """A request's photos decoded into one normalised batch; the full-size photos only when the
     request wants pictures drawn on them."""
 
-    batch: torch.Tensor  # (N, 3, S, S)
+    batch: torch.Tensor | list  # (N, 3, S, S), or a tiled model's N TiledPhoto
     sizes: list[tuple[int, int]]  # (width, height) of each photo
     photos: list[Image.Image] | None
 
@@ -538,14 +538,17 @@ class InspectionService:
             finally:
                 image.close()
             if not errors:
-                tensors.append(self.predictor.transform(photo))
+                # a tiled model takes the photo's tiles (at its own resolution), stitched again after the network
+                tiled = self.predictor.tiling is not None
+                tensors.append(self.predictor.tiler.cut(photo) if tiled else self.predictor.transform(photo))
                 sizes.append(photo.size)
                 if request.wanted:
                     photos.append(photo)
             del photo
         if errors:
             raise bad_images(errors)
-        return DecodedUploads(torch.stack(tensors), sizes, photos if request.wanted else None)
+        batch = tensors if self.predictor.tiling is not None else torch.stack(tensors)
+        return DecodedUploads(batch, sizes, photos if request.wanted else None)
 
     async def predict(self, request: PredictRequest, limiter: Any) -> dict[str, Any]:
         """Decode, score in the shared batches, decide and answer; decoded pixels held under the budget."""

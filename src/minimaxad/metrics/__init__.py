@@ -66,12 +66,14 @@ def evaluate(
     seed: int = 0,
     return_curves: bool = False,
     pixel_threshold: float | None = None,
+    valid: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All metrics of a test set.
 
     image_scores: (N,) float; labels: (N,) 0/1 (1 = anomalous); anomaly_maps: (N, H, W) or
     (N, 1, H, W) float; masks: same shape, binarised ``> 0.5``. numpy arrays or tensors (maps
-    on any device: the pixel metrics run there; region labelling runs on the CPU).
+    on any device: the pixel metrics run there; region labelling runs on the CPU). valid: same
+    shape, bool: only these pixels count (maps of photos of different sizes padded into one stack).
 
     Returns floats under ``i_auroc, i_ap, i_f1max, i_f1max_threshold`` and, when maps and
     masks are both given and the masks contain at least one anomalous pixel, ``p_auroc, p_ap,
@@ -115,7 +117,7 @@ def evaluate(
                 f"anomaly_maps has {n_maps} maps but image_scores has {scores.numel()} "
                 "values; give one map per test item, in the same order"
             )
-        data = PixelData(anomaly_maps, masks)
+        data = PixelData(anomaly_maps, masks, valid=valid)
         if data.has_positive:
             if not data.has_negative:
                 raise ValueError(
@@ -146,12 +148,12 @@ def evaluate(
     return out
 
 
-def seg_f1(anomaly_maps: ArrayLike, masks: ArrayLike, threshold: float) -> float:
+def seg_f1(anomaly_maps: ArrayLike, masks: ArrayLike, threshold: float, valid: ArrayLike | None = None) -> float:
     """MVTec AD 2's SegF1: the F1 of ``map >= threshold`` against the masks (``> 0.5``) over all
     pixels of all images pooled (TP, FP and FN summed over the images, then F1; not a mean of
-    per-image F1s). maps/masks: (N, H, W) or (N, 1, H, W). NaN when the masks have no anomalous
+    per-image F1s). maps/masks: (N, H, W) or (N, 1, H, W); ``valid`` as in :func:`evaluate`. NaN when the masks have no anomalous
     pixel (like the other pixel metrics, the score is undefined there)."""
-    data = PixelData(anomaly_maps, masks, need_regions=False)
+    data = PixelData(anomaly_maps, masks, need_regions=False, valid=valid)
     if not data.has_positive:
         return float("nan")
     if not data.has_negative:

@@ -55,7 +55,9 @@ class PixelData:
     Built once per ``evaluate`` call; holds one float copy of the pixel scores.
     """
 
-    def __init__(self, anomaly_maps: ArrayLike, masks: ArrayLike, *, need_regions: bool = True):
+    def __init__(
+        self, anomaly_maps: ArrayLike, masks: ArrayLike, *, need_regions: bool = True, valid: ArrayLike | None = None
+    ):
         maps = as_float(maps_3d(anomaly_maps, "anomaly_maps"))
         mask = binarise_masks(maps_3d(masks, "masks"))
         if mask.shape != maps.shape:
@@ -65,6 +67,12 @@ class PixelData:
                 "(nearest, or bilinear then > 0.5) before evaluating"
             )
         mask = mask.to(maps.device)
+        if valid is not None:
+            # maps of photos of different sizes, padded into one stack: only their own pixels count
+            valid = maps_3d(valid, "valid").to(device=maps.device, dtype=torch.bool)
+            if valid.shape != maps.shape:
+                raise ValueError(f"valid has shape {tuple(valid.shape)} but anomaly_maps {tuple(maps.shape)}")
+            mask = mask & valid
         self.shape = tuple(maps.shape)
         self.dtype = maps.dtype
         self.device = maps.device
@@ -72,10 +80,14 @@ class PixelData:
         self.n_regions = 0
         self._table: PosTable | None = None
         self.has_positive = bool(mask.any())
-        self.has_negative = not bool(mask.all())
+        self.has_negative = not bool(mask.all()) if valid is None else bool((valid & ~mask).any())
         if not (self.has_positive and self.has_negative):
             return  # pixel metrics undefined: skip the sort (callers check the flags)
-        self.ranked: Ranked = rank_scores(maps, mask, keep_order=need_regions, name="anomaly_maps")
+        # positives keep their C order among the valid pixels, which is their order in the full
+        # stack: the region ids below (labelled on the padded masks) line up with them
+        scores, positive = (maps, mask) if valid is None else (maps[valid], mask[valid])
+        self.ranked: Ranked = rank_scores(scores, positive, keep_order=need_regions, name="anomaly_maps")
+        del scores, positive
         if need_regions:
             region, areas = label_regions(mask.cpu().numpy())
             self.n_regions = len(areas)

@@ -111,6 +111,7 @@ def evaluate_by_category(
     masks: Any = None,
     has_mask: Any = None,
     pixel_thresholds: Mapping[str, float | None] | None = None,
+    valid: Any = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """Run :func:`minimaxad.metrics.evaluate` per category and :func:`summarize` the results.
@@ -120,7 +121,8 @@ def evaluate_by_category(
     mask is real ground truth (normal images count as real all-zero masks); a category gets
     pixel metrics only if all its items have masks, or a ``{category: bool}`` mapping. Extra
     keyword arguments go to ``evaluate`` (``bootstrap``, ``seed``...). pixel_thresholds:
-    ``{category: pixel threshold or None}``, each category's calibrated threshold, for ``seg_f1``. With
+    ``{category: pixel threshold or None}``, each category's calibrated threshold, for ``seg_f1``. valid:
+    optional (N, H, W) bool, the pixels that belong to each map (photos of different sizes padded). With
     ``return_curves=True`` the summary also holds ``curves = {category: curves}``.
     Categories keep their order of first appearance. Items of a category that are contiguous
     are sliced without copying the maps.
@@ -158,6 +160,7 @@ def evaluate_by_category(
             anomaly_maps=_take(anomaly_maps, sel) if with_pixels else None,
             masks=_take(masks, sel) if with_pixels else None,
             pixel_threshold=(pixel_thresholds or {}).get(name),
+            valid=_take(valid, sel) if with_pixels and valid is not None else None,
             **kw,
         )
         if "curves" in res:

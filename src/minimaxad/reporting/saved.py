@@ -24,20 +24,25 @@ def save_evaluation(path: Path, evaluation, summary: dict[str, Any], config: dic
     """Write scores, labels, categories, paths, small maps and masks, thresholds and metrics."""
     outputs = evaluation.outputs
     side = _stored_side(len(outputs.scores), outputs.maps.shape[-1])
-    maps = F.interpolate(outputs.maps[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+    maps = _thumbnails(outputs.map_list(), side, "bilinear")
     arrays: dict[str, Any] = {
         "scores": outputs.scores.astype(np.float32),
         "labels": outputs.labels.astype(np.int8),
         "categories": np.asarray(outputs.categories, dtype=str),
         "paths": np.asarray(outputs.paths, dtype=str),
         "maps": maps.numpy().astype(np.float16),
-        "map_range": np.asarray(_map_range(outputs.maps), dtype=np.float64),
+        "map_range": np.asarray(
+            _map_range(outputs.maps if outputs.sizes is None else outputs.maps[outputs.valid]), dtype=np.float64
+        ),
         "meta": np.asarray(
             json.dumps({"summary": summary, "thresholds": evaluation.thresholds, "config": config}, default=str)
         ),
     }
     if outputs.masks is not None:
-        small = F.interpolate(outputs.masks[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0.5
+        masks = (
+            outputs.masks if outputs.sizes is None else [m[:h, :w] for m, (h, w) in zip(outputs.masks, outputs.sizes)]
+        )
+        small = _thumbnails(masks, side, "nearest") > 0.5
         arrays["masks"] = small.numpy()
         arrays["has_mask"] = outputs.has_mask if len(outputs.has_mask) else outputs.masks.flatten(1).any(1).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +50,17 @@ def save_evaluation(path: Path, evaluation, summary: dict[str, Any], config: dic
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     return path
+
+
+def _thumbnails(maps: torch.Tensor | list[torch.Tensor], side: int, mode: str) -> torch.Tensor:
+    """``(N, side, side)`` float: each map (or mask) of a stack, or of a list of different sizes, resized."""
+    align = False if mode == "bilinear" else None
+    if isinstance(maps, torch.Tensor):
+        return F.interpolate(maps[:, None].float(), size=(side, side), mode=mode, align_corners=align)[:, 0]
+    small = [
+        F.interpolate(m[None, None].float(), size=(side, side), mode=mode, align_corners=align)[0, 0] for m in maps
+    ]
+    return torch.stack(small) if small else torch.zeros((0, side, side))
 
 
 def _map_range(maps: torch.Tensor) -> tuple[float, float]:
