@@ -265,6 +265,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``minimaxad predict``: score photos and folders; exit code 1 when no photo could be scored."""
     from minimaxad.inference.predict import predict_paths
 
+    if args.mvtec_ad2:
+        return _predict_mvtec_ad2(args)
+    if not args.inputs:
+        raise SystemExit("minimaxad predict: give photos or folders to score (or --mvtec-ad2 ROOT)")
     result = predict_paths(
         Path(args.checkpoint),
         [Path(p) for p in args.inputs],
@@ -285,6 +289,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tiling=_tiling_overrides(args),
     )
     return 0 if result["predicted"] else 1
+
+
+def _predict_mvtec_ad2(args: argparse.Namespace) -> int:
+    """``predict --mvtec-ad2 ROOT``: the private test sets in the evaluation server's layout."""
+    from minimaxad.inference.mvtec_ad2_submission import write_mvtec_ad2_submission
+
+    if args.inputs:
+        raise SystemExit("minimaxad predict: give either photos or --mvtec-ad2 ROOT, not both")
+    if _tiling_overrides(args) is not None:
+        raise SystemExit("minimaxad predict --mvtec-ad2 scores as the model was trained: drop the --tile-* options")
+    result = write_mvtec_ad2_submission(
+        Path(args.checkpoint),
+        Path(args.mvtec_ad2),
+        Path(args.output),
+        **({"splits": args.splits} if args.splits else {}),
+        categories=args.categories,
+        device=args.device or "auto",
+        backend=args.backend,
+        batch_size=args.batch_size,
+        encoder_weights=args.encoder_weights,
+        pixel_threshold=args.pixel_threshold,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return 0 if result["photos"] else 1
 
 
 def _tiling_overrides(args: argparse.Namespace):
@@ -604,9 +633,22 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         parents=[COMMON, QUIET, DEVICE, ENCODER, DECISION, DEPLOYED_MODEL, PHOTOS, TILING],
         help="score new photos: heatmaps, masks, scores.csv/json",
     )
-    pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pred.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR")
     pred.add_argument("--output", required=True)
     pred.add_argument("--report", action="store_true", help="also write report.html")
+    pred.add_argument(
+        "--mvtec-ad2",
+        metavar="ROOT",
+        help="instead of photos: score MVTec AD 2's private test sets under ROOT into the evaluation server's layout",
+    )
+    pred.add_argument(
+        "--splits",
+        nargs="+",
+        choices=["test_private", "test_private_mixed", "test_public"],
+        help="with --mvtec-ad2 (default: test_private test_private_mixed, what the server takes)",
+    )
+    pred.add_argument("--categories", nargs="+", help="with --mvtec-ad2: only these categories")
+    pred.add_argument("--overwrite", action="store_true", help="with --mvtec-ad2: replace an earlier submission")
     pred.set_defaults(func=cmd_predict)
 
 

@@ -276,3 +276,18 @@ def test_maps_already_at_the_photo_size_are_written_as_they_are(ad2, tmp_path, m
             Image.open(folder / "anomaly_images_thresholded" / "can" / "test_private" / f"{i:03d}_regular.png")
         )
         np.testing.assert_array_equal(mask == 255, want >= 35000.0)
+
+
+def test_the_predict_command_writes_the_submission(ad2, tmp_path, capsys):
+    from minimaxad.cli import main
+
+    root, run = ad2
+    output = tmp_path / "cli"
+    argv = ["predict", "--checkpoint", str(run), "--mvtec-ad2", str(root), "--output", str(output), "--quiet"]
+    assert main(argv + ["--categories", "can", "--splits", "test_private"]) == 0
+    tiffs = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.tiff"))
+    photos = sorted((root / "can" / "test_private").glob("*.png"))
+    assert tiffs == [f"submission/anomaly_images/can/test_private/{p.stem}.tiff" for p in photos]
+    assert "check_and_prepare_data_for_upload.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not both"):  # photos and --mvtec-ad2 together are refused
+        main(argv + [str(photos[0])])
