@@ -348,6 +348,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """``minimaxad benchmark``: time each backend (one JSON file per backbone), optionally training too."""
     from minimaxad.inference.benchmark import print_training_table, run_benchmark
 
+    if args.tile_size is not None or args.photo_size is not None:
+        return _benchmark_tiled(args)
     sizes = args.image_sizes or ([args.image_size] if args.image_size else [224, 256])
     for backbone in args.backbones:
         output = Path(args.output)
@@ -370,6 +372,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print_training_table(
             args.backbones, sizes[-1], args.batch_sizes, device=args.device or "auto", min_seconds=args.seconds
         )
+    return 0
+
+
+def _benchmark_tiled(args: argparse.Namespace) -> int:
+    """``benchmark --tile-size T --photo-size WxH``: photos/s and tiles/s of tiled inference."""
+    from minimaxad.inference.benchmark import parse_photo_size, run_tiled_benchmark
+
+    if args.tile_size is None:
+        raise SystemExit("minimaxad benchmark: --photo-size needs --tile-size")
+    run_tiled_benchmark(
+        args.backends,
+        tile_size=args.tile_size,
+        photo_size=parse_photo_size(args.photo_size or "2592x1944"),
+        tile_stride=args.tile_stride,
+        backbone=args.backbones[0],
+        checkpoint=args.checkpoint,
+        batch_sizes=args.batch_sizes,
+        device=args.device or "auto",
+        seconds=args.seconds,
+        threads=args.threads,
+        output=Path(args.output),
+    )
     return 0
 
 
@@ -685,6 +709,11 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, i.e. the cores)")
     bench.add_argument("--output", default="benchmark.json", help="JSON file with every measurement")
     bench.add_argument("--train", action="store_true", help="also time training steps")
+    bench.add_argument("--tile-size", type=int, help="time tiled inference of whole photos, tiles of this side")
+    bench.add_argument("--tile-stride", type=int, help="with --tile-size: pixels between tiles (default: no overlap)")
+    bench.add_argument(
+        "--photo-size", metavar="WxH", help="with --tile-size: the photo's size (default 2592x1944, 5 MP)"
+    )
     bench.set_defaults(func=cmd_benchmark)
 
 

@@ -216,3 +216,19 @@ def test_settings_tiling_cannot_combine_with_are_refused():
     with pytest.raises(ValueError, match="need --tile-size"):
         RunConfig(tile_stride=32).tiling()
     assert RunConfig().tiling() is None
+
+
+def test_the_tiled_benchmark_reports_photos_tiles_and_the_stitching_share(tmp_path, one_thread):
+    from minimaxad.cli import main
+
+    output = tmp_path / "bench.json"
+    argv = ["benchmark", "--tile-size", "32", "--tile-stride", "24", "--photo-size", "100x70", "--backends", "fused"]
+    argv += ["--backbones", "unireplknet_micro", "--batch-sizes", "4", "--seconds", "0.05", "--output", str(output)]
+    assert main(argv) == 0
+    report = json.loads(output.read_text())
+    (row,) = report["rows"]
+    assert row["tiles_per_photo"] == Tiling(32, 24).count(100, 70) == 4 * 3
+    assert row["tiles_per_second"] == pytest.approx(row["photos_per_second"] * 12)
+    assert 0 < row["stitch_share"] < 1 and row["network_ms"] > 0
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        main(["benchmark", "--tile-size", "32", "--photo-size", "100", "--debug"])

@@ -403,6 +403,129 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# -- tiled photos -------------------------------------------------------------------------------
+def parse_photo_size(text: str) -> tuple[int, int]:
+    """``"2448x2048"`` -> ``(2448, 2048)`` (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--photo-size {text!r}: expected WIDTHxHEIGHT, e.g. 2592x1944 (5 MP)") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"--photo-size {text!r}: sides must be positive")
+    return width, height
+
+
+def run_tiled_benchmark(
+    backends: Sequence[str] | None = None,
+    *,
+    tile_size: int,
+    photo_size: tuple[int, int] = (2592, 1944),
+    tile_stride: int | None = None,
+    backbone: str = "unireplknet_n",
+    checkpoint: str | None = None,
+    batch_sizes: Sequence[int] = (16,),
+    device: str = "auto",
+    seconds: float = 3.0,
+    threads: int | None = None,
+    output: Path | None = Path("benchmark.json"),
+    echo=print,
+) -> dict[str, Any]:
+    """Photos/s and tiles/s of tiled inference on one ``photo_size`` photo (already decoded), for
+    each backend and tile batch size, and where the time goes: cutting the photo into normalised
+    tiles, the network, and stitching + smoothing + scoring the photo's map (timed on the network's
+    own maps, so the share of stitching is that of a real run). Runs in this process."""
+    from minimaxad.inference.backends import available_backends
+    from minimaxad.inference.predict import Predictor
+    from minimaxad.tiling import Tiling, run_tiled
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    model, checkpoint_size, top_ratio = build_model(backbone, checkpoint)
+    tiling = Tiling(tile_size, tile_stride, image_size=checkpoint_size or tile_size)
+    width, height = photo_size
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    photo = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    n_tiles = tiling.count(width, height)
+    name = checkpoint or f"{backbone} (random weights)"
+    echo(
+        f"minimaxad benchmark: {name}, tiled: a {width}x{height} photo ({width * height / 1e6:.1f} MP) in "
+        f"{n_tiles} tiles, {tiling.describe()}; torch {torch.__version__}, {dev} "
+        f"({torch.get_num_threads()} threads, {cpu_name()})"
+    )
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    for backend in list(backends) if backends else [b for b in available_backends(dev) if b != "eager"]:
+        try:
+            predictor = Predictor(
+                model,  # the backend makes its own fused copy
+                image_size=tiling.image_size,
+                top_ratio=top_ratio,
+                device=dev,
+                backend=backend,
+                tiling=tiling,
+            )
+        except Exception as exc:  # a backend that cannot run here is listed, the others measured
+            failures[backend] = f"{type(exc).__name__}: {exc}"
+            echo(f"  {backend}: not measured: {failures[backend]}")
+            continue
+        for batch in batch_sizes:
+            predictor.predict([photo], batch_size=batch)  # warm-up: compilation, allocations
+            runs, elapsed = _repeat(
+                lambda run=predictor, b=batch: run.predict([photo], batch_size=b), dev, seconds, warmup=1
+            )
+            started = time.perf_counter()
+            tiled = predictor.tiler.cut(photo)
+            cut_s = time.perf_counter() - started
+            maps = []
+            started = time.perf_counter()
+            for i in range(0, n_tiles, batch):
+                maps.append(predictor.backend(tiled.tiles[i : i + batch])[0])
+            network_s = time.perf_counter() - started
+            all_maps = torch.cat(maps)
+            started = time.perf_counter()
+            list(run_tiled([tiled], lambda t: all_maps, batch_size=n_tiles, top_ratio=top_ratio, blend=tiling.blend))
+            stitch_s = time.perf_counter() - started
+            photos_per_second = runs / elapsed
+            rows.append(
+                {
+                    "backend": backend,
+                    "photo": f"{width}x{height}",
+                    "tile_size": tile_size,
+                    "tile_stride": tiling.tile_stride,
+                    "tiles_per_photo": n_tiles,
+                    "batch": batch,
+                    "photos_per_second": photos_per_second,
+                    "tiles_per_second": photos_per_second * n_tiles,
+                    "cut_ms": 1e3 * cut_s,
+                    "network_ms": 1e3 * network_s,
+                    "stitch_ms": 1e3 * stitch_s,
+                    "stitch_share": stitch_s / (cut_s + network_s + stitch_s),
+                }
+            )
+    header = f"{'backend':<15}{'batch':>6}{'photos/s':>10}{'tiles/s':>9}{'cut ms':>8}{'network ms':>11}{'stitch ms':>10}{'stitch %':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['backend']:<15}{r['batch']:>6}{r['photos_per_second']:>10.3f}{r['tiles_per_second']:>9.1f}"
+            f"{r['cut_ms']:>8.0f}{r['network_ms']:>11.0f}{r['stitch_ms']:>10.0f}{100 * r['stitch_share']:>8.1f}%"
+        )
+    echo("\n".join(lines))
+    report = {
+        "model": name,
+        "tiling": tiling.to_dict(),
+        "photo_size": [width, height],
+        "rows": rows,
+        "not_measured": failures,
+    }
+    if output is not None:
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        echo(f"results: {output}")
+    return report
+
+
 # -- sizes and training speed (kept from the first benchmark) --------------------------------------
 def model_sizes(model: MiniMaxAD) -> dict[str, float]:
     """Parameter counts of the encoder and of the trained part, and the trained part's size in MB."""
