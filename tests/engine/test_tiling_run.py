@@ -232,3 +232,54 @@ def test_the_tiled_benchmark_reports_photos_tiles_and_the_stitching_share(tmp_pa
     assert 0 < row["stitch_share"] < 1 and row["network_ms"] > 0
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         main(["benchmark", "--tile-size", "32", "--photo-size", "100", "--debug"])
+
+
+def test_the_http_service_tiles_photos_as_predict_does(tiled_run):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    import io
+
+    from minimaxad.inference.serve import ServeSettings, build_service
+    from tests.inference.test_serve import ThreadServer, multipart, request
+
+    root, out = tiled_run
+    checkpoint = out / "plate" / "checkpoint.pt"
+    paths = sorted((root / "plate" / "test").rglob("*.png"))[:2]
+    expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict(paths)
+    files = [(p.name, p.read_bytes()) for p in paths]
+    settings = ServeSettings(workers_threads=1, max_batch=4)
+    with ThreadServer(build_service(checkpoint, device="cpu", settings=settings)) as running:
+        body, content_type = multipart(files, {"return": "heatmap"})
+        status, _, answer = request(running.port, "POST", "/v1/predict", body, {"Content-Type": content_type})
+        assert status == 200, answer
+        results = json.loads(answer)["results"]
+        for result, score, path in zip(results, expected.scores, paths):
+            assert result["score"] == pytest.approx(float(score), rel=1e-5)
+            heatmap = Image.open(io.BytesIO(__import__("base64").b64decode(result["heatmap_png"])))
+            assert heatmap.size == upright_size(path)
+        # a photo whose tiles would not fit the memory budget is refused up front
+        small = ServeSettings(workers_threads=1, max_pixels=5000, max_decoded_pixels=5000)
+        app = build_service(checkpoint, device="cpu", settings=small)
+    with ThreadServer(app) as small:
+        status, _, answer = request(small.port, "POST", "/v1/predict", files[0][1], {"Content-Type": "image/png"})
+        assert status == 413 and b"tiling" in answer
+
+
+def test_watch_scores_dropped_photos_with_the_tiling(tiled_run, tmp_path):
+    from minimaxad.cli import main
+
+    root, out = tiled_run
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    paths = sorted((root / "plate" / "test" / "scratch").glob("*.png"))[:2]
+    for path in paths:
+        (inbox / path.name).write_bytes(path.read_bytes())
+    results = tmp_path / "out"
+    argv = ["watch", str(inbox), "--output", str(results), "--checkpoint", str(out / "plate" / "checkpoint.pt")]
+    assert main(argv + ["--once", "--settle-seconds", "0", "--device", "cpu"]) == 0
+    expected = Predictor.from_checkpoint(out / "plate" / "checkpoint.pt", device="cpu").predict(paths)
+    written = sorted(results.rglob("*.png"))
+    assert written, "no heatmaps or masks written"
+    rows = [json.loads(line) for f in results.rglob("*.jsonl") for line in f.read_text().splitlines() if line.strip()]
+    scores = {r["file"]: r["score"] for r in rows if "score" in r}
+    for path, score in zip(paths, expected.scores):
+        assert scores[path.name] == pytest.approx(float(score), rel=1e-5)

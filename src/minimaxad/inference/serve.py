@@ -522,7 +522,25 @@ class InspectionService:
                 f"the {len(pixels)} images of this request have {sum(pixels)} pixels in all, more than the limit "
                 f"of {self.settings.max_request_pixels} (--max-request-pixels); send fewer or smaller photos",
             )
-        return opened, sum(pixels) if request.wanted else max(pixels)
+        held = [self.held_pixels(*image.size) for image in opened]
+        need = sum(held) if request.wanted else max(held)
+        if need > self.budget.limit:
+            raise ServiceError(
+                413,
+                "too_large",
+                f"with this model's tiling the request holds {need} pixels' worth of memory at once (photos and "
+                f"their float32 tiles), more than --max-decoded-pixels {self.budget.limit}; send smaller photos "
+                "or raise --max-decoded-pixels",
+            )
+        return opened, need
+
+    def held_pixels(self, width: int, height: int) -> int:
+        """What one photo holds while it is scored, counted in decoded pixels: the photo, and for a
+        tiled model also its normalised tiles (float32: 4 times a decoded pixel's bytes)."""
+        tiling = self.predictor.tiling
+        if tiling is None:
+            return width * height
+        return width * height + 4 * tiling.count(width, height) * tiling.image_size**2
 
     def decode_all(self, request: PredictRequest, opened: list[Image.Image]) -> DecodedUploads:
         """In a worker thread (torch calls on the event loop's thread pay for PyTorch's intra-op
