@@ -283,3 +283,30 @@ def test_watch_scores_dropped_photos_with_the_tiling(tiled_run, tmp_path):
     scores = {r["file"]: r["score"] for r in rows if "score" in r}
     for path, score in zip(paths, expected.scores):
         assert scores[path.name] == pytest.approx(float(score), rel=1e-5)
+
+
+def test_predict_command_reads_photos_a_batch_of_tiles_at_a_time(tiled_run, tmp_path, monkeypatch):
+    import csv
+
+    from minimaxad.cli import main
+    from minimaxad.inference import predict as predict_module
+
+    root, out = tiled_run
+    checkpoint = out / "plate" / "checkpoint.pt"
+    folder = root / "plate" / "test"
+    chunks: list[int] = []
+    original = predict_module._read_photos
+    monkeypatch.setattr(
+        predict_module, "_read_photos", lambda chunk, failed: (chunks.append(len(chunk)), original(chunk, failed))[1]
+    )
+    argv = ["predict", "--checkpoint", str(checkpoint), str(folder), "--output", str(tmp_path / "p")]
+    assert main(argv + ["--batch-size", "9", "--device", "cpu", "--quiet"]) == 0
+    paths = sorted(folder.rglob("*.png"))
+    tiling = Tiling(32, 24)
+    counts = [tiling.count(*upright_size(p)) for p in paths]
+    assert sum(chunks) == len(paths) and len(chunks) > 1
+    assert max(chunks) < len(paths) and all(c * min(counts) <= max(9, max(counts)) for c in chunks)
+    rows = {r["path"]: float(r["score"]) for r in csv.DictReader((tmp_path / "p" / "scores.csv").open())}
+    expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict(paths)
+    for path, score in zip(paths, expected.scores):
+        assert rows[str(path)] == pytest.approx(float(score), rel=1e-5)

@@ -299,6 +299,11 @@ class AnomalyDataset(_RecordViews, Dataset):
         mask = load_mask(rec.mask_path, mode=rec.mask_mode) if rec.mask_path else None
         return image, mask
 
+    def decode(self, index: int) -> tuple[Image.Image, Optional[np.ndarray]]:
+        """Item ``index`` as stored: the RGB photo (EXIF-upright, own size) and its (H, W) uint8
+        mask or None; no resize (what tiling cuts: see :mod:`minimaxad.data.tiles`)."""
+        return self._decode(index)
+
     def _resized(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(H, W, 3) uint8 image and (H, W) uint8 mask or None, at image_size."""
         if self._rows is not None:

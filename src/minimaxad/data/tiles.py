@@ -116,7 +116,7 @@ class TiledPhotoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.dataset.records[index]
-        photo, mask = self.dataset._decode(index)
+        photo, mask = self.dataset.decode(index)
         tiled = self.tiler.cut(photo)
         return {
             "tiles": tiled.tiles,
@@ -180,7 +180,7 @@ class TrainingTiles(Dataset):
         if photo in self._cache:
             self._cache.move_to_end(photo)
             return self._cache[photo]
-        image, _ = self.dataset._decode(photo)
+        image, _ = self.dataset.decode(photo)
         array = np.asarray(self.tiler.resized(image))
         self._cache[photo] = array
         while len(self._cache) > self._cache_size:

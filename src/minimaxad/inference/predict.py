@@ -9,6 +9,7 @@ result.scores, result.normalized_scores, result.is_anomalous, result.maps
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from minimaxad.data.io import BadImageError, DatasetError, is_image_file, load_image
-from minimaxad.data.tiles import PhotoTiler
+from minimaxad.data.tiles import PhotoTiler, upright_size
 from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import checkpoint_tiling, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.thresholds import Thresholds, near_threshold, thresholds_for
@@ -260,9 +261,7 @@ class Predictor:
         thresholds = self.thresholds_for(category)
         if self.tiling is not None:
             photos = [load_image(image) for image in images]
-            maps_list, scores_arr, near = self.run_photos(
-                [self.tiler.cut(p) for p in photos], [thresholds.image.value] * len(photos), batch_size
-            )
+            maps_list, scores_arr, near = self.run_photos(photos, [thresholds.image.value] * len(photos), batch_size)
             return Prediction(scores_arr, maps_list, thresholds, [p.size for p in photos], near)
         scores, maps, sizes, rechecked = [], [], [], []
         for start in range(0, len(images), batch_size):
@@ -290,10 +289,12 @@ class Predictor:
         return maps, scores, near
 
     def run_photos(
-        self, photos: Sequence[TiledPhoto], thresholds: Sequence[float | None], batch_size: int = 16
+        self, photos: Sequence[TiledPhoto | Image.Image], thresholds: Sequence[float | None], batch_size: int = 16
     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """:meth:`run` for a tiled model: each photo's stitched map ``(H, W)`` at its (resized)
-        resolution, the scores, and which photos were re-scored in float32. ``batch_size`` counts tiles."""
+        resolution, the scores, and which photos were re-scored in float32. ``photos`` are already
+        cut (:class:`~minimaxad.tiling.TiledPhoto`) or PIL images, cut one at a time as the batches
+        reach them (a photo's float tiles take 4 times its decoded size). ``batch_size`` counts tiles."""
         results = list(self._tiled(photos, self.backend, batch_size))
         maps = [r.map.float().cpu().numpy() for r in results]
         scores = np.asarray([r.score for r in results], dtype=np.float32)
@@ -304,10 +305,11 @@ class Predictor:
                 maps[i], scores[i] = exact.map.float().cpu().numpy(), exact.score
         return maps, scores, near
 
-    def _tiled(self, photos: Sequence[TiledPhoto], backend: Backend, batch_size: int):
+    def _tiled(self, photos: Sequence[TiledPhoto | Image.Image], backend: Backend, batch_size: int):
         assert self.tiling is not None
+        cut = (p if isinstance(p, TiledPhoto) else self.tiler.cut(p) for p in photos)  # lazily: memory
         return run_tiled(
-            photos,
+            cut,
             lambda tiles: backend(tiles)[0],
             batch_size=batch_size,
             top_ratio=self.top_ratio,
@@ -522,10 +524,13 @@ def predict_paths(
     )
     files, names, failed = collect_inputs(inputs, exclude=files_out.output)
     style = MapStyle.of(predictor, category, alpha)
-    for chunk in _chunks(list(zip(files, names)), batch_size, progress):
+    # a tiled model's batches count tiles: photos are read a batch of tiles at a time (bounded memory)
+    weight = None if predictor.tiling is None else functools.partial(_tile_count, predictor.tiling)
+    for chunk in _chunks(list(zip(files, names)), batch_size, progress, weight):
         photos, readable = _read_photos(chunk, failed)
         if photos:
-            result = predictor.predict(photos, batch_size=len(photos), category=category)
+            tiles_per_batch = len(photos) if predictor.tiling is None else batch_size
+            result = predictor.predict(photos, batch_size=tiles_per_batch, category=category)
             for i, (path, name) in enumerate(readable):
                 _write_one(files_out, style, result, i, path, name, photos[i], write_report)
     thresholds = predictor.thresholds_for(category)
@@ -540,16 +545,33 @@ def predict_paths(
 Named = tuple[Path, str]  # an input file and its output name
 
 
-def _chunks(files: list[Named], batch_size: int, progress: bool) -> Iterator[list[Named]]:
-    """``files`` in batches, with a progress bar."""
+def _tile_count(tiling: Tiling, file: Named) -> int:
+    try:
+        return tiling.count(*upright_size(str(file[0])))
+    except (OSError, ValueError):  # unreadable: reported when the chunk is read
+        return 1
+
+
+def _chunks(
+    files: list[Named], batch_size: int, progress: bool, weight: Callable[[Named], int] | None = None
+) -> Iterator[list[Named]]:
+    """``files`` in batches of ``batch_size`` files, or of about ``batch_size`` units of
+    ``weight`` (a tiled model's tiles; at least one file a batch), with a progress bar."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True)
     try:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
+        start = 0
+        while start < len(files):
+            stop = min(len(files), start + batch_size)
+            if weight is not None:
+                stop, total = start + 1, weight(files[start])
+                while stop < len(files) and total + (next_weight := weight(files[stop])) <= batch_size:
+                    total, stop = total + next_weight, stop + 1
+            chunk = files[start:stop]
+            start = stop
             yield chunk
             if bar is not None:
                 bar.update(len(chunk))
