@@ -26,6 +26,8 @@ from minimaxad.tiling import Tiling
 FORMAT = "minimaxad-checkpoint"
 FORMAT_VERSION = 1
 TEMP_SUFFIX = ".tmp"  # ".NAME.<random>.tmp": a write in progress, renamed to NAME once complete
+# where a Lightning checkpoint (anomalib's Engine, minimaxad.integrations.anomalib) carries ours
+LIGHTNING_KEY = "minimaxad_checkpoint"
 
 
 class CheckpointError(RuntimeError):
@@ -212,6 +214,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     obj = _load_plain_data(path)
+    if isinstance(obj, dict) and "state_dict" in obj and obj.get("format") != FORMAT:
+        obj = _from_lightning(obj, path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and "decoder" in obj and ("bn" in obj or "bottleneck" in obj):
             raise CheckpointError(
@@ -224,6 +228,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} was written by a newer minimaxad ({obj.get('minimaxad_version')}); upgrade to read it"
         )
     obj["path"] = str(path)
+    return obj
+
+
+def _from_lightning(obj: dict[str, Any], path: Path) -> Any:
+    """The minimaxad checkpoint inside a Lightning one (saved by the anomalib integration)."""
+    inner = obj.get(LIGHTNING_KEY)
+    if isinstance(inner, dict):
+        return inner
+    if "pytorch-lightning_version" in obj:
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint without a minimaxad model in it (no '{LIGHTNING_KEY}' entry); "
+            f"minimaxad reads the checkpoints of models trained with minimaxad.integrations.anomalib.MiniMaxAD"
+        )
     return obj
 
 
