@@ -61,6 +61,7 @@ LAYERS = (
             "minimaxad.cli",
             "minimaxad.demo",
             "minimaxad.__main__",
+            "minimaxad.integrations",  # other frameworks' front-ends to the method, its engine and data
         ),
     ),
 )
