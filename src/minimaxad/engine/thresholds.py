@@ -1,20 +1,26 @@
 """Decision thresholds calibrated on normal images, and score normalisation.
 
 The image threshold is the ``1 - fpr`` quantile of the image scores of normal images held out
-of training, so that about ``fpr`` of normal images are flagged; the pixel threshold likewise
-over their pixels. The sorted normal scores are kept in the checkpoint, so a different target
-false-positive rate can be chosen later without the data.
+of training, so that about ``fpr`` of normal images are flagged. The pixel threshold comes from
+their pixels by one of the named rules of :data:`PIXEL_RULES` (none of which sees a defect; the
+default, :data:`DEFAULT_PIXEL_RULE`, is the one that gave the best SegF1 in
+``benchmarks/bench_pixel_thresholds.py``, see docs/metrics.md). The sorted normal scores and a
+summary of the normal pixels are kept in the checkpoint, so a different target false-positive
+rate can be chosen later without the data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 
 MAX_PIXEL_SAMPLES = 2_000_000
+
+#: normal maps: one ``(N, H, W)`` tensor, or one 2-D map per photo (photos of different sizes)
+NormalMaps = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray]]]
 
 
 def quantile_threshold(values: np.ndarray, fpr: float) -> float:
@@ -27,55 +33,234 @@ def quantile_threshold(values: np.ndarray, fpr: float) -> float:
     return float(np.quantile(values, 1 - fpr))
 
 
+@dataclass(frozen=True)
+class NormalPixels:
+    """What a pixel rule sees of the normal maps of one group (the model, or one category).
+
+    ``pixels``: the pooled pixel scores, sorted, as float64: all of them, or a uniform sample of
+    :data:`MAX_PIXEL_SAMPLES` when there are more (quantiles to ~1e-3 precision).
+    ``image_max``: the highest pixel of each map, sorted (exact, never sampled).
+    ``fpr``: the target pixel false-positive rate of the rules that use one.
+    """
+
+    pixels: np.ndarray
+    image_max: np.ndarray
+    fpr: float
+
+
+@dataclass(frozen=True)
+class PixelRule:
+    """A named way to choose the pixel threshold from normal pixels only.
+
+    ``value(normal)`` is the threshold; ``describe(normal)`` the start of its note (the caller
+    appends "of N <source>"); ``uses_fpr``: whether the pixel false-positive rate matters.
+    """
+
+    name: str
+    value: Callable[[NormalPixels], float]
+    describe: Callable[[NormalPixels], str]
+    uses_fpr: bool = False
+
+
+def _percentile(fpr: float) -> str:
+    return f"{100 * (1 - fpr):g}th percentile"
+
+
+def _quantile_with_margin(pixels: np.ndarray, fpr: float, margin: float) -> float:
+    q = quantile_threshold(pixels, fpr)
+    return q + margin * (q - float(np.median(pixels)))
+
+
+# Parameters fixed before measuring (not fitted to any test set): a margin of one
+# quantile-to-median distance, three standard deviations, the median and 90th percentile of the
+# per-photo maxima.
+QUANTILE_MARGIN = 1.0
+STD_FACTOR = 3.0
+
+#: The candidate pixel rules, by name. Each sees only normal pixels (:class:`NormalPixels`).
+PIXEL_RULES: dict[str, PixelRule] = {
+    rule.name: rule
+    for rule in (
+        # (a) about ``fpr`` of normal pixels are flagged (the rule of every run before this table)
+        PixelRule(
+            "quantile",
+            lambda n: quantile_threshold(n.pixels, n.fpr),
+            lambda n: f"{_percentile(n.fpr)} of the pixel scores",
+            uses_fpr=True,
+        ),
+        # (b) the same, moved up by its distance to the median: defect-free maps have long tails
+        PixelRule(
+            "quantile_margin",
+            lambda n: _quantile_with_margin(n.pixels, n.fpr, QUANTILE_MARGIN),
+            lambda n: f"{_percentile(n.fpr)} q of the pixel scores + {QUANTILE_MARGIN:g} x (q - median)",
+            uses_fpr=True,
+        ),
+        # (c) no normal pixel at all is flagged
+        PixelRule("max", lambda n: float(n.image_max[-1]), lambda n: "highest pixel score"),
+        # (d) half (one in ten) of the normal photos have at least one flagged pixel
+        PixelRule(
+            "image_max_median",
+            lambda n: float(np.quantile(n.image_max, 0.5)),
+            lambda n: "median of the highest pixel score of each",
+        ),
+        PixelRule(
+            "image_max_p90",
+            lambda n: float(np.quantile(n.image_max, 0.9)),
+            lambda n: "90th percentile of the highest pixel score of each",
+        ),
+        # (e) a Gaussian view of the normal pixels
+        PixelRule(
+            "mean_std",
+            lambda n: float(np.mean(n.pixels) + STD_FACTOR * np.std(n.pixels)),
+            lambda n: f"mean + {STD_FACTOR:g} standard deviations of the pixel scores",
+        ),
+    )
+}
+
+#: The pixel rule of :func:`calibrate_thresholds` unless told otherwise: the best mean SegF1 of the
+#: rules in benchmarks/bench_pixel_thresholds.py (docs/metrics.md), and the rule of earlier runs.
+DEFAULT_PIXEL_RULE = "quantile"
+
+
+def get_pixel_rule(name: str) -> PixelRule:
+    """The rule of :data:`PIXEL_RULES` called ``name`` (a ValueError naming the others if none is)."""
+    try:
+        return PIXEL_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown pixel threshold rule {name!r}; choose one of {', '.join(PIXEL_RULES)}") from None
+
+
+def _check_maps(maps: NormalMaps) -> torch.Tensor | list[torch.Tensor]:
+    """One ``(N, H, W)`` tensor as it is, or a list of 2-D tensors (never copied)."""
+    if isinstance(maps, np.ndarray):
+        maps = torch.from_numpy(maps)
+    if isinstance(maps, torch.Tensor):
+        if maps.dim() != 3:
+            raise ValueError(
+                f"normal maps of shape {tuple(maps.shape)}; expected (N, H, W), or a list of 2-D maps (one per photo)"
+            )
+        return maps
+    out = []
+    for i, amap in enumerate(maps):
+        amap = torch.as_tensor(amap)
+        if amap.dim() != 2:
+            raise ValueError(
+                f"normal map {i} has shape {tuple(amap.shape)}; expected one 2-D (H, W) map per photo "
+                f"(or one (N, H, W) tensor for photos of one size)"
+            )
+        out.append(amap)
+    return out
+
+
+def _pixel_sample(maps: torch.Tensor | list[torch.Tensor], seed: int) -> np.ndarray:
+    """The pooled pixels, sorted float64, or a uniform sample of MAX_PIXEL_SAMPLES of them.
+
+    A list of maps gives exactly what the same pixels in one tensor give (the same seeded indices
+    into their concatenation), without ever concatenating full-size maps."""
+    if isinstance(maps, torch.Tensor):
+        pixels = maps.reshape(-1)
+        if pixels.numel() > MAX_PIXEL_SAMPLES:  # a uniform sample keeps the quantile to ~1e-3 precision
+            g = torch.Generator().manual_seed(seed)
+            pixels = pixels[torch.randint(pixels.numel(), (MAX_PIXEL_SAMPLES,), generator=g)]
+        return np.sort(pixels.double().numpy())
+    flat = [m.reshape(-1) for m in maps]
+    total = sum(p.numel() for p in flat)
+    if total <= MAX_PIXEL_SAMPLES:
+        parts = [p.double().numpy() for p in flat]
+    else:
+        g = torch.Generator().manual_seed(seed)
+        index = torch.randint(total, (MAX_PIXEL_SAMPLES,), generator=g).sort().values
+        ends = torch.tensor([p.numel() for p in flat]).cumsum(0)
+        bounds = torch.searchsorted(index, ends).tolist()  # the sorted indices falling in each map
+        parts, start, offset = [], 0, 0
+        for p, stop, end in zip(flat, bounds, ends.tolist()):
+            parts.append(p[index[start:stop] - offset].double().numpy())
+            start, offset = stop, end
+    return np.sort(np.concatenate(parts))
+
+
+def normal_pixels(maps: NormalMaps, fpr: float, seed: int = 0) -> NormalPixels:
+    """The :class:`NormalPixels` of ``maps`` (one ``(N, H, W)`` tensor or a list of 2-D maps)."""
+    maps = _check_maps(maps)
+    if len(maps) == 0:
+        raise ValueError("no normal scores to calibrate a threshold on")
+    if isinstance(maps, torch.Tensor):
+        image_max = maps.reshape(len(maps), -1).amax(1).double().numpy()
+    else:
+        image_max = np.array([float(m.max()) for m in maps])
+    return NormalPixels(_pixel_sample(maps, seed), np.sort(image_max), fpr)
+
+
+def _select(maps: torch.Tensor | list[torch.Tensor], index: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
+    if isinstance(maps, torch.Tensor):
+        return maps[torch.from_numpy(index)]
+    return [maps[i] for i in index]
+
+
 def _calibrate_group(
-    scores: np.ndarray, maps: torch.Tensor, image_fpr: float, pixel_fpr: float, source: str, seed: int
+    scores: np.ndarray,
+    maps: torch.Tensor | list[torch.Tensor],
+    image_fpr: float,
+    pixel_fpr: float,
+    source: str,
+    seed: int,
+    rule: PixelRule,
 ) -> dict[str, Any]:
     scores = np.sort(np.asarray(scores, dtype=np.float64))
-    pixels = maps.reshape(-1)
-    if pixels.numel() > MAX_PIXEL_SAMPLES:  # a uniform sample keeps the quantile to ~1e-3 precision
-        g = torch.Generator().manual_seed(seed)
-        pixels = pixels[torch.randint(pixels.numel(), (MAX_PIXEL_SAMPLES,), generator=g)]
-    pixels = np.sort(pixels.double().numpy())
     n = len(scores)
+    image = {
+        "value": quantile_threshold(scores, image_fpr),
+        "method": "fpr",
+        "fpr": image_fpr,
+        "note": f"{_percentile(image_fpr)} of the image scores of {n} {source}",
+    }
+    normal = normal_pixels(maps, pixel_fpr, seed)
+    pixel: dict[str, Any] = {"value": float(rule.value(normal)), "method": rule.name}
+    if rule.uses_fpr:
+        pixel["fpr"] = pixel_fpr
+    pixel["note"] = f"{rule.describe(normal)} of {n} {source}"
     return {
-        "image": {
-            "value": quantile_threshold(scores, image_fpr),
-            "method": "fpr",
-            "fpr": image_fpr,
-            "note": f"{100 * (1 - image_fpr):g}th percentile of the image scores of {n} {source}",
-        },
-        "pixel": {
-            "value": quantile_threshold(pixels, pixel_fpr),
-            "method": "fpr",
-            "fpr": pixel_fpr,
-            "note": f"{100 * (1 - pixel_fpr):g}th percentile of the pixel scores of {n} {source}",
-        },
+        "image": image,
+        "pixel": pixel,
         "normal_scores": scores.tolist(),
         # a compact summary of the pixel distribution, for re-calibration without the data
-        "normal_pixel_quantiles": np.quantile(pixels, np.linspace(0, 1, 1001)).tolist(),
+        "normal_pixel_quantiles": np.quantile(normal.pixels, np.linspace(0, 1, 1001)).tolist(),
         "source": source,
     }
 
 
 def calibrate_thresholds(
     normal_scores: np.ndarray,
-    normal_maps: torch.Tensor,
+    normal_maps: NormalMaps,
     *,
     image_fpr: float,
     pixel_fpr: float,
     source: str,
     seed: int = 0,
     categories: list[str] | None = None,
+    pixel_rule: str = DEFAULT_PIXEL_RULE,
 ) -> dict[str, Any]:
-    """Thresholds from the scores ``(N,)`` and maps ``(N, H, W)`` of normal images.
+    """Thresholds from the scores ``(N,)`` and maps of normal images.
 
+    ``normal_maps``: one ``(N, H, W)`` tensor, or a sequence of N 2-D maps of any sizes (one per
+    photo, e.g. full-resolution tiled photos); the same pixels give the same thresholds either
+    way. ``pixel_rule`` names the rule of :data:`PIXEL_RULES` that sets the pixel threshold
+    (recorded as the pixel entry's ``method``; ``pixel_fpr`` matters only to the quantile rules).
     ``source`` says where the normal images came from (shown in reports). With ``categories``
     (one per image) and several of them, as in a unified model, each category with at least two
     images also gets its own thresholds under ``per_category``: score scales differ between
     categories, so one threshold for all would flag some categories far more than others.
     """
-    calibration = _calibrate_group(normal_scores, normal_maps, image_fpr, pixel_fpr, source, seed)
+    rule = get_pixel_rule(pixel_rule)  # an unknown name fails before any work
+    maps = _check_maps(normal_maps)
+    if len(maps) != len(normal_scores):
+        raise ValueError(
+            f"{len(normal_scores)} normal scores but {len(maps)} normal maps; give one map per image, in the same order"
+        )
+    calibration = _calibrate_group(normal_scores, maps, image_fpr, pixel_fpr, source, seed, rule)
     if categories is not None and len(set(categories)) > 1:
+        if len(categories) != len(normal_scores):
+            raise ValueError(f"{len(categories)} categories for {len(normal_scores)} normal images; give one per image")
         names = np.asarray(categories)
         scores = np.asarray(normal_scores)
         per_category = {}
@@ -84,11 +269,12 @@ def calibrate_thresholds(
             if len(index) >= 2:
                 per_category[name] = _calibrate_group(
                     scores[index],
-                    normal_maps[torch.from_numpy(index)],
+                    _select(maps, index),
                     image_fpr,
                     pixel_fpr,
                     f"{source} of category {name}",
                     seed,
+                    rule,
                 )
         calibration["per_category"] = per_category
     return calibration
