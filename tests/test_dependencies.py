@@ -5,6 +5,8 @@ command at start-up), while an environment that happens to have it installed hid
 Which declaration counts:
 - ``src/``: the dependencies or any extra (optional features import their libraries inside functions);
 - ``tests/``: the dependencies or ``[test]``, the environment ``scripts/setup.sh --test`` builds;
+- ``tests/integrations/``: the dependencies, ``[anomalib]``, ``[onnx]`` or pytest, the environment
+  ``scripts/test.sh`` builds for them (./.venv-anomalib);
 - ``benchmarks/``: the dependencies or any extra.
 """
 
@@ -95,6 +97,7 @@ def undeclared_imports(repo: Path, installed: dict[str, list[str]] | None = None
     base = {requirement_name(r) for r in project.get("dependencies", [])}
     any_extra = base.union(*extras.values())
     allowed = {"src": any_extra, "tests": base | extras.get("test", set()), "benchmarks": any_extra}
+    integrations = base | extras.get("anomalib", set()) | extras.get("onnx", set()) | {"pytest"}
     installed = importlib.metadata.packages_distributions() if installed is None else installed
     standard = set(sys.stdlib_module_names) | {"__future__"}
     # our own code: the package, the tests package and the scripts that tests and benchmarks put on sys.path
@@ -102,13 +105,17 @@ def undeclared_imports(repo: Path, installed: dict[str, list[str]] | None = None
         p.stem for folder in ("tests", "benchmarks") for p in (repo / folder).rglob("*.py")
     }
     problems = []
-    for folder, declared in allowed.items():
+    for folder in allowed:
         for path in sorted((repo / folder).rglob("*.py")):
+            where = "[test] or the dependencies" if folder == "tests" else "the dependencies or an extra"
+            if folder == "tests" and path.relative_to(repo / folder).parts[0] == "integrations":
+                declared, where = integrations, "[anomalib], [onnx] or the dependencies"
+            else:
+                declared = allowed[folder]
             for module, line in module_level_imports(path.read_text(encoding="utf-8")):
                 if module in standard or module in local:
                     continue
                 if not distribution_names(module, installed) & declared:
-                    where = "[test] or the dependencies" if folder == "tests" else "the dependencies or an extra"
                     problems.append(
                         f"{path.relative_to(repo)}:{line} imports {module!r}, which is not declared in "
                         f"pyproject.toml ({where}); add its distribution "
