@@ -103,6 +103,11 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, help="normal training images held out for thresholds")
     p.add_argument("--image-fpr", type=float, help="target false-positive rate of the image threshold")
     p.add_argument("--pixel-fpr", type=float, help="target false-positive rate of the pixel threshold")
+    p.add_argument(
+        "--pixel-threshold-rule",
+        choices=list(PIXEL_RULE_NAMES),
+        help="how the pixel threshold is chosen from normal photos (default quantile: see docs/metrics.md)",
+    )
     p.add_argument("--top-ratio", type=float, help="image score: mean of this fraction of top pixels (0: max)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs of image metrics")
     p.add_argument("--checkpoint-every", type=int, help="epochs between resumable checkpoints")
@@ -139,6 +144,9 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="run folder (checkpoints, metrics, report, logs)")
 
 
+#: engine.thresholds.PIXEL_RULES' names (kept here so that building the parser imports no torch; a test checks them)
+PIXEL_RULE_NAMES = ("quantile", "quantile_margin", "max", "image_max_median", "image_max_p90", "mean_std")
+
 FIT_KEYS = (
     "data",
     "format",
@@ -171,6 +179,7 @@ FIT_KEYS = (
     "val_fraction",
     "image_fpr",
     "pixel_fpr",
+    "pixel_threshold_rule",
     "top_ratio",
     "bootstrap",
     "checkpoint_every",

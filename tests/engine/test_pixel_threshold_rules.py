@@ -143,3 +143,23 @@ def test_bad_input_is_refused_with_a_reason():
         calibrate(MAPS[:1])
     with pytest.raises(ValueError, match="no normal scores"):
         calibrate([], scores=np.zeros(0))
+
+
+def test_the_command_line_offers_every_rule_and_a_run_records_it(tmp_path):
+    import json
+
+    from minimaxad.cli import PIXEL_RULE_NAMES, main
+    from minimaxad.data import generate_synthetic_dataset
+    from minimaxad.engine.checkpoint import read_checkpoint
+    from minimaxad.engine.thresholds import PIXEL_RULES
+
+    assert PIXEL_RULE_NAMES == tuple(PIXEL_RULES)
+    root = generate_synthetic_dataset(
+        tmp_path / "data", categories=("weave",), n_train=8, n_test_good=2, n_test_defect=1, image_size=32, seed=1
+    )
+    argv = ["fit", "--data", str(root), "--output", str(tmp_path / "run"), "--backbone", "unireplknet_micro"]
+    argv += ["--encoder-weights", "none", "--image-size", "32", "--batch-size", "4", "--max-steps", "1", "--quiet"]
+    assert main(argv + ["--pixel-threshold-rule", "image_max_median", "--val-fraction", "0.25"]) == 0
+    state = read_checkpoint(tmp_path / "run" / "weave" / "checkpoint.pt")
+    assert state["thresholds"]["pixel"]["method"] == "image_max_median"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pixel_threshold_rule"] == "image_max_median"

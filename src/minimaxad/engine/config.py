@@ -69,6 +69,7 @@ class RunConfig:
     val_max_images: int = 200
     image_fpr: float = 0.01  # target false-positive rate on held-out normal images
     pixel_fpr: float = 0.005
+    pixel_threshold_rule: str = "quantile"  # engine.thresholds.PIXEL_RULES (measured best: docs/metrics.md)
     evaluate: bool = True
     bootstrap: int = 0
     # bookkeeping

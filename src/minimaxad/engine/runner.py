@@ -24,7 +24,7 @@ from minimaxad.engine.distributed import DistributedContext, distributed_session
 from minimaxad.engine.loggers import RunLogger, create_logger
 from minimaxad.engine.protocol import Protocol, get_protocol
 from minimaxad.engine.scoring import DatasetOutputs, resolve_device, run_dataset
-from minimaxad.engine.thresholds import resolve_thresholds, thresholds_by_category
+from minimaxad.engine.thresholds import get_pixel_rule, resolve_thresholds, thresholds_by_category
 from minimaxad.engine.trainer import train
 from minimaxad.files import check_writable_folder, inside
 
@@ -405,6 +405,7 @@ def _fit(
     from minimaxad.data.build import validation_split
 
     tiling = config.tiling()  # settings it cannot be combined with fail before anything is written
+    get_pixel_rule(config.pixel_threshold_rule)  # an unknown rule too, not after training
     if context.is_main:
         check_writable_folder(output, "--output folder")  # fail now, not after hours of training
         remove_stale_temporaries(output)  # partial writes of a killed run (its checkpoints are complete)

@@ -632,6 +632,7 @@ def calibrate(model: MiniMaxAD, config: RunConfig, holdout_set, train_set, devic
         outputs.map_list(),
         image_fpr=config.image_fpr,
         pixel_fpr=config.pixel_fpr,
+        pixel_rule=config.pixel_threshold_rule,
         source=source,
         seed=config.seed,
         categories=outputs.categories,
