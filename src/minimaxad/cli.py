@@ -419,6 +419,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         check=not args.no_check,
         overwrite=args.overwrite,
         tiling=_tiling_overrides(args),
+        calibration_images_count=args.calibration_images,
+        calibration_data=args.calibration_data,
     )
     meta = json.loads(Path(str(path) + ".json").read_text())
     parity = meta.get("parity_relative_error")
@@ -427,6 +429,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         if parity
         else "; not checked (--no-check)"
     )
+    int8 = meta.get("int8")
+    if int8:  # the float32 reference matches PyTorch; INT8 is measured against it
+        errors = int8["error_vs_float32"]
+        checked = (
+            f"; INT8 calibrated on {int8['calibration']}; its float32 reference "
+            f"{meta['float32_reference']['file']}{checked}"
+            + (
+                f"; INT8 against float32 on {errors['images']} of those images: map {errors['map']:.1e}, "
+                f"score {errors['score']:.1e} (relative)"
+                if errors
+                else ""
+            )
+        )
     print(f"exported: {path} (outputs {', '.join(meta['outputs'])}){checked}; metadata: {path}.json")
     return 0
 
@@ -585,7 +600,9 @@ DEPLOYED_MODEL = _options(
         dict(
             default="fused",
             help="fused (default) | eager | compiled | bf16 | fp16 | onnxruntime | "
-            "openvino | openvino-bf16 | torchscript (see 'minimaxad benchmark')",
+            "openvino | openvino-bf16 | openvino-int8 | torchscript (see 'minimaxad benchmark'); "
+            "openvino-int8 from a checkpoint is quantized at start, calibrated on its training images "
+            "(or export it once: 'minimaxad export --format openvino-int8'); its default --recheck-margin is 0.05",
         ),
     ),
     (("--pixel-threshold",), dict(type=float, help="threshold of the defect masks")),
@@ -739,7 +756,25 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="file to write: .onnx (ONNX), .xml (OpenVINO IR), anything else TorchScript; the batch axis is dynamic",
     )
-    exp.add_argument("--format", choices=["torchscript", "onnx", "openvino"], help="default: from the file suffix")
+    exp.add_argument(
+        "--format",
+        choices=["torchscript", "onnx", "openvino", "openvino-int8"],
+        help="default: from the file suffix; openvino-int8: the network quantized to INT8 (NNCF, extra "
+        "minimaxad[int8]) with its float32 reference beside it (NAME.float32.xml)",
+    )
+    exp.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        metavar="N",
+        help="openvino-int8: normal images (tiles for a tiled model) to calibrate on, spread over the "
+        "training images (default 300)",
+    )
+    exp.add_argument(
+        "--calibration-data",
+        metavar="DIR",
+        help="openvino-int8: calibrate on the normal images in DIR instead of the checkpoint's training images",
+    )
     exp.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     exp.add_argument(
         "--overwrite",

@@ -18,14 +18,24 @@ import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from minimaxad.engine.scoring import resolve_device
 from minimaxad.engine.trainer import cpu_supports_bf16
-from minimaxad.inference.graph_files import compare_with_pipeline, write_pipeline_file
+from minimaxad.inference.graph_files import BackendUnavailable, compare_with_pipeline, write_pipeline_file  # noqa: F401 (BackendUnavailable: re-exported)
 from minimaxad.inference.pipeline import InferencePipeline, build_pipeline, fused_copy  # noqa: F401 (re-export)
+from minimaxad.inference.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    INT8_BACKEND,
+    calibration_images,
+    int8_available,
+    quantize_pipeline,
+    require_int8,
+    write_int8_files,
+)
 from minimaxad.models import MiniMaxAD
 
 # name -> what it is (``minimaxad benchmark --backends``, ``predict --backend``)
@@ -38,13 +48,11 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "the exported ONNX pipeline in ONNX Runtime, float32 (extra: minimaxad[onnx])",
     "openvino": "the exported ONNX pipeline compiled by OpenVINO, float32 (extra: minimaxad[openvino])",
     "openvino-bf16": "the exported ONNX pipeline compiled by OpenVINO at bfloat16 inference precision",
+    "openvino-int8": "the network quantized to INT8 by NNCF (calibrated on normal images), maps in float32, "
+    "run by OpenVINO (extra: minimaxad[int8])",
     "torchscript": "the traced TorchScript pipeline, float32",
 }
 TORCH_BACKENDS = ("eager", "fused", "compiled", "bf16", "fp16")
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here (missing package, no CUDA, no bf16 support)."""
 
 
 class UntrustedFileError(PermissionError):
@@ -224,7 +232,8 @@ class OpenVinoBackend(Backend):
 
     ``precision="bf16"`` sets OpenVINO's inference precision to bfloat16 (matrix products and
     convolutions in bf16 with float32 accumulation); it needs a CPU with AVX-512 BF16 or AMX.
-    ``f32`` is asked for explicitly: on such CPUs OpenVINO would pick bf16 by itself.
+    ``f32`` is asked for explicitly: on such CPUs OpenVINO would pick bf16 by itself. An INT8 IR
+    (``openvino-int8``) runs at ``f32``: its quantized layers in int8, everything else (the maps) in float32.
     Batches of at least ``streams`` images run as chunks on OpenVINO's throughput streams (one
     per core), smaller ones on a latency-compiled model (see :class:`OnnxRuntimeBackend`).
     """
@@ -363,10 +372,13 @@ def create_backend(
     workdir: str | Path | None = None,
     threads: int | None = None,
     smooth: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> Backend:
     """Build backend ``name`` (see :data:`BACKENDS`) for ``model`` at ``image_size``.
 
     ``smooth=False`` gives the unsmoothed maps a tiled model stitches (see :class:`InferencePipeline`).
+    ``openvino-int8`` needs ``calibration``: normalised normal images ``(N, 3, S, S)`` to calibrate the
+    quantization on (:func:`int8_backend_from_checkpoint` takes them from a checkpoint's training data).
     ``model`` may be in training form (needed for ``eager``) or fused; the others work on a
     re-parameterized copy. File backends export the pipeline into ``workdir`` (a temporary
     folder by default) and check it against PyTorch there. ``channels_last`` defaults to True on
@@ -396,6 +408,17 @@ def create_backend(
     folder = Path(tempfile.mkdtemp(prefix="minimaxad-export-")) if temporary else Path(workdir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if name == INT8_BACKEND:
+            require_int8()  # before the checks below: a missing package is the first thing to say
+            if calibration is None:
+                raise ValueError(
+                    "the openvino-int8 backend is calibrated on normal images: pass calibration= (normalised "
+                    "(N, 3, S, S) images), or use int8_backend_from_checkpoint / 'minimaxad export --format openvino-int8'"
+                )
+            # the float32 graph is checked against PyTorch inside; the INT8 one is meant to differ a little
+            quantized = quantize_pipeline(pipeline, image_size, calibration)
+            write_int8_files(quantized, folder / "pipeline.xml", overwrite=True)  # our own name in our own folder
+            return OpenVinoBackend(folder / "pipeline.xml", "f32", threads=threads, name=INT8_BACKEND)
         path = folder / ("pipeline.pt" if name == "torchscript" else "pipeline.onnx")
         write_pipeline_file(
             pipeline, path, "torchscript" if name == "torchscript" else "onnx", image_size, overwrite=True
@@ -438,10 +461,17 @@ def load_backend(
         if suffix not in (".onnx", ".xml"):
             raise ValueError(f"the {name} backend runs .onnx or .xml files, got {path}")
         return OpenVinoBackend(path, "bf16" if name == "openvino-bf16" else "f32", threads=threads)
+    if name == INT8_BACKEND:
+        if suffix != ".xml":
+            raise ValueError(
+                f"the {name} backend runs the .xml written by 'minimaxad export --format openvino-int8', got {path}"
+            )
+        return OpenVinoBackend(path, "f32", threads=threads, name=INT8_BACKEND)
     if name == "torchscript":
         return TorchScriptBackend(path, dev, trust=trust)
     raise ValueError(
-        f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16 or torchscript"
+        f"backend {name!r} cannot run an exported file; use onnxruntime, openvino, openvino-bf16, openvino-int8 "
+        "or torchscript"
     )
 
 
@@ -461,5 +491,37 @@ def available_backends(device: str | torch.device = "auto") -> list[str]:
             names.append("openvino")
             if cpu_supports_bf16():
                 names.append("openvino-bf16")
+            if int8_available():
+                names.append(INT8_BACKEND)
     names.append("torchscript")
     return names
+
+
+def int8_backend_from_checkpoint(
+    state: dict[str, Any],
+    model: MiniMaxAD,
+    *,
+    calibration_images_count: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_data: str | Path | None = None,
+    tiling: Any = None,
+    threads: int | None = None,
+) -> Backend:
+    """The ``openvino-int8`` backend of a checkpoint (``state``, ``model`` its network), quantized now
+    and calibrated on its own normal training images (or ``calibration_data``, a folder of normal
+    images); ``tiling`` (default: the checkpoint's) makes a tiled model's tile backend, calibrated on
+    tiles. Nothing is written outside a temporary folder, removed before this returns."""
+    from minimaxad.engine.checkpoint import checkpoint_tiling
+
+    tiling = tiling if tiling is not None else checkpoint_tiling(state)
+    images, _ = calibration_images(state, calibration_images_count, calibration_data, tiling)
+    size = state.get("crop_size") or state["image_size"]
+    return create_backend(
+        INT8_BACKEND,
+        model,
+        image_size=size,
+        top_ratio=state.get("top_ratio", 0.01),
+        device="cpu",
+        threads=threads,
+        smooth=tiling is None,
+        calibration=images,
+    )

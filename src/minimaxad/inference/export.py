@@ -1,4 +1,5 @@
-"""Export the whole inference pipeline for deployment: ONNX, TorchScript or OpenVINO IR.
+"""Export the whole inference pipeline for deployment: ONNX, TorchScript, OpenVINO IR, or OpenVINO
+IR with the network quantized to INT8 (``openvino-int8``, see :mod:`minimaxad.inference.quantize`).
 
 The exported graph takes a normalised batch ``(B, 3, S, S)`` (ImageNet mean/std, S the
 checkpoint's input size; B is dynamic) and returns ``anomaly_map (B, 1, S, S)``,
@@ -10,6 +11,11 @@ nothing but the asked-for files (and their ``.json``) is left beside them: OpenV
 intermediate ONNX file is made in a temporary folder that is removed whatever happens.
 ``<file>.json`` beside it holds the preprocessing, the thresholds with their calibration data
 (what ``minimaxad predict`` needs to run the file) and the parity check's result.
+
+An INT8 export writes ``NAME.xml``/``.bin`` (INT8) and ``NAME.float32.xml``/``.bin``, the float32
+graph it was quantized from (checked against PyTorch like any export; ``predict`` re-scores images
+near the threshold with it). Its sidecar adds ``int8``: the calibration images, the layers kept in
+float32, and the INT8 maps' and scores' errors against that float32 reference.
 """
 
 from __future__ import annotations
@@ -33,6 +39,24 @@ from minimaxad.inference.graph_files import (  # noqa: F401 (public names of thi
     written_files,
 )
 from minimaxad.inference.pipeline import InferencePipeline, pipeline_from_checkpoint
+from minimaxad.inference.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    INT8_BACKEND,
+    INT8_RECHECK_MARGIN,
+    calibration_images,
+    check_int8,
+    compare_int8,
+    float32_reference_path,
+    int8_written_files,
+    quantize_pipeline,
+    require_int8,
+    write_int8_files,
+)
+
+# ``--format`` values: the graph formats, and the INT8 OpenVINO IR
+EXPORT_FORMATS = (*FORMATS, INT8_BACKEND)
+# calibration images the INT8 export compares with float32 on (the maps' and scores' errors)
+INT8_CHECK_IMAGES = 16
 
 
 def export_pipeline(
@@ -108,32 +132,90 @@ def export(
     check: bool = True,
     overwrite: bool = False,
     tiling: Any = None,
+    calibration_images_count: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_data: str | Path | None = None,
 ) -> Path:
     """Export a trained checkpoint's re-parameterized pipeline to ``output`` (format from the
-    suffix unless given: ``.onnx``, ``.xml`` for OpenVINO, else TorchScript) and its metadata to
-    ``<output>.json``. Existing files are refused unless ``overwrite``. The batch axis of the
-    exported graph is dynamic. A tiled model (or ``tiling``, a
+    suffix unless given: ``.onnx``, ``.xml`` for OpenVINO, else TorchScript; ``openvino-int8`` only
+    when asked for) and its metadata to ``<output>.json``. Existing files are refused unless
+    ``overwrite``. The batch axis of the exported graph is dynamic. A tiled model (or ``tiling``, a
     :class:`~minimaxad.inference.predict.TilingOverrides`) exports the graph of one tile's unsmoothed
-    map; its sidecar holds the tiling, which ``predict``/``serve`` follow."""
+    map; its sidecar holds the tiling, which ``predict``/``serve`` follow.
+
+    ``openvino-int8`` is calibrated on ``calibration_images_count`` of the checkpoint's normal
+    training images (tiles for a tiled model), or of the folder ``calibration_data``."""
     output = Path(output)
     format = format or {".onnx": "onnx", ".xml": "openvino"}.get(output.suffix.lower(), "torchscript")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if format == INT8_BACKEND:
+        require_int8()  # before the (slow) reading of the checkpoint and its calibration images
     meta_path = metadata_path(output)
+    targets = int8_written_files(output) if format == INT8_BACKEND else written_files(output, format)
     if not overwrite:  # before the (slow) export, and before anything is written
-        refuse_to_overwrite(written_files(output, format) + [meta_path])
+        refuse_to_overwrite(targets + [meta_path])
     state = read_checkpoint(checkpoint)
     if tiling is not None:  # TilingOverrides: the file's sidecar records the tiling it is to be run with
         tiled = tiling.apply(checkpoint_tiling(state), state["image_size"])
         state = {**state, "tiling": None if tiled is None else tiled.to_dict()}
     pipeline, state = pipeline_from_checkpoint(state, encoder_weights=encoder_weights)
     size = state.get("crop_size") or state["image_size"]
-    parity = export_pipeline(pipeline, output, format, size, check=check, overwrite=overwrite)
-    meta = export_metadata(state, format, parity, pipeline.output_names)
+    if format == INT8_BACKEND:
+        meta = _export_int8(state, pipeline, output, size, check, overwrite, calibration_images_count, calibration_data)
+    else:
+        parity = export_pipeline(pipeline, output, format, size, check=check, overwrite=overwrite)
+        meta = export_metadata(state, format, parity, pipeline.output_names)
     try:
         atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     except BaseException:
-        remove_files(written_files(output, format))  # a model without its metadata cannot be run
+        remove_files(targets)  # a model without its metadata cannot be run
         raise
     return output
+
+
+def _export_int8(
+    state: dict[str, Any],
+    pipeline: InferencePipeline,
+    output: Path,
+    size: int,
+    check: bool,
+    overwrite: bool,
+    count: int,
+    folder: str | Path | None,
+) -> dict[str, Any]:
+    """Quantize, write the INT8 IR and its float32 reference, compare them on calibration images
+    (unless ``check`` is False) and return the sidecar's contents."""
+    images, source = calibration_images(state, count, folder)
+    quantized = quantize_pipeline(pipeline, size, images)  # the float32 graph is checked against PyTorch here
+    written = write_int8_files(quantized, output, overwrite=overwrite)
+    errors = None
+    if check:
+        try:
+            int8 = load_backend(output, INT8_BACKEND)
+            float32 = load_backend(float32_reference_path(output), "openvino")
+            errors = compare_int8(int8, float32, images[:INT8_CHECK_IMAGES])
+            check_int8(errors, str(output))
+        except BaseException:
+            remove_files(written)
+            raise
+    meta = export_metadata(state, INT8_BACKEND, quantized.parity, pipeline.output_names)
+    meta["float32_reference"] = {
+        "file": float32_reference_path(output).name,
+        "format": "openvino",
+        "parity_relative_error": quantized.parity,  # against the PyTorch pipeline
+    }
+    meta["int8"] = {
+        "calibration": source,
+        "calibration_images": quantized.calibration_count,
+        "kept_in_float32": ["the anomaly map, smoothing and score (every node outside /model/)"]
+        + quantized.ignored_patterns,
+        "preset": "performance",
+        "versions": quantized.versions,
+        # the INT8 maps and scores against the float32 reference, on calibration images
+        "error_vs_float32": errors,
+        "recheck_margin": INT8_RECHECK_MARGIN,
+    }
+    return meta
 
 
 def metadata_path(path: Path) -> Path:

@@ -30,6 +30,10 @@ FORMATS = ("onnx", "torchscript", "openvino")
 PARITY_TOLERANCE = 1e-4  # relative: max |exported - torch| / max |torch|
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (missing package, no CUDA, no bf16 support)."""
+
+
 class ExportError(RuntimeError):
     """The exported file does not reproduce the PyTorch pipeline, or cannot be written."""
 

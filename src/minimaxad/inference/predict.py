@@ -26,8 +26,9 @@ from minimaxad.data.transforms import Transform
 from minimaxad.engine.checkpoint import checkpoint_tiling, model_from_checkpoint, read_checkpoint
 from minimaxad.engine.thresholds import Thresholds, near_threshold, thresholds_for
 from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name, unique_names
-from minimaxad.inference.backends import Backend, create_backend, load_backend
+from minimaxad.inference.backends import Backend, create_backend, int8_backend_from_checkpoint, load_backend
 from minimaxad.inference.export import read_metadata
+from minimaxad.inference.quantize import INT8_BACKEND, INT8_RECHECK_MARGIN, float32_reference_path
 from minimaxad.models import MiniMaxAD
 from minimaxad.reporting.heatmaps import defect_mask, heatmap_overlay
 from minimaxad.tiling import TiledPhoto, Tiling, run_tiled
@@ -118,8 +119,9 @@ class Predictor:
         self.device = self.backend.device
         # Reduced precision moves scores by ~0.1%: images that close to the threshold are
         # scored again in float32, so decisions stay those of the float32 model.
+        default_margin = RECHECK_MARGINS.get(self.backend.name, RECHECK_MARGIN)
         reduced = self.backend.name in REDUCED_PRECISION_BACKENDS
-        self.recheck_margin = (RECHECK_MARGIN if reduced else 0.0) if recheck_margin is None else recheck_margin
+        self.recheck_margin = (default_margin if reduced else 0.0) if recheck_margin is None else recheck_margin
         self._float32_backend = float32_backend
         self.top_ratio = top_ratio
         self.calibration = calibration or {}
@@ -180,6 +182,9 @@ class Predictor:
             backend = "eager"
         if backend != "eager":
             model.reparameterize()
+        if backend == INT8_BACKEND:  # quantized now, calibrated on the checkpoint's own normal training images
+            stored = (tiling or TilingOverrides()).apply(checkpoint_tiling(state), state["image_size"])
+            backend = int8_backend_from_checkpoint(state, model, tiling=stored)
         return cls(
             model,
             image_size=state["image_size"],
@@ -217,9 +222,16 @@ class Predictor:
                 "checkpoint again with --tile-size to run it on tiles"
             )
         device = "cpu" if str(device) == "auto" else device
-        runner = load_backend(path, backend, device=device, trust=trust)
+        int8 = meta.get("format") == INT8_BACKEND
+        if int8 and backend not in (None, INT8_BACKEND):
+            raise ValueError(f"{path} is an INT8 file: run it with --backend openvino-int8 (or no --backend)")
+        if not int8 and backend == INT8_BACKEND:
+            raise ValueError(f"{path} is not an INT8 file: write one with 'minimaxad export --format openvino-int8'")
+        runner = load_backend(path, INT8_BACKEND if int8 else backend, device=device, trust=trust)
         float32 = None
-        if runner.name in REDUCED_PRECISION_BACKENDS:  # the same file in float32, for re-checks
+        if int8:  # the float32 graph it was quantized from, written beside it, for re-checks
+            float32 = load_backend(float32_reference_path(Path(path)), "openvino", device=device)
+        elif runner.name in REDUCED_PRECISION_BACKENDS:  # the same file in float32, for re-checks
             float32 = load_backend(
                 path, "openvino" if runner.name == "openvino-bf16" else None, device=device, trust=trust
             )
@@ -360,8 +372,10 @@ class TilingOverrides:
         return Tiling(**{**base, **given, "image_size": image_size})
 
 
-REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16")
+REDUCED_PRECISION_BACKENDS = ("bf16", "fp16", "openvino-bf16", INT8_BACKEND)
 RECHECK_MARGIN = 0.01  # relative distance to the image threshold re-scored in float32
+# INT8 moves scores more than bfloat16: its own margin (see minimaxad.inference.quantize)
+RECHECK_MARGINS = {INT8_BACKEND: INT8_RECHECK_MARGIN}
 
 
 def is_exported_model(path: str | Path) -> bool:
