@@ -1,11 +1,16 @@
 """Inference speed of every backend, against this machine's own limit (``minimaxad benchmark``).
 
 For each backend, image size and batch size: images/second, latency per call (median, p95),
-the first call's time (export or compilation), peak memory, the relative error of its maps
-against the training-form model on the same images, and its share of the machine's limit:
-images/second over (float32 matrix-multiply FLOP/s, measured in the same run, / the model's
-FLOPs per image). Each backend runs in a fresh child process, so peak memory is its own and no
-backend's warm caches help another.
+the first call's time (export, compilation or quantization), peak memory, the relative error of its
+maps against the training-form model on the same images, and its share of the machine's limit:
+images/second over (matrix-multiply FLOP/s, measured in the same run, / the model's FLOPs per
+image), float32 for every backend and int8 (``torch._int_mm``) for the INT8 one.
+
+Each backend runs in a child process of its own, so peak memory is its own and no backend's warm
+caches help another; the children are kept alive and driven in rounds: in each round every
+backend in turn measures every batch size for ``seconds / rounds``, the order of the backends
+turning from round to round. On a machine shared with other work the load changes from minute to
+minute: interleaved, every backend sees the same moments, and the ratios between backends hold.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,11 +38,15 @@ from minimaxad.losses import adc_loss
 from minimaxad.models import MiniMaxAD
 
 REFERENCE_BATCH = 2  # images every backend scores for the accuracy column
-# How long a backend's child process may run before it is killed (child_timeout): generous, so
+# How long a backend's child process may take before it is killed (child_timeout): generous, so
 # that only a hung child (a deadlocked runtime, a compiler that never returns) is cut short.
 CHILD_STARTUP_S = 120.0  # Python and torch imports, the model built
-CHILD_PER_IMAGE_SIZE_S = 300.0  # a backend's export or compilation at one image size, on a slow CPU
+CHILD_PER_IMAGE_SIZE_S = 300.0  # a backend's export, compilation or quantization at one image size, on a slow CPU
 CHILD_PER_MEASUREMENT_S = 60.0  # warm-up and the minimum of 3 runs of one (size, batch), over --seconds
+DEFAULT_ROUNDS = 3  # rounds the measurement time of each (backend, size, batch) is split into
+# INT8 calibration images in the benchmark: the speed does not depend on them (a checkpoint's own
+# training images are used when they can be read, random images otherwise)
+BENCHMARK_CALIBRATION_IMAGES = 32
 
 
 # -- machine and model -------------------------------------------------------------------------
@@ -45,12 +56,19 @@ def matmul_flops_per_second(
     sizes: Sequence[int] = (1024, 2048, 4096),
     seconds: float = 1.0,
 ) -> float:
-    """Best multiply-add FLOP/s of square matrix products (``2 n^3`` per product) over ``sizes``."""
+    """Best multiply-add FLOP/s of square matrix products (``2 n^3`` per product) over ``sizes``;
+    ``torch.int8``: integer operations per second of ``torch._int_mm`` (int8 x int8 -> int32, the
+    VNNI/AMX products INT8 inference runs on)."""
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        runs, elapsed = _repeat(lambda: a @ b, device, seconds, warmup=2)
+        if dtype == torch.int8:
+            a = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+            b = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+            runs, elapsed = _repeat(lambda: torch._int_mm(a, b), device, seconds, warmup=2)
+        else:
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            runs, elapsed = _repeat(lambda: a @ b, device, seconds, warmup=2)
         best = max(best, 2 * n**3 * runs / elapsed)
     return best
 
@@ -144,66 +162,99 @@ def randomize_batchnorm(model: MiniMaxAD) -> None:
             module.bias.data.copy_(0.1 * torch.randn(n, generator=g))
 
 
-def measure_backend(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time one backend at every (image size, batch) of ``spec``; save its maps on the reference
-    images to ``spec['reference_dir']``. Returns the rows."""
-    from minimaxad.inference.backends import create_backend
+def _calibration(spec: dict[str, Any], size: int) -> tuple[torch.Tensor, str]:
+    """INT8 calibration images for the benchmark: the checkpoint's training images when they can be
+    read, else random normal images (the speed does not depend on them; the maps' error does)."""
+    count = int(spec.get("calibration_images") or BENCHMARK_CALIBRATION_IMAGES)
+    if spec.get("checkpoint"):
+        from minimaxad.engine.checkpoint import read_checkpoint
+        from minimaxad.inference.quantize import calibration_images
 
-    device = resolve_device(spec["device"])
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    model, _, top_ratio = build_model(spec["backbone"], spec.get("checkpoint"))
-    rows = []
-    for size in spec["image_sizes"]:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            return calibration_images(read_checkpoint(spec["checkpoint"]), count)
+        except (OSError, ValueError):
+            pass
+    g = torch.Generator().manual_seed(4321 + size)
+    return torch.randn(count, 3, size, size, generator=g), f"{count} random images (speed only)"
+
+
+class BackendWorker:
+    """One backend in its own process (the child's side): set up at an image size, then measure
+    batch sizes when told to. Commands and replies are JSON objects (see :func:`_child_main`)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.device = resolve_device(spec["device"])
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        self.model, _, self.top_ratio = build_model(spec["backbone"], spec.get("checkpoint"))
+        self.backend: Any = None
+        self.size: int | None = None
+        self.generator = torch.Generator()
+
+    def setup(self, size: int) -> dict[str, Any]:
+        """Build the backend at ``size`` (the previous one is dropped first), score the reference
+        images (saved for the accuracy column) and reset the peak-memory counter before it."""
+        from minimaxad.inference.backends import INT8_BACKEND, create_backend
+
+        self.backend = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         peak_rss_reset()
+        extra: dict[str, Any] = {}
         started = time.perf_counter()
-        backend = create_backend(
-            spec["backend"], model, image_size=size, top_ratio=top_ratio, device=device, threads=spec.get("threads")
+        calibration = None
+        if self.spec["backend"] == INT8_BACKEND:
+            calibration, extra["calibration"] = _calibration(self.spec, size)
+            started = time.perf_counter()  # reading the calibration images is not the backend's time
+        self.backend = create_backend(
+            self.spec["backend"],
+            self.model,
+            image_size=size,
+            top_ratio=self.top_ratio,
+            device=self.device,
+            threads=self.spec.get("threads"),
+            **({"calibration": calibration} if calibration is not None else {}),
         )
-        g = torch.Generator().manual_seed(1234 + size)
-        reference = torch.randn(REFERENCE_BATCH, 3, size, size, generator=g)
-        maps, scores = backend(reference)  # the first call: compilation happens here
-        backend.synchronize()
+        self.size = size
+        self.generator.manual_seed(1234 + size)
+        reference = torch.randn(REFERENCE_BATCH, 3, size, size, generator=self.generator)
+        maps, scores = self.backend(reference)  # the first call: compilation happens here
+        self.backend.synchronize()
         first_call = time.perf_counter() - started
         np.savez(
-            Path(spec["reference_dir"]) / f"{spec['backend']}_{size}.npz",
+            Path(self.spec["reference_dir"]) / f"{self.spec['backend']}_{size}.npz",
             maps=maps.float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),
         )
-        for batch in spec["batch_sizes"]:
-            images = torch.randn(batch, 3, size, size, generator=g)
-            if device.type == "cuda" and spec["backend"] not in ("onnxruntime", "openvino", "openvino-bf16"):
-                images = images.to(device)
-            latencies: list[float] = []
+        return {"first_call_s": first_call, **extra}
 
-            def call(run: Any = backend) -> None:  # bound now: the name is deleted after the loop
-                t = time.perf_counter()
-                run(images)
-                run.synchronize()
-                latencies.append(time.perf_counter() - t)
+    def measure(self, batch: int, seconds: float) -> dict[str, Any]:
+        """Time calls at ``batch`` for at least ``seconds`` (and 3 calls), after 2 warm-up calls."""
+        images = torch.randn(batch, 3, self.size, self.size, generator=self.generator)
+        if self.device.type == "cuda" and self.spec["backend"] in _TORCH_INPUT_ON_DEVICE:
+            images = images.to(self.device)
+        latencies: list[float] = []
+        run = self.backend
 
-            runs, elapsed = _repeat(call, device, spec["seconds"], warmup=2)
-            timed = latencies[-runs:]
-            rows.append(
-                {
-                    "backend": spec["backend"],
-                    "image_size": size,
-                    "batch": batch,
-                    "images_per_second": batch * runs / elapsed,
-                    "latency_median_ms": 1e3 * statistics.median(timed),
-                    "latency_p95_ms": 1e3 * float(np.percentile(timed, 95)),
-                    "runs": runs,
-                    "first_call_s": first_call,
-                }
-            )
-        memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
-        for row in rows:
-            if row["image_size"] == size:
-                row["peak_memory_mb"] = memory
-        del backend
-    return {"rows": rows}
+        def call() -> None:
+            t = time.perf_counter()
+            run(images)
+            run.synchronize()
+            latencies.append(time.perf_counter() - t)
+
+        runs, elapsed = _repeat(call, self.device, seconds, warmup=2)
+        return {"runs": runs, "elapsed": elapsed, "latencies": latencies[-runs:]}
+
+    def memory(self) -> dict[str, Any]:
+        """Peak memory (MB) since the last :meth:`setup`: CUDA's allocator on a GPU, else the process's RSS."""
+        if self.device.type == "cuda":
+            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        return {"peak_memory_mb": peak_rss_mb()}
+
+
+# backends whose inputs go to the GPU before the timed call (the file backends take host arrays)
+_TORCH_INPUT_ON_DEVICE = ("eager", "fused", "compiled", "bf16", "fp16", "torchscript")
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
@@ -220,13 +271,16 @@ def run_benchmark(
     output: Path | None = Path("benchmark.json"),
     echo=print,
     child_timeout_s: float | None = None,
+    rounds: int = DEFAULT_ROUNDS,
 ) -> dict[str, Any]:
     """Measure ``backends`` (default: every one that can run here), print the table, write JSON.
 
-    Each backend runs in a child process killed after ``child_timeout_s`` seconds (default:
-    :func:`child_timeout` of its work); a backend that timed out, like one that failed, is listed
-    under ``not_measured`` with its reason (``"timed out after N s"``)."""
-    from minimaxad.inference.backends import BACKENDS, available_backends
+    Each backend runs in a child process of its own, kept alive while the backends take turns
+    (``rounds`` rounds of ``seconds / rounds`` per size and batch; see the module docstring). A
+    child that does not answer within ``child_timeout_s`` seconds (default: :func:`child_timeout`
+    of the step) is killed; that backend, like one that failed, is listed under ``not_measured``
+    with its reason (``"timed out after N s"``)."""
+    from minimaxad.inference.backends import BACKENDS, INT8_BACKEND, available_backends
 
     dev = resolve_device(device)
     if threads:
@@ -235,6 +289,7 @@ def run_benchmark(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    rounds = max(1, int(rounds))
     model, checkpoint_size, _ = build_model(backbone, checkpoint)
     if checkpoint_size is not None:
         image_sizes = [checkpoint_size]
@@ -253,46 +308,63 @@ def run_benchmark(
         machine["matmul_bf16_flops"] = matmul_flops_per_second(dev, torch.bfloat16)
     except RuntimeError:
         machine["matmul_bf16_flops"] = None
+    machine["matmul_int8_ops"] = None
+    if INT8_BACKEND in backends and dev.type == "cpu":
+        try:
+            machine["matmul_int8_ops"] = matmul_flops_per_second(dev, torch.int8)
+        except (RuntimeError, AttributeError):  # no integer matrix product in this torch build
+            pass
     name = checkpoint or f"{backbone} (random weights)"
     where = machine["gpu"] or f"{machine['threads']} threads, {machine['cpu']}"
     echo(f"minimaxad benchmark: {name}; torch {machine['torch']}, {dev} ({where})")
     echo(
         f"float32 matrix products: {machine['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s"
         + (f"; bfloat16: {machine['matmul_bf16_flops'] / 1e9:.1f} GFLOP/s" if machine["matmul_bf16_flops"] else "")
+        + (f"; int8: {machine['matmul_int8_ops'] / 1e9:.1f} GOP/s" if machine["matmul_int8_ops"] else "")
     )
     for size in image_sizes:
         limit = machine["matmul_fp32_flops"] / flops[size]
-        echo(f"model at {size} px: {flops[size] / 1e9:.2f} GFLOP/image -> float32 limit {limit:.2f} images/s")
+        int8 = (
+            f", int8 limit {machine['matmul_int8_ops'] / flops[size]:.2f} images/s"
+            if machine["matmul_int8_ops"]
+            else ""
+        )
+        echo(f"model at {size} px: {flops[size] / 1e9:.2f} GFLOP/image -> float32 limit {limit:.2f} images/s{int8}")
+    echo(f"backends interleaved: {rounds} round(s) of {seconds / rounds:g} s per backend, size and batch")
 
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="minimaxad-bench-") as tmp:
-        for backend in backends:
-            spec = {
-                "backend": backend,
-                "backbone": backbone,
-                "checkpoint": checkpoint,
-                "image_sizes": list(image_sizes),
-                "batch_sizes": list(batch_sizes),
-                "device": str(dev),
-                "seconds": seconds,
-                "threads": threads,
-                "reference_dir": tmp,
-            }
-            limit = child_timeout(spec) if child_timeout_s is None else child_timeout_s
-            result = _run_child(spec, Path(tmp), timeout=limit)
-            if "error" in result:
-                failures[backend] = result["error"]
-                echo(f"  {backend}: not measured: {result['error']}")
-                continue
-            rows.extend(result["rows"])
-        _add_comparisons(rows, Path(tmp), flops, machine["matmul_fp32_flops"])
+        children: dict[str, BackendChild] = {}
+        try:
+            for backend in backends:
+                spec = {
+                    "backend": backend,
+                    "backbone": backbone,
+                    "checkpoint": checkpoint,
+                    "image_sizes": list(image_sizes),
+                    "batch_sizes": list(batch_sizes),
+                    "device": str(dev),
+                    "seconds": seconds,
+                    "threads": threads,
+                    "reference_dir": tmp,
+                }
+                children[backend] = BackendChild(spec, Path(tmp))
+            for size in image_sizes:
+                rows.extend(
+                    _measure_size(children, size, batch_sizes, seconds, rounds, failures, child_timeout_s, echo)
+                )
+        finally:
+            for child in children.values():
+                child.close()
+        _add_comparisons(rows, Path(tmp), flops, machine["matmul_fp32_flops"], machine["matmul_int8_ops"])
     echo(format_table(rows))
     report = {
         "machine": machine,
         "model": name,
         "backbone": backbone,
         "flops_per_image": {str(k): v for k, v in flops.items()},
+        "rounds": rounds,
         "rows": rows,
         "not_measured": failures,
     }
@@ -302,75 +374,205 @@ def run_benchmark(
     return report
 
 
+def _measure_size(
+    children: dict[str, "BackendChild"],
+    size: int,
+    batch_sizes: Sequence[int],
+    seconds: float,
+    rounds: int,
+    failures: dict[str, str],
+    limit: float | None,
+    echo,
+) -> list[dict[str, Any]]:
+    """One image size: every backend set up in turn, then the rounds, then each one's peak memory."""
+
+    def ask(backend: str, command: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        reply = children[backend].request(command, timeout if limit is None else limit)
+        if "error" in reply:
+            failures[backend] = reply["error"]
+            echo(f"  {backend}: not measured: {reply['error']}")
+            children[backend].close()
+            return None
+        return reply
+
+    live = [b for b in children if b not in failures]
+    setups: dict[str, dict[str, Any]] = {}
+    for backend in live:
+        startup = 0.0 if children[backend].started_up else CHILD_STARTUP_S
+        reply = ask(backend, {"cmd": "setup", "size": size}, startup + CHILD_PER_IMAGE_SIZE_S)
+        if reply is not None:
+            setups[backend] = reply
+    timings: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    share = seconds / rounds
+    for round_index in range(rounds):
+        order = [b for b in live if b in setups]
+        turn = round_index % max(1, len(order))
+        for batch in batch_sizes:
+            for backend in order[turn:] + order[:turn]:  # each round starts with another backend
+                if backend in failures:
+                    continue
+                command = {"cmd": "measure", "batch": batch, "seconds": share}
+                reply = ask(backend, command, 10.0 * share + CHILD_PER_MEASUREMENT_S)
+                if reply is not None:
+                    timings.setdefault((backend, batch), []).append(reply)
+    rows = []
+    for backend in [b for b in live if b in setups and b not in failures]:
+        memory = ask(backend, {"cmd": "memory"}, CHILD_PER_MEASUREMENT_S)
+        if memory is None:
+            continue
+        for batch in batch_sizes:
+            parts = timings.get((backend, batch), [])
+            runs = sum(p["runs"] for p in parts)
+            elapsed = sum(p["elapsed"] for p in parts)
+            latencies = [t for p in parts for t in p["latencies"]]
+            rows.append(
+                {
+                    "backend": backend,
+                    "image_size": size,
+                    "batch": batch,
+                    "images_per_second": batch * runs / elapsed,
+                    "images_per_second_by_round": [batch * p["runs"] / p["elapsed"] for p in parts],
+                    "latency_median_ms": 1e3 * statistics.median(latencies),
+                    "latency_p95_ms": 1e3 * float(np.percentile(latencies, 95)),
+                    "runs": runs,
+                    "first_call_s": setups[backend]["first_call_s"],
+                    "peak_memory_mb": memory["peak_memory_mb"],
+                    **({"calibration": setups[backend]["calibration"]} if "calibration" in setups[backend] else {}),
+                }
+            )
+    return rows
+
+
 def child_timeout(spec: dict[str, Any]) -> float:
-    """Seconds a backend's child process may take for ``spec`` before it is killed: a start-up
-    allowance, a compilation allowance per image size, and per (image size, batch) measurement
-    ten times the requested ``seconds`` plus a fixed allowance for warm-up and the minimum runs."""
+    """Seconds a backend's child process may take for all of ``spec`` (its steps together): a
+    start-up allowance, a compilation allowance per image size, and per (image size, batch)
+    measurement ten times the requested ``seconds`` plus a fixed allowance for warm-up and the
+    minimum runs. Each step of an interleaved run gets its own share of this (see :func:`run_benchmark`)."""
     sizes, batches = len(spec["image_sizes"]), len(spec["batch_sizes"])
     per_measurement = 10.0 * float(spec["seconds"]) + CHILD_PER_MEASUREMENT_S
     return CHILD_STARTUP_S + sizes * CHILD_PER_IMAGE_SIZE_S + sizes * batches * per_measurement
 
 
-def _child_command(spec_path: Path, out_path: Path) -> list[str]:
-    return [sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path), str(out_path)]
+def _child_command(spec_path: Path) -> list[str]:
+    return [sys.executable, "-m", "minimaxad.inference.benchmark", str(spec_path)]
 
 
-def _run_child(spec: dict[str, Any], folder: Path, timeout: float | None = None) -> dict[str, Any]:
-    """Measure one backend in a fresh process; ``{"error": ...}`` when it failed or ran past
-    ``timeout`` seconds (then it is killed, with any process it started)."""
-    spec_path = folder / f"{spec['backend']}.spec.json"
-    out_path = folder / f"{spec['backend']}.out.json"
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    own_group = hasattr(os, "killpg")  # POSIX: the child leads a process group, killed whole on a timeout
-    child = subprocess.Popen(
-        _child_command(spec_path, out_path),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=own_group,
-    )
-    try:
-        _, stderr = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(child, own_group)
+class BackendChild:
+    """The parent's handle on one backend's child process: JSON commands on its stdin, JSON
+    replies on its stdout (the child sends everything else it prints to stderr, kept in a log file).
+
+    :meth:`request` returns the reply, or ``{"error": ...}`` when the child failed, died, or did
+    not answer within the timeout (then it is killed, with every process it started)."""
+
+    def __init__(self, spec: dict[str, Any], folder: Path) -> None:
+        self.backend = spec["backend"]
+        spec_path = folder / f"{self.backend}.spec.json"
+        spec_path.write_text(json.dumps(spec))
+        self.log_path = folder / f"{self.backend}.log"
+        env = dict(os.environ)
+        env.setdefault("PYTHONWARNINGS", "ignore")
+        self.own_group = hasattr(os, "killpg")  # POSIX: the child leads a process group, killed whole
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            _child_command(spec_path),
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=self.own_group,
+        )
+        self.replies: queue.Queue = queue.Queue()
+        # a thread reads the replies: a blocking read can then be waited for with a timeout
+        threading.Thread(target=self._read, daemon=True).start()
+        self.started_up = False
+        self.closed = False
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.replies.put(line)
+        self.replies.put(None)  # end of file: the child exited
+
+    def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``command`` and wait up to ``timeout`` seconds for the reply."""
+        if self.closed:
+            return {"error": "the child process was stopped"}
         try:
-            child.communicate(timeout=10)  # the pipes: closed unless a process left the group holds them
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return {"error": self._exit_reason()}
+        try:
+            line = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            return {"error": f"timed out after {timeout:g} s"}
+        except BaseException:  # Ctrl-C: the child has its own session and would not see it
+            self.kill()
+            raise
+        if line is None:
+            return {"error": self._exit_reason()}
+        self.started_up = True
+        return json.loads(line)
+
+    def _exit_reason(self) -> str:
+        try:
+            code = self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            pass
-        return {"error": f"timed out after {timeout:g} s"}
-    except BaseException:  # Ctrl-C: the child has its own session and would not see it
-        _kill(child, own_group)
-        raise
-    if child.returncode != 0 or not out_path.is_file():
-        lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {child.returncode}"}
-    return json.loads(out_path.read_text())
+            self.kill()
+            code = self.process.returncode
+        self.log.flush()
+        lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {code}"
 
+    def kill(self) -> None:
+        """Kill the child and, on POSIX, every process of its group (compiler workers...)."""
+        if self.own_group:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.process.kill()
+        self.process.wait()
+        self.closed = True
+        self._close_files()
 
-def _kill(child: subprocess.Popen, own_group: bool) -> None:
-    """Kill ``child`` and, on POSIX, every process of its group (compiler workers...)."""
-    if own_group:
+    def close(self) -> None:
+        """Ask the child to quit (killed if it does not within 30 s)."""
+        if self.closed:
+            return
         try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=30)
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             pass
-    child.kill()
-    child.wait()
+        self.kill()
+
+    def _close_files(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        self.log.close()
 
 
-def _add_comparisons(rows: list[dict[str, Any]], folder: Path, flops: dict[int, float], peak: float) -> None:
-    """Speed-up over the training form (same size and batch), share of the machine limit, and
-    the maps' relative error against the training form (or the fused form without it)."""
+def _add_comparisons(
+    rows: list[dict[str, Any]], folder: Path, flops: dict[int, float], peak: float, int8_peak: float | None = None
+) -> None:
+    """Speed-up over the training form (same size and batch), share of the machine limit (float32;
+    and int8 for the INT8 backend), and the maps' relative error against the training form (or the
+    fused form without it)."""
     by_key = {(r["backend"], r["image_size"], r["batch"]): r for r in rows}
     for row in rows:
         size = row["image_size"]
         base = by_key.get(("eager", size, row["batch"]))
         row["speedup_vs_eager"] = row["images_per_second"] / base["images_per_second"] if base else None
         row["fraction_of_fp32_limit"] = row["images_per_second"] * flops[size] / peak
+        if row["backend"] == "openvino-int8" and int8_peak:
+            row["fraction_of_int8_limit"] = row["images_per_second"] * flops[size] / int8_peak
         reference = next(
             (folder / f"{b}_{size}.npz" for b in ("eager", "fused") if (folder / f"{b}_{size}.npz").is_file()), None
         )
@@ -581,10 +783,32 @@ def print_training_table(
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    spec_path, out_path = argv
+    """A backend's child process: JSON commands on stdin (``setup``, ``measure``, ``memory``,
+    ``quit``), one JSON reply per line on the original stdout; whatever else is printed (runtimes'
+    logs, progress bars) goes to stderr, so that it cannot be mistaken for a reply."""
+    (spec_path,) = argv
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # fd 1 (C libraries included) now writes to stderr
+    sys.stdout = sys.stderr
     spec = json.loads(Path(spec_path).read_text())
-    result = measure_backend(spec)
-    Path(out_path).write_text(json.dumps(result))
+    worker = BackendWorker(spec)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            break
+        try:
+            if command["cmd"] == "setup":
+                reply = worker.setup(int(command["size"]))
+            elif command["cmd"] == "measure":
+                reply = worker.measure(int(command["batch"]), float(command["seconds"]))
+            elif command["cmd"] == "memory":
+                reply = worker.memory()
+            else:
+                reply = {"error": f"unknown command {command['cmd']!r}"}
+        except Exception as exc:  # reported as this backend's reason; the others go on
+            reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        replies.write(json.dumps(reply) + "\n")
+    worker.backend = None
     return 0
 
 
