@@ -239,9 +239,10 @@ def unnormalize(values: np.ndarray, post_processor, kind: str) -> tuple[np.ndarr
 
 
 @pytest.mark.parametrize("export_type", ["openvino", "onnx"])
-def test_exported_model_serves_our_maps(trained, data_root, tmp_path, export_type):
+def test_exported_model_serves_our_maps(trained, data_root, tmp_path, export_type, monkeypatch):
     """engine.export(..., OPENVINO | ONNX): anomalib's OpenVINOInferencer (or onnxruntime) gives our maps
     and scores (after anomalib's normalisation, undone here), and labels with our threshold."""
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes ./openvino_cache
     model, engine, _, checkpoint, _ = trained
     path = engine.export(model=model, export_type=ExportType(export_type), export_root=tmp_path)
     paths = test_photos(data_root)
