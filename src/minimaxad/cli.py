@@ -78,6 +78,12 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="111 in the paper (1, 11, 111 for error bars)")
     p.add_argument(
+        "--sampler",
+        choices=["seeded", "authors"],
+        help="data order: seeded by (seed, epoch), the default; authors: their scripts' DataLoader shuffle "
+        "(the global generator after the network's construction), batch for batch",
+    )
+    p.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -170,6 +176,7 @@ FIT_KEYS = (
     "lr",
     "weight_decay",
     "seed",
+    "sampler",
     "device",
     "precision",
     "channels_last",

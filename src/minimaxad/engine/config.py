@@ -60,6 +60,7 @@ class RunConfig:
     protocol: dict[str, Any] | None = None  # the whole Protocol as data; None: the "single" protocol
     drop_last: bool = False  # drop each epoch's short last batch (the authors' unified scripts)
     adc_limit_batch: str = "nominal"  # ADC pixel limit from the nominal batch size (authors) | "actual"
+    sampler: str = "seeded"  # data order: "seeded" by (seed, epoch) | "authors" (their DataLoader's shuffle)
     # several processes (torchrun; see docs/distributed.md). batch_size above is the GLOBAL batch.
     sync_batchnorm: bool = True  # decoder BatchNorms use the global batch's statistics (as 1 process)
     adc_sync: str = "global"  # ADC thresholds from the gathered global batch (exact) | per-rank

@@ -152,6 +152,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+SAMPLERS = ("seeded", "authors")
+
+
+def authors_epoch_order(rng_state: torch.Tensor, epoch: int, num_items: int) -> list[int]:
+    """Epoch ``epoch``'s order of the authors' ``DataLoader(shuffle=True)`` (no generator given).
+
+    Their scripts seed the global generator, build the network (which draws its weights from it),
+    then iterate the DataLoader once per epoch. Each ``iter(loader)`` draws one int64 from the
+    global generator for the workers' base seed, then the ``RandomSampler`` draws one more as the
+    seed of that epoch's ``randperm`` (PyTorch 1.x-2.x; nothing else draws from it in their loop,
+    workers have their own). ``rng_state`` is ``torch.get_rng_state()`` right after the network's
+    construction; the order depends on it and ``epoch`` only (replayed, so resume is exact).
+    """
+    if epoch < 0 or num_items < 1:
+        raise ValueError(f"authors_epoch_order needs epoch >= 0 and items, got epoch {epoch}, {num_items} items")
+    generator = torch.Generator()
+    generator.set_state(rng_state)
+    seed = 0
+    for _ in range(epoch + 1):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader iterator's base seed
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())  # RandomSampler's
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     """``[start, stop)`` of ``rank``'s contiguous slice of ``count`` items: the first
     ``count % world_size`` ranks hold one item more; with ``count < world_size`` the last ranks

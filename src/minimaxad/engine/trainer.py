@@ -38,9 +38,11 @@ from minimaxad.engine.checkpoint import (
 )
 from minimaxad.engine.config import RunConfig
 from minimaxad.engine.distributed import (
+    SAMPLERS,
     DataParallel,
     DistributedContext,
     EpochBatchSampler,
+    authors_epoch_order,
     broadcast_object,
     current_context,
     epoch_seed,
@@ -260,6 +262,7 @@ class TrainingRun:
         self.data: dict[str, Any] | None = None  # the training files' fingerprint (resume checks it)
         self.loss_value, self.nonfinite_in_a_row, self.seen_images = float("nan"), 0, 0
         self._bar = self._trace = self._empty_images = None
+        self._authors_rng_state = torch.get_rng_state()  # set_up takes it after building the network
         self._started = time.perf_counter()
 
     # -- set-up and resume --------------------------------------------------------------------
@@ -270,8 +273,13 @@ class TrainingRun:
         self.data = data
         if self.main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+        if config.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={config.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         seed_everything(config.seed)
         self.model = build_model(config)
+        # the global generator as the authors' scripts leave it after building their network: their
+        # DataLoader's shuffle draws from it (--sampler authors); taken before a resume restores it
+        self._authors_rng_state = torch.get_rng_state()
         training = self._read_resume_state(resume)
         self.parallel.prepare(self.model)  # before the optimiser: it may make new parameters
         self.model.to(self.device)
@@ -365,9 +373,20 @@ class TrainingRun:
             yield epoch
 
     def batches(self, train_set, epoch: int):
-        """This process's batches of ``epoch``: the order depends only on (seed, epoch)."""
+        """This process's batches of ``epoch``: the order depends only on (seed, epoch) (``sampler``
+        ``"seeded"``), or is the authors' DataLoader's for their script under the same seed
+        (``"authors"``: :func:`~minimaxad.engine.distributed.authors_epoch_order`)."""
         config = self.config
         self.network.train()  # the encoder stays in eval mode (MiniMaxAD.train)
+        order = getattr(train_set, "epoch_order", None)  # tiles: grouped by photo
+        if config.sampler == "authors":
+            if order is not None:
+                raise TrainingError(
+                    "--sampler authors draws whole photos as the authors' DataLoader does; it cannot order "
+                    "tiles (--tile-size): use --sampler seeded"
+                )
+            state, count = self._authors_rng_state, len(train_set)
+            order = lambda _generator: authors_epoch_order(state, epoch, count)  # noqa: E731
         sampler = EpochBatchSampler(
             len(train_set),
             config.batch_size,
@@ -376,7 +395,7 @@ class TrainingRun:
             rank=self.context.rank,
             world_size=self.context.world_size,
             drop_last=config.drop_last,
-            order=getattr(train_set, "epoch_order", None),  # tiles: grouped by photo
+            order=order,
         )
         global_sizes = [len(b) for b in sampler.global_batches()]
         local_batches = list(sampler)
