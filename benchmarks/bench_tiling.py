@@ -296,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--encoder-weights", default="none", help="none (a random encoder: no internet here), hub or a path"
     )
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default 150; --quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default 128; --quick 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="network inputs per step (default 8; --quick 2)")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--loss", default="global", help="global (the demo's choice with a random encoder) or adc")
@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     full = dict(
-        steps=150, batch_size=8, categories=["grain", "washer"], photo_size=768, n_train=40, image_size=256,
+        steps=128, batch_size=8, categories=["grain", "washer"], photo_size=768, n_train=40, image_size=256,
         tile_size=256, resize_long_side=512, magnetic_tile_size=128,
     )  # fmt: skip
     quick = dict(
