@@ -3,6 +3,9 @@
     python benchmarks/compare_training_with_authors.py --authors-code ../shared/authors_code
     python benchmarks/compare_training_with_authors.py --authors-code DIR --steps 300 --mode free --control
     python benchmarks/compare_training_with_authors.py --authors-code DIR --dtype float64 --steps 20
+    python benchmarks/compare_training_with_authors.py --steps 100 --images 80 --image-size 64 \
+        --control every-step --controls 2 --ours fast,plain-adamw,plain-encoder,plain-convs,plain-ffn,exact
+    python benchmarks/compare_training_with_authors.py --seeds 111 1 2 3 4 --epochs 6 --images 64 --image-size 64
 
 Their side is their own code: the model files through ../shared/tools/authors_shim.py and the
 loss functions (``loss_adc``, ``cal_anomaly_map_tensor``, ``loss_fucntion``) read out of their
@@ -28,7 +31,26 @@ ours after every step, so each row is one step's difference. ``--control`` runs 
 their step from their weights perturbed by float32 rounding (relative 2**-24; ``--control
 every-step``: again after every step, as a different but equally exact implementation's rounding
 would): how much two runs of the SAME code drift apart from rounding-level differences, the
-yardstick for the free mode.
+yardstick for the free mode; ``--controls K`` runs K of them (perturbation seeds ``seed``,
+``seed + 1``...), whose spread is the yardstick's own.
+
+``--ours`` runs several variants of our step side by side from the same start on the same
+batches: ``fast`` (today's trainer) and each of our speed changes switched back to the plain
+computation (:data:`TOGGLES`: PyTorch's default AdamW instead of the fused one, the encoder
+itself instead of its fused copy, ``nn.Conv2d``'s own backward instead of ours, the authors'
+FFN order instead of our GEMM algebra), or all of them (``exact``). The summary gives each run's
+difference from theirs by parameter group (at the end, and every ``--group-every`` steps), the
+BatchNorm layers that differ most (with the controls' values there) and checks that need no
+tolerance: equal ``num_batches_tracked`` (no extra or missing forward pass in training mode),
+equal AdamW step counts (no skipped step, so the skipped-step restore never ran) and no
+SyncBatchNorm in a one-process model.
+
+``--seeds S ...`` instead trains whole runs from each seed and scores them on the test split
+(our common path): their loop as their script runs it (their init under the seed, their
+``DataLoader(shuffle=True)`` on the global generator), our fit's ``TrainingRun`` with the default
+order (``ours``) and with ``--sampler authors`` (``ours-authors-order``, checked to get their
+batches); it prints mean ± std over the seeds and the paired difference from theirs.
+``--synthetic DIR`` builds minimaxad's synthetic ``weave`` category there and uses it as data.
 """
 
 from __future__ import annotations
@@ -192,12 +214,13 @@ class AuthorsTraining:
             **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()},
         }
 
-    def perturbed_twin(self, relative: float, seed: int = 0, **settings: Any) -> "AuthorsTraining":
-        """A new training from this one's weights, each trainable weight multiplied by ``1 +- relative``."""
+    def perturbed_twin(self, relative: float, perturbation_seed: int = 0, **settings: Any) -> "AuthorsTraining":
+        """A new training from this one's weights, each trainable weight multiplied by ``1 +- relative``
+        (random signs drawn from ``perturbation_seed``)."""
         twin = AuthorsTraining(self.authors, self.variant, **settings)
         for mine, source in ((twin.encoder, self.encoder), (twin.bn, self.bn), (twin.decoder, self.decoder)):
             mine.load_state_dict(source.state_dict())
-        twin.perturb(relative, seed)
+        twin.perturb(relative, perturbation_seed)
         return twin
 
     @torch.no_grad()
@@ -209,9 +232,66 @@ class AuthorsTraining:
             p.mul_(1 + relative * signs)
 
 
+# Our speed changes, each of which can be switched back to the plain computation (the authors'),
+# one at a time, to see which (if any) makes our training drift from theirs more than rounding does.
+TOGGLES = {
+    "plain-adamw": "torch.optim.AdamW's default (for-loop) update instead of the fused kernel",
+    "plain-encoder": "the frozen encoder as it is, not its re-parameterized (fused) copy",
+    "plain-convs": "nn.Conv2d's own backward instead of DepthwiseConv2d's / StridedConv2d's",
+    "plain-ffn": "the authors' permute -> Linear -> GELU -> GRN -> Linear -> permute -> BN, gamma * y + x",
+}
+VARIANTS = ("fast", *TOGGLES, "exact")  # fast: today's trainer; exact: every toggle at once
+
+
+def variant_toggles(variant: str) -> tuple[str, ...]:
+    """The toggles a variant name stands for (``fast``: none, ``exact``: all)."""
+    if variant == "fast":
+        return ()
+    if variant == "exact":
+        return tuple(TOGGLES)
+    if variant in TOGGLES:
+        return (variant,)
+    raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def apply_toggles(run: TrainingRun, toggles: Iterable[str]) -> None:
+    """Switch the named speed changes of ``run`` (set up, not yet stepped) back to plain PyTorch."""
+    import types
+
+    from minimaxad.models.blocks import UniRepLKNetBlock
+    from minimaxad.models.convolutions import DepthwiseConv2d, StridedConv2d
+
+    model = run.model
+    for toggle in toggles:
+        if toggle == "plain-adamw":
+            group = run.optimizer.param_groups[0]
+            run.optimizer = torch.optim.AdamW(
+                model.trainable_parameters(), lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"]
+            )
+            run.scheduler = torch.optim.lr_scheduler.ExponentialLR(run.optimizer, gamma=run.config.lr_gamma)
+        elif toggle == "plain-encoder":
+            model.__dict__["_frozen_encoder"] = lambda: model.encoder  # instance attribute: no fused copy
+        elif toggle == "plain-convs":
+            for module in model.modules():
+                if isinstance(module, (DepthwiseConv2d, StridedConv2d)):
+                    module.forward = types.MethodType(torch.nn.Conv2d.forward, module)
+        elif toggle == "plain-ffn":  # the trained blocks (the frozen encoder runs without autograd)
+            for module in [*model.bottleneck.modules(), *model.decoder.modules()]:
+                if isinstance(module, UniRepLKNetBlock):
+                    module.pointwise_ffn = types.MethodType(_authors_pointwise_ffn, module)
+        else:
+            raise SystemExit(f"unknown toggle {toggle!r}; choose from {', '.join(TOGGLES)}")
+
+
+def _authors_pointwise_ffn(block, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Their ``compute_residual`` after the SE block, on our modules (same weights)."""
+    return x + block.gamma.view(1, -1, 1, 1) * block.pwconv2(block.act(block.pwconv1(y)))
+
+
 class OurTraining:
     """Our trainer (:class:`TrainingRun`) fed with given batches; float64 runs our pieces in the
-    trainer's order (forward, loss, zero_grad, backward, AdamW step) without its float32 cast."""
+    trainer's order (forward, loss, zero_grad, backward, AdamW step) without its float32 cast.
+    ``toggles`` (names of :data:`TOGGLES`) switch speed changes back to the plain computation."""
 
     def __init__(
         self,
@@ -224,6 +304,7 @@ class OurTraining:
         seed: int = 111,
         dtype: torch.dtype = torch.float32,
         folder: Path,
+        toggles: Iterable[str] = (),
     ) -> None:
         self.config = RunConfig(
             backbone=f"unireplknet_{variant}",
@@ -243,6 +324,7 @@ class OurTraining:
             self.run.set_up(resume=False)
         self.model, self.dtype = self.run.model, dtype
         self.model.to(dtype)
+        apply_toggles(self.run, toggles)
 
     def start_epoch(self) -> None:
         self.run.network.train()  # what TrainingRun.batches does at each epoch
@@ -373,9 +455,20 @@ class Setup:
     inputs: str = "ours"  # which pipeline's tensors both steps get: ours | authors
     dtype: str = "float32"
     control: str = "none"  # none | initial (perturbed start) | every-step (perturbed after every step)
+    controls: int = 1  # how many controls (perturbation seeds 0, 1, ...): the yardstick's own spread
     images: int | None = None  # use the first N training images (fewer steps per epoch)
     data: Path = DEFAULT_DATA
     evaluate: bool = False  # score the test split with every final model (our common path)
+    ours: tuple[str, ...] = ("fast",)  # our variants run side by side (VARIANTS); the first is "ours"
+    group_every: int = 0  # record the difference by parameter group every N steps (0: at the end only)
+
+
+def _our_name(index: int, variant: str) -> str:
+    return "ours" if index == 0 else f"ours:{variant}"
+
+
+def _control_name(index: int) -> str:
+    return "control" if index == 0 else f"control{index + 1}"
 
 
 def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]:
@@ -383,56 +476,43 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
     dtype = {"float32": torch.float32, "float64": torch.float64}[setup.dtype]
     dataset = build_dataset("mvtec", setup.data, "train", image_size=setup.image_size, validate=False)
     count = len(dataset) if setup.images is None else min(setup.images, len(dataset))
-    theirs = AuthorsTraining(
-        authors,
-        setup.variant,
-        loss=setup.loss,
-        image_size=setup.image_size,
-        batch_size=setup.batch_size,
-        seed=setup.seed,
-        dtype=dtype,
-    )
+    settings = dict(loss=setup.loss, image_size=setup.image_size, batch_size=setup.batch_size, seed=setup.seed)
+    theirs = AuthorsTraining(authors, setup.variant, dtype=dtype, **settings)
     with tempfile.TemporaryDirectory() as folder:
-        ours = OurTraining(
-            setup.variant,
-            loss=setup.loss,
-            image_size=setup.image_size,
-            batch_size=setup.batch_size,
-            seed=setup.seed,
-            dtype=dtype,
-            folder=Path(folder),
-        )
+        mine = {
+            _our_name(i, name): OurTraining(
+                setup.variant, dtype=dtype, folder=Path(folder) / str(i), toggles=variant_toggles(name), **settings
+            )
+            for i, name in enumerate(setup.ours)
+        }
+        ours = mine["ours"]
         state_keys = list(theirs.state())
         same_init = max_abs_difference(ours.state(), theirs.state(), state_keys)[0] == 0.0
         same_encoder = all(
             torch.equal(v, theirs.encoder.state_dict()[k]) for k, v in ours.model.encoder.state_dict().items()
         )
-        ours.copy_from(theirs)
-        control = (
-            theirs.perturbed_twin(
-                2.0**-24,
-                loss=setup.loss,
-                image_size=setup.image_size,
-                batch_size=setup.batch_size,
-                seed=setup.seed,
-                dtype=dtype,
-            )
-            if setup.control != "none"
-            else None
-        )
+        for training in mine.values():
+            training.copy_from(theirs)
+        controls = {}
+        if setup.control != "none":
+            for k in range(setup.controls):
+                controls[_control_name(k)] = theirs.perturbed_twin(
+                    2.0**-24, perturbation_seed=setup.seed + k, dtype=dtype, **settings
+                )
+        everyone = [theirs, *mine.values(), *controls.values()]
         names = list(theirs.named_trainables())
         records, input_diff, started = [], 0.0, time.perf_counter()
+        group_history: list[dict[str, Any]] = []
         step, epoch = 0, 0
         log(
             f"{setup.variant} {setup.loss} {setup.image_size}px batch {setup.batch_size}, {count} images, mode "
             f"{setup.mode}, inputs {setup.inputs}, {setup.dtype}; initial weights identical under seed "
-            f"{setup.seed}: bottleneck+decoder {same_init}, encoder {same_encoder}"
+            f"{setup.seed}: bottleneck+decoder {same_init}, encoder {same_encoder}; ours: {', '.join(setup.ours)}"
         )
         while step < setup.steps:
             batches = EpochBatchSampler(count, setup.batch_size, seed=setup.seed, epoch=epoch).global_batches()
-            for training in (theirs, ours, control):
-                if training is not None:
-                    training.start_epoch()
+            for training in everyone:
+                training.start_epoch()
             for indices in batches:
                 items = [dataset[i] for i in indices]
                 our_images = torch.stack([item["image"] for item in items])
@@ -460,31 +540,47 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
                     "weight_where": weight_where,
                     "weight_rel": relative_difference(ours.state(), theirs.state(), state_keys),
                 }
-                if control is not None:
-                    control_loss, _ = control.step(images)
+                for name, training in mine.items():
+                    if name != "ours":
+                        other_loss = training.step(images, indices)
+                        record[f"{name}_loss_diff"] = abs(other_loss - their_loss)
+                        record[f"{name}_weight_rel"] = relative_difference(training.state(), theirs.state(), state_keys)
+                for k, (name, twin) in enumerate(controls.items()):
+                    control_loss, _ = twin.step(images)
                     if setup.control == "every-step":  # a rounding-level error in every weight, every step
-                        control.perturb(2.0**-24, seed=step + 1)
-                    record["control_loss_diff"] = abs(control_loss - their_loss)
-                    record["control_weight_rel"] = relative_difference(control.state(), theirs.state(), state_keys)
+                        twin.perturb(2.0**-24, seed=step + 1 + 1_000_003 * k)
+                    record[f"{name}_loss_diff"] = abs(control_loss - their_loss)
+                    record[f"{name}_weight_rel"] = relative_difference(twin.state(), theirs.state(), state_keys)
                 records.append(record)
                 if setup.mode == "resync":
-                    ours.copy_from(theirs, optimizer=True)
+                    for training in mine.values():
+                        training.copy_from(theirs, optimizer=True)
                 step += 1
+                if setup.group_every and (step % setup.group_every == 0 or step == setup.steps):
+                    group_history.append({"step": step, **_differences_by_group(theirs, mine, controls)})
                 if step % max(1, setup.steps // 10) == 0 or step == 1 or len(indices) < setup.batch_size:
                     log(_row(record))
                 if step >= setup.steps:
                     break
             else:
-                for training in (theirs, ours, control):
-                    if training is not None:
-                        training.end_epoch()
+                for training in everyone:
+                    training.end_epoch()
             epoch += 1
-        finals = {"authors": theirs.state(), "ours": ours.state(), **({"control": control.state()} if control else {})}
+        finals = {
+            "authors": theirs.state(),
+            **{name: training.state() for name, training in mine.items()},
+            **{name: twin.state() for name, twin in controls.items()},
+        }
+        checks = _checks(theirs, mine)
         encoder_state = ours.model.encoder.state_dict()
     summary = summarise(records, setup, input_diff, same_init, same_encoder, time.perf_counter() - started)
     summary["final_difference_by_group"] = {
         name: difference_by_group(state, finals["authors"]) for name, state in finals.items() if name != "authors"
     }
+    summary["batchnorm_layers_worst"] = worst_batchnorm_layers(finals)
+    summary["checks"] = checks
+    if group_history:
+        summary["group_history"] = group_history
     if setup.evaluate:
         summary["test_metrics"] = test_metrics(finals, encoder_state, setup)
         log(json.dumps(summary["test_metrics"]))
@@ -495,28 +591,261 @@ def compare(authors: SimpleNamespace, setup: Setup, log=print) -> dict[str, Any]
     }
 
 
+def _differences_by_group(theirs, mine: dict, controls: dict) -> dict[str, dict[str, float]]:
+    reference = theirs.state()
+    return {name: difference_by_group(training.state(), reference) for name, training in {**mine, **controls}.items()}
+
+
+def _checks(theirs: AuthorsTraining, mine: dict[str, OurTraining]) -> dict[str, Any]:
+    """What rules candidates in or out without a tolerance: BatchNorm forward counts (an extra or a
+    missing forward pass in training mode changes ``num_batches_tracked``), optimiser step counts
+    (a skipped step, whose restore would then have run, leaves AdamW's ``step`` behind), and
+    SyncBatchNorm modules in a one-process model."""
+    from minimaxad.engine.distributed import SyncBatchNorm2d
+
+    reference = theirs.state()
+    tracked = {k: int(v) for k, v in reference.items() if k.endswith("num_batches_tracked")}
+    their_steps = {int(s["step"]) for s in theirs.optimizer.state.values() if "step" in s}
+    result: dict[str, Any] = {"authors_batchnorm_forwards": sorted(set(tracked.values()))}
+    for name, training in mine.items():
+        state = training.state()
+        steps = {int(s["step"]) for s in training.run.optimizer.state.values() if "step" in s}
+        result[name] = {
+            "num_batches_tracked_equal": all(int(state[k]) == v for k, v in tracked.items()),
+            "optimizer_steps": sorted(steps),
+            "optimizer_steps_equal": steps == their_steps,
+            "sync_batchnorm_modules": sum(
+                isinstance(m, (SyncBatchNorm2d, torch.nn.SyncBatchNorm)) for m in training.model.modules()
+            ),
+        }
+    return result
+
+
+def worst_batchnorm_layers(finals: dict[str, dict[str, torch.Tensor]], top: int = 5) -> dict[str, list]:
+    """Per BatchNorm layer, the relative difference of its running mean and variance from the
+    authors'; for each run the ``top`` layers that differ most (with the controls' value there)."""
+    reference = finals["authors"]
+    layers = sorted({k.rsplit(".", 1)[0] for k in reference if k.endswith("running_var")})
+
+    def per_layer(state: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {
+            layer: relative_difference(state, reference, [f"{layer}.running_mean", f"{layer}.running_var"])
+            for layer in layers
+        }
+
+    table = {name: per_layer(state) for name, state in finals.items() if name != "authors"}
+    result = {}
+    for name, values in table.items():
+        if name.startswith("control"):
+            continue
+        worst = sorted(values, key=values.get, reverse=True)[:top]
+        result[name] = [
+            {
+                "layer": layer,
+                "var_norm": float(reference[f"{layer}.running_var"].double().norm()),
+                name: round(values[layer], 4),
+                **{c: round(v[layer], 4) for c, v in table.items() if c.startswith("control")},
+            }
+            for layer in worst
+        ]
+    return result
+
+
 def test_metrics(
     states: dict[str, dict[str, torch.Tensor]], encoder_state: dict[str, torch.Tensor], setup: Setup
 ) -> dict[str, dict[str, float]]:
     """I-AUROC, P-AUROC and AUPRO-200 of each final network on the test split, all scored by our
     common path (float32), so that only the trained weights differ."""
+    test_set = build_dataset("mvtec", setup.data, "test", image_size=setup.image_size, validate=False)
+    return {name: score_state(state, encoder_state, setup.variant, test_set) for name, state in states.items()}
+
+
+def score_state(
+    state: dict[str, torch.Tensor], encoder_state: dict[str, torch.Tensor], variant: str, test_set
+) -> dict[str, float]:
+    """I-AUROC, P-AUROC and AUPRO-200 of one trained bottleneck + decoder (keys ``bottleneck.*``,
+    ``decoder.*``) with ``encoder_state``, scored on ``test_set`` by our common path."""
     from minimaxad.engine.scoring import run_dataset
     from minimaxad.metrics import evaluate
     from minimaxad.models import MiniMaxAD
 
+    model = MiniMaxAD(f"unireplknet_{variant}")
+    missing, unexpected = model.encoder.load_state_dict(encoder_state, strict=False)  # theirs: 2 unused layers
+    if missing or any(not k.startswith(("downsample_layers.3.", "norm3.")) for k in unexpected):
+        raise RuntimeError(f"encoder layouts differ: missing {missing}, unexpected {unexpected}")
+    for part in ("bottleneck", "decoder"):
+        getattr(model, part).load_state_dict(
+            {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        )
+    outputs = run_dataset(model.eval(), test_set, batch_size=16, device="cpu")
+    metrics = evaluate(outputs.scores, outputs.labels, outputs.maps, outputs.masks, aupro_exact=False)
+    return {key: round(float(metrics[key]), 4) for key in ("i_auroc", "p_auroc", "aupro_200")}
+
+
+# -- the spread over seeds ------------------------------------------------------------------------
+@dataclass
+class SeedSetup:
+    """Whole trainings, theirs and ours, from each seed: ``epochs`` over the first ``images``
+    training photos (all: None), scored on the whole test split."""
+
+    seeds: tuple[int, ...] = (111, 1, 2, 3, 4)
+    variant: str = "f"
+    loss: str = "adc"
+    image_size: int = 128
+    batch_size: int = 8
+    epochs: int = 15
+    images: int | None = None
+    data: Path = DEFAULT_DATA
+    runs: tuple[str, ...] = ("authors", "ours", "ours-authors-order")
+
+
+SEED_RUNS = {
+    "authors": "their script: their init under the seed, their DataLoader(shuffle=True) on the global generator",
+    "ours": "our fit's TrainingRun, --sampler seeded (the default order)",
+    "ours-authors-order": "our fit's TrainingRun, --sampler authors (their batches)",
+    "ours-exact": "our fit's TrainingRun, --sampler authors, every speed change switched off (variant 'exact')",
+}
+
+
+def train_authors_script(
+    authors: SimpleNamespace, setup: SeedSetup, seed: int, items: list[dict[str, Any]]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[list[list[int]]]]:
+    """Their loop from ``seed``: returns the trained state, their encoder's and each epoch's batches."""
+    theirs = AuthorsTraining(
+        authors, setup.variant, loss=setup.loss, image_size=setup.image_size, batch_size=setup.batch_size, seed=seed
+    )
+    # their scripts build the DataLoader before the network, but it draws nothing until iterated
+    loader = torch.utils.data.DataLoader(range(len(items)), batch_size=setup.batch_size, shuffle=True)
+    orders = []
+    for _ in range(setup.epochs):
+        theirs.start_epoch()
+        batches = []
+        for indices in loader:
+            batches.append(indices.tolist())
+            theirs.step(torch.stack([items[i]["image"] for i in batches[-1]]))
+        theirs.end_epoch()
+        orders.append(batches)
+    return theirs.state(), theirs.encoder.state_dict(), orders
+
+
+def train_ours(
+    setup: SeedSetup, seed: int, items: list[dict[str, Any]], *, sampler: str, toggles: Iterable[str] = ()
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[list[list[int]]]]:
+    """Our fit's training loop (:func:`minimaxad.engine.trainer.train` without the calibration) from
+    ``seed``, random encoder; returns the trained state, the encoder's and each epoch's batches."""
+    config = RunConfig(
+        backbone=f"unireplknet_{setup.variant}",
+        encoder_weights="none",
+        loss=setup.loss,
+        image_size=setup.image_size,
+        batch_size=setup.batch_size,
+        epochs=setup.epochs,
+        seed=seed,
+        device="cpu",
+        workers=0,
+        evaluate=False,
+        checkpoint_every=0,
+        val_fraction=0.0,
+        sampler=sampler,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        run = TrainingRun(config, Path(folder), ["seeds"], SINGLE_PROCESS)
+        with _quiet_warnings():
+            run.set_up(resume=False)
+        apply_toggles(run, toggles)
+        plan = run.plan(len(items))
+        orders = []
+        for epoch in run.remaining_epochs(plan):
+            batches = []
+            for batch in run.batches(items, epoch):
+                batches.append(list(batch.indices))
+                run.step(batch)
+            run.end_epoch(epoch, plan)
+            orders.append(batches)
+        return run.model.trainable_state_dict(), run.model.encoder.state_dict(), orders
+
+
+def spread_over_seeds(authors: SimpleNamespace | None, setup: SeedSetup, log=print) -> dict[str, Any]:
+    """Train every run of ``setup.runs`` from every seed and score each on the test split."""
+    train_set = build_dataset("mvtec", setup.data, "train", image_size=setup.image_size, validate=False)
+    count = len(train_set) if setup.images is None else min(setup.images, len(train_set))
+    items = [train_set[i] for i in range(count)]  # decoded once, the same tensors for every run
     test_set = build_dataset("mvtec", setup.data, "test", image_size=setup.image_size, validate=False)
-    results = {}
-    for name, state in states.items():
-        model = MiniMaxAD(f"unireplknet_{setup.variant}")
-        model.encoder.load_state_dict(encoder_state)
-        for part in ("bottleneck", "decoder"):
-            getattr(model, part).load_state_dict(
-                {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-            )
-        outputs = run_dataset(model.eval(), test_set, batch_size=16, device="cpu")
-        metrics = evaluate(outputs.scores, outputs.labels, outputs.maps, outputs.masks, aupro_exact=False)
-        results[name] = {key: round(float(metrics[key]), 4) for key in ("i_auroc", "p_auroc", "aupro_200")}
-    return results
+    test_items = [test_set[i] for i in range(len(test_set))]
+    log(
+        f"{setup.data}: {count} training photos, {len(test_items)} test photos; variant {setup.variant}, "
+        f"{setup.loss}, {setup.image_size}px, batch {setup.batch_size}, {setup.epochs} epochs, seeds {list(setup.seeds)}"
+    )
+    results: dict[str, dict[int, dict[str, float]]] = {run: {} for run in setup.runs}
+    same_batches: dict[int, bool] = {}
+    for seed in setup.seeds:
+        their_orders = None
+        for run in setup.runs:
+            started = time.perf_counter()
+            if run == "authors":
+                if authors is None:
+                    raise SystemExit("the 'authors' run needs their code (--authors-code)")
+                state, encoder_state, orders = train_authors_script(authors, setup, seed, items)
+                their_orders = orders
+            elif run in ("ours", "ours-authors-order", "ours-exact"):
+                sampler = "seeded" if run == "ours" else "authors"
+                toggles = tuple(TOGGLES) if run == "ours-exact" else ()
+                state, encoder_state, orders = train_ours(setup, seed, items, sampler=sampler, toggles=toggles)
+                if sampler == "authors" and their_orders is not None:
+                    same_batches[seed] = same_batches.get(seed, True) and orders == their_orders
+            else:
+                raise SystemExit(f"unknown run {run!r}; choose from {', '.join(SEED_RUNS)}")
+            metrics = score_state(state, encoder_state, setup.variant, test_items)
+            results[run][seed] = metrics
+            log(f"seed {seed:4d} {run:20s} {json.dumps(metrics)} ({time.perf_counter() - started:.0f} s)")
+    table = seed_table(results)
+    return {
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+        "per_seed": {run: {str(k): v for k, v in values.items()} for run, values in results.items()},
+        "table": table,
+        "authors_order_batches_identical": {str(k): v for k, v in same_batches.items()},
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def seed_table(results: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Mean +- std of each metric per run, and of the per-seed difference from the authors' run."""
+    rows = []
+    reference = results.get("authors", {})
+    for run, per_seed in results.items():
+        if not per_seed:
+            continue
+        row: dict[str, Any] = {"run": run, "seeds": len(per_seed)}
+        for metric in ("i_auroc", "p_auroc", "aupro_200"):
+            row[metric] = mean_std([m[metric] for m in per_seed.values()])
+        if run != "authors" and reference:
+            paired = [per_seed[s]["p_auroc"] - reference[s]["p_auroc"] for s in per_seed if s in reference]
+            row["p_auroc_minus_authors"] = mean_std(paired) if paired else None
+        rows.append(row)
+    return rows
+
+
+def format_seed_table(table: list[dict[str, Any]]) -> str:
+    """The table as Markdown: mean +- std over seeds."""
+
+    def cell(pair) -> str:
+        return "-" if pair is None else f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+    lines = [
+        "| run | seeds | I-AUROC | P-AUROC | AUPRO-200 | P-AUROC minus the authors' (paired) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in table:
+        lines.append(
+            f"| {row['run']} | {row['seeds']} | {cell(row['i_auroc'])} | {cell(row['p_auroc'])} | "
+            f"{cell(row['aupro_200'])} | {cell(row.get('p_auroc_minus_authors'))} |"
+        )
+    return "\n".join(lines)
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -525,8 +854,10 @@ def _row(r: dict[str, Any]) -> str:
         f"|dloss| {r['loss_diff']:.2e} grad max|d| {r['grad_max_abs']:.2e} rel {r['grad_rel']:.2e} "
         f"weights max|d| {r['weight_max_abs']:.2e} rel {r['weight_rel']:.2e}"
     )
-    if "control_weight_rel" in r:
-        text += f" | control: |dloss| {r['control_loss_diff']:.2e} weights rel {r['control_weight_rel']:.2e}"
+    for key in r:
+        if key.endswith("_weight_rel") and key != "weight_rel":
+            name = key[: -len("_weight_rel")]
+            text += f" | {name}: |dloss| {r[f'{name}_loss_diff']:.2e} weights rel {r[key]:.2e}"
     return text
 
 
@@ -555,9 +886,11 @@ def summarise(
         "short_batch_branches_actual_limit": [r["branch_actual_limit"] for r in short],
         "short_batch_loss_diff_max": worst("loss_diff", short),
     }
-    if records and "control_weight_rel" in records[-1]:
-        summary["control_weight_rel_final"] = records[-1]["control_weight_rel"]
-        summary["control_loss_diff_max"] = worst("control_loss_diff")
+    for key in records[-1] if records else ():
+        if key.endswith("_weight_rel") and key != "weight_rel":
+            name = key[: -len("_weight_rel")]
+            summary[f"{name}_weight_rel_final"] = records[-1][key]
+            summary[f"{name}_loss_diff_max"] = worst(f"{name}_loss_diff")
     return summary
 
 
@@ -589,18 +922,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run their step from weights perturbed by float32 rounding (2**-24 relative): at the "
         "start only ('initial', the default of a bare --control) or after every step",
     )
+    ap.add_argument(
+        "--controls", type=int, default=1, help="how many controls, each with its own perturbation (default 1)"
+    )
+    ap.add_argument(
+        "--ours",
+        default="fast",
+        help=f"comma-separated variants of our step run side by side ({', '.join(VARIANTS)}); the first is "
+        "'ours' in the records",
+    )
+    ap.add_argument("--group-every", type=int, default=0, help="record the difference by group every N steps")
     ap.add_argument("--evaluate", action="store_true", help="score the test split with each final network")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="instead of the step comparison: whole trainings from each seed (theirs and ours, --runs), "
+        "scored on the test split; prints mean ± std over the seeds",
+    )
+    ap.add_argument("--epochs", type=int, default=15, help="with --seeds: epochs of each training")
+    ap.add_argument(
+        "--runs",
+        default="authors,ours,ours-authors-order",
+        help=f"with --seeds: comma-separated runs ({', '.join(SEED_RUNS)})",
+    )
+    ap.add_argument(
+        "--synthetic",
+        type=Path,
+        help="with --seeds: write minimaxad's synthetic 'weave' category (64 training photos, seed 0) "
+        "into this folder and use it as --data",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the records and the summary here")
     args = ap.parse_args(argv)
     if not args.authors_code.is_dir():
         print(f"skipped: the authors' code is not at {args.authors_code} (give --authors-code DIR)")
         return 0
+    if args.synthetic is not None:
+        from minimaxad.data import generate_synthetic_dataset
+
+        generate_synthetic_dataset(
+            args.synthetic,
+            categories=("weave",),
+            n_train=64,
+            n_test_good=24,
+            n_test_defect=6,
+            image_size=args.image_size,
+            seed=0,
+            overwrite=True,
+        )
+        args.data = args.synthetic / "weave"
     if not args.data.is_dir():
         print(f"skipped: no data at {args.data} (give --data DIR, an MVTec-layout category folder)")
         return 0
     torch.set_num_threads(args.threads)
     authors = import_authors(args.authors_code)
+    if args.seeds:
+        seed_setup = SeedSetup(
+            seeds=tuple(args.seeds),
+            variant=args.variant,
+            loss=args.loss,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            images=args.images,
+            data=args.data,
+            runs=tuple(r for r in args.runs.split(",") if r),
+        )
+        result = spread_over_seeds(authors, seed_setup)
+        print(format_seed_table(result["table"]))
+        print("their batches drawn by --sampler authors:", result["authors_order_batches_identical"])
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     setup = Setup(
         variant=args.variant,
         loss=args.loss,
@@ -615,7 +1009,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         images=args.images,
         data=args.data,
         evaluate=args.evaluate,
+        controls=args.controls,
+        ours=tuple(v for v in args.ours.split(",") if v),
+        group_every=args.group_every,
     )
+    for name in setup.ours:
+        variant_toggles(name)  # refuse an unknown name before any training
     result = compare(authors, setup)
     print(json.dumps(result["summary"], indent=2))
     if args.json:

@@ -73,3 +73,61 @@ def test_float32_step_from_the_same_state_differs_by_rounding_only(authors, magn
     for record in result["records"]:
         assert record["loss_diff"] < 1e-5 * record["loss_authors"]
         assert record["grad_rel"] < 1e-5
+
+
+def test_seed_table_gives_mean_std_and_the_paired_difference():
+    from compare_training_with_authors import format_seed_table, mean_std, seed_table
+
+    assert mean_std([0.5]) == (0.5, 0.0)
+    mean, std = mean_std([0.5, 0.7])
+    assert mean == pytest.approx(0.6) and std == pytest.approx(0.1414, abs=1e-4)
+    metrics = lambda p: {"i_auroc": 0.5, "p_auroc": p, "aupro_200": 0.1}  # noqa: E731
+    table = seed_table({"authors": {1: metrics(0.6), 2: metrics(0.7)}, "ours": {1: metrics(0.5), 2: metrics(0.8)}})
+    ours = next(row for row in table if row["run"] == "ours")
+    assert ours["p_auroc"][0] == pytest.approx(0.65)
+    assert ours["p_auroc_minus_authors"][0] == pytest.approx(0.0)
+    assert ours["p_auroc_minus_authors"][1] == pytest.approx(0.1414, abs=1e-4)
+    assert "| ours | 2 | 0.500 ± 0.000 | 0.650 ± 0.212 |" in format_seed_table(table)
+
+
+@pytest.mark.slow
+def test_sampler_authors_trains_on_their_batches(authors, tmp_path):
+    """--seeds: their loop and our fit with --sampler authors see the same batches, epoch by epoch,
+    and one step apart end with the same test metrics."""
+    from compare_training_with_authors import SeedSetup, spread_over_seeds
+
+    from minimaxad.data import generate_synthetic_dataset
+
+    generate_synthetic_dataset(
+        tmp_path, categories=("weave",), n_train=10, n_test_good=4, n_test_defect=1, image_size=64, seed=0
+    )
+    setup = SeedSetup(
+        seeds=(3,),
+        image_size=64,
+        batch_size=8,
+        epochs=2,
+        data=tmp_path / "weave",
+        runs=("authors", "ours-authors-order"),
+    )
+    result = spread_over_seeds(authors, setup, log=lambda *_: None)
+    assert result["authors_order_batches_identical"] == {"3": True}
+    theirs, ours = result["per_seed"]["authors"]["3"], result["per_seed"]["ours-authors-order"]["3"]
+    assert ours["p_auroc"] == pytest.approx(theirs["p_auroc"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_every_speed_change_can_be_switched_off(authors, magnetic_tile_dir):
+    """The 'exact' variant (fused AdamW, fused encoder copy, custom conv backward and FFN algebra
+    all switched back) steps as ours does; no extra BatchNorm forward, no skipped step, no SyncBatchNorm."""
+    result = compare(
+        authors,
+        Setup(
+            variant="f", image_size=64, batch_size=8, steps=2, images=8, data=magnetic_tile_dir, ours=("fast", "exact")
+        ),
+        log=lambda *_: None,
+    )
+    checks = result["summary"]["checks"]
+    for name in ("ours", "ours:exact"):
+        assert checks[name]["num_batches_tracked_equal"] and checks[name]["optimizer_steps_equal"]
+        assert checks[name]["sync_batchnorm_modules"] == 0
+    assert result["records"][0]["ours:exact_loss_diff"] < 1e-5 * result["records"][0]["loss_authors"]
