@@ -65,18 +65,22 @@ def measure_category(config: RunConfig, checkpoint_path: Path, dataset: str, cat
     train = open_dataset(job, "train")
     _, holdout = split_holdout(train, config.val_fraction, seed=config.seed)
     holdout = calibration_subset(holdout, config.val_max_images, seed=config.seed).with_augment(False)
-    common = dict(top_ratio=config.top_ratio, batch_size=config.batch_size, device=config.device)
+    tiling = config.tiling()  # a tiled run: maps at each photo's resolution, as the run calibrated
+    common = dict(top_ratio=config.top_ratio, batch_size=config.batch_size, device=config.device, tiling=tiling)
     normal = run_dataset(model, holdout, collect_masks=False, **common)
     stored = checkpoint["thresholds"]
     if not np.allclose(np.sort(normal.scores), stored["normal_scores"], rtol=1e-5, atol=1e-7):
         raise RuntimeError(f"{dataset}/{category}: the rebuilt calibration set is not the one the run used")
     test = run_dataset(model, open_dataset(job, "test"), **common)
-    oracle = evaluate(test.scores, test.labels, anomaly_maps=test.maps, masks=test.masks, aupro_exact=False)
+    valid = test.valid  # photos of different sizes: only their own pixels
+    oracle = evaluate(
+        test.scores, test.labels, anomaly_maps=test.maps, masks=test.masks, aupro_exact=False, valid=valid
+    )
     f1s, values = {}, {}
     for rule in PIXEL_RULES:
         calibration = calibrate_thresholds(
             normal.scores,
-            normal.maps,
+            normal.map_list(),
             image_fpr=config.image_fpr,
             pixel_fpr=config.pixel_fpr,
             source="held-out normal images",
@@ -84,7 +88,7 @@ def measure_category(config: RunConfig, checkpoint_path: Path, dataset: str, cat
             pixel_rule=rule,
         )
         values[rule] = calibration["pixel"]["value"]
-        f1s[rule] = seg_f1(test.maps, test.masks, values[rule])
+        f1s[rule] = seg_f1(test.maps, test.masks, values[rule], valid=valid)
     # the run itself calibrated with the default rule: the same value from the same maps
     if not np.isclose(stored["pixel"]["value"], values[DEFAULT_PIXEL_RULE], rtol=1e-6):
         raise RuntimeError(f"{dataset}/{category}: the default rule differs from the run's own calibration")
@@ -159,7 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile-steps", type=int, default=200, help="training steps for the magnetic tiles")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        help="measure these finished run folders (their config.json and <category>/checkpoint.pt, e.g. tiled runs "
+        "of benchmarks/bench_tiling.py) instead of training",
+    )
     args = parser.parse_args(argv)
+    if args.runs:
+        return measure_runs(args, argv)
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -194,6 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {command}")
     print(f"date: {started}")
     print(f"rules: {', '.join(PIXEL_RULES)}; pixel_fpr {base.pixel_fpr}, seed {base.seed}, backbone {args.backbone}")
+    print("SegF1 per rule (rows, best mean first) and category (columns):")
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"command": command, "date": started, "results": [vars(r) for r in results]}, indent=2) + "\n"
+        )
+    return 0
+
+
+def measure_runs(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The table for finished runs (``--runs``), each measured as it was trained (tiled or not)."""
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    results: list[CategoryResult] = []
+    for run in args.runs:
+        config = RunConfig.from_dict(json.loads((run / "config.json").read_text())).updated(device="cpu")
+        for path in sorted(run.glob("*/checkpoint.pt")):
+            print(f"   measuring {run.name}/{path.parent.name}", flush=True)
+            results.append(measure_category(config, path, run.name, path.parent.name))
+    print()
+    print(f"command: {command}")
+    print(f"date: {started}")
     print("SegF1 per rule (rows, best mean first) and category (columns):")
     print(format_table(results))
     if args.json:

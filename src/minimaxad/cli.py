@@ -212,6 +212,8 @@ def config_from_args(args: argparse.Namespace):
     overrides: dict[str, Any] = {k: getattr(args, k) for k in FIT_KEYS}
     if args.tile_size is not None and args.image_size is None:
         overrides["image_size"] = args.tile_size  # tiles go to the network as they are
+    if args.pixel_fpr is not None and args.pixel_threshold_rule is None:
+        overrides["pixel_threshold_rule"] = "quantile"  # the rule --pixel-fpr is the parameter of
     if args.extra_data:
         extras = []
         for spec in args.extra_data:

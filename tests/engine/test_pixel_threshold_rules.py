@@ -163,3 +163,16 @@ def test_the_command_line_offers_every_rule_and_a_run_records_it(tmp_path):
     state = read_checkpoint(tmp_path / "run" / "weave" / "checkpoint.pt")
     assert state["thresholds"]["pixel"]["method"] == "image_max_median"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pixel_threshold_rule"] == "image_max_median"
+
+
+def test_pixel_fpr_alone_selects_the_quantile_rule():
+    from minimaxad.cli import build_parser, config_from_args
+
+    base = ["fit", "--data", "d", "--output", "o"]
+    assert config_from_args(build_parser().parse_args(base)).pixel_threshold_rule == "image_max_p90"
+    config = config_from_args(build_parser().parse_args(base + ["--pixel-fpr", "0.01"]))
+    assert (config.pixel_threshold_rule, config.pixel_fpr) == ("quantile", 0.01)
+    config = config_from_args(
+        build_parser().parse_args(base + ["--pixel-fpr", "0.01", "--pixel-threshold-rule", "max"])
+    )
+    assert config.pixel_threshold_rule == "max"

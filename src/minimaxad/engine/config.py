@@ -70,7 +70,7 @@ class RunConfig:
     val_max_images: int = 200
     image_fpr: float = 0.01  # target false-positive rate on held-out normal images
     pixel_fpr: float = 0.005
-    pixel_threshold_rule: str = "quantile"  # engine.thresholds.PIXEL_RULES (measured best: docs/metrics.md)
+    pixel_threshold_rule: str = "image_max_p90"  # engine.thresholds.PIXEL_RULES (measured best: docs/metrics.md)
     evaluate: bool = True
     bootstrap: int = 0
     # bookkeeping

@@ -117,9 +117,10 @@ PIXEL_RULES: dict[str, PixelRule] = {
     )
 }
 
-#: The pixel rule of :func:`calibrate_thresholds` unless told otherwise: the best mean SegF1 of the
-#: rules in benchmarks/bench_pixel_thresholds.py (docs/metrics.md), and the rule of earlier runs.
-DEFAULT_PIXEL_RULE = "quantile"
+#: The pixel rule of :func:`calibrate_thresholds` unless told otherwise: the best mean SegF1 over the
+#: small photos and the tiled large ones of benchmarks/bench_pixel_thresholds.py (docs/metrics.md);
+#: runs before 2026-12-03 used "quantile", which lets through a fixed fraction of each photo's pixels.
+DEFAULT_PIXEL_RULE = "image_max_p90"
 
 
 def get_pixel_rule(name: str) -> PixelRule:
