@@ -113,13 +113,29 @@ def no_weights_from_the_internet(monkeypatch):
         monkeypatch.setenv("MINIMAXAD_HUB_URL", "http://127.0.0.1:9")
 
 
-@pytest.fixture
-def single_thread():
+@contextlib.contextmanager
+def one_torch_thread():
     """Tiny runs on shared cores: one PyTorch thread is many times faster than two threads
     that wait for each other (measured 90 s -> 5 s for three 6-step fits under load)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    """One PyTorch thread for a test (see :func:`one_torch_thread`)."""
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """One PyTorch thread for a whole module, e.g. a model trained once by a module fixture."""
+    with one_torch_thread():
+        yield

@@ -49,15 +49,7 @@ def make_tree(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on shared cores
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiled_run(tmp_path_factory, one_thread):
+def tiled_run(tmp_path_factory, single_thread_module):
     from minimaxad.cli import main
 
     base = tmp_path_factory.mktemp("tiled")
@@ -218,7 +210,7 @@ def test_settings_tiling_cannot_combine_with_are_refused():
     assert RunConfig().tiling() is None
 
 
-def test_the_tiled_benchmark_reports_photos_tiles_and_the_stitching_share(tmp_path, one_thread):
+def test_the_tiled_benchmark_reports_photos_tiles_and_the_stitching_share(tmp_path, single_thread):
     from minimaxad.cli import main
 
     output = tmp_path / "bench.json"

@@ -50,17 +50,11 @@ def listing(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on shared cores: one thread is many times faster than two that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")
-def ad2(tmp_path_factory, one_torch_thread):
+def ad2(tmp_path_factory, single_thread_module):
     """The tree and a unified micro model trained on it (thresholds calibrated on validation/good)."""
     from minimaxad.cli import main
 
