@@ -416,6 +416,28 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1)  # fast; the files are temporary test data
 
 
+def _check_generation_arguments(
+    categories: Sequence[str],
+    defects: Sequence[str],
+    counts: tuple[int, int, int],
+    subtle_fraction: float,
+    clear_strength: tuple[float, float],
+) -> None:
+    """The checks both generators make before anything is deleted or written."""
+    unknown = [c for c in categories if c not in _RENDERERS]
+    if unknown:
+        raise ValueError(f"unknown synthetic categories {unknown}; expected some of {', '.join(_RENDERERS)}")
+    bad_defects = [d for d in defects if d not in DEFECT_TYPES]
+    if bad_defects:
+        raise ValueError(f"unknown defects {bad_defects}; expected some of {', '.join(DEFECT_TYPES)}")
+    if min(counts) < 0:
+        raise ValueError("counts must be >= 0")
+    if not 0.0 <= subtle_fraction <= 1.0:
+        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
+    if not 0.0 < clear_strength[0] <= clear_strength[1] <= 1.0:
+        raise ValueError(f"clear_strength must be a range (low, high) with 0 < low <= high <= 1, got {clear_strength}")
+
+
 def generate_synthetic_dataset(
     root: Union[str, Path],
     categories: Sequence[str] = CATEGORIES,
@@ -440,18 +462,11 @@ def generate_synthetic_dataset(
     replaced only with ``overwrite=True`` and only if this function wrote it.
     """
     root = Path(root)
-    unknown = [c for c in categories if c not in _RENDERERS]
-    if unknown:
-        raise ValueError(f"unknown synthetic categories {unknown}; expected some of {', '.join(_RENDERERS)}")
-    bad_defects = [d for d in defects if d not in DEFECT_TYPES]
-    if bad_defects:
-        raise ValueError(f"unknown defects {bad_defects}; expected some of {', '.join(DEFECT_TYPES)}")
-    if min(n_train, n_test_good, n_test_defect) < 0 or image_size < 32:
+    if image_size < 32:
         raise ValueError("counts must be >= 0 and image_size >= 32")
-    if not 0.0 <= subtle_fraction <= 1.0:
-        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
-    if not 0.0 < clear_strength[0] <= clear_strength[1] <= 1.0:
-        raise ValueError(f"clear_strength must be a range (low, high) with 0 < low <= high <= 1, got {clear_strength}")
+    _check_generation_arguments(
+        categories, defects, (n_train, n_test_good, n_test_defect), subtle_fraction, clear_strength
+    )
     _clear_categories(root, categories, overwrite)
     save = _save
     for cat in categories:
@@ -742,18 +757,9 @@ def generate_highres_dataset(
     defect that small nearly vanishes when the photo is resized to the network's input.
     """
     root = Path(root)
-    unknown = [c for c in categories if c not in _RENDERERS]
-    if unknown:
-        raise ValueError(f"unknown synthetic categories {unknown}; expected some of {', '.join(_RENDERERS)}")
-    bad_defects = [d for d in defects if d not in DEFECT_TYPES]
-    if bad_defects:
-        raise ValueError(f"unknown defects {bad_defects}; expected some of {', '.join(DEFECT_TYPES)}")
-    if min(n_train, n_test_good, n_test_defect) < 0:
-        raise ValueError("counts must be >= 0")
-    if not 0.0 <= subtle_fraction <= 1.0:
-        raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}")
-    if not 0.0 < clear_strength[0] <= clear_strength[1] <= 1.0:
-        raise ValueError(f"clear_strength must be a range (low, high) with 0 < low <= high <= 1, got {clear_strength}")
+    _check_generation_arguments(
+        categories, defects, (n_train, n_test_good, n_test_defect), subtle_fraction, clear_strength
+    )
     for cat in categories:  # fail before anything is deleted or written
         _check_highres_arguments(cat, _photo_shape(image_size), defect_size, texture_scale)
     _clear_categories(root, categories, overwrite)
