@@ -174,7 +174,7 @@ def test_an_error_in_our_conversion_is_not_a_bad_image(tmp_path, monkeypatch, er
     save_image(tmp_path / "good.png", (16, 16), 1)
     save_image(tmp_path / "mask.png", (16, 16), 1, mode="L")
 
-    def bug(im):
+    def bug(im, *more):
         raise error("a bug in the conversion")
 
     monkeypatch.setattr(image_io, "to_rgb", bug)
@@ -296,3 +296,51 @@ def test_mask_size_check():
     check_mask_size((100, 50), (200, 100), "m.png")  # same aspect: resized later
     with pytest.raises(BadMaskError, match=r"m\.png: mask is 100x100 but its image is 200x100"):
         check_mask_size((100, 100), (200, 100), "m.png")
+
+
+# --------------------------------------------------------------------------- white level of deep photos
+
+
+def _save16(path, arr):
+    Image.fromarray(np.asarray(arr, dtype=np.uint16)).save(path)
+    return path
+
+
+def test_white_level_scales_a_12_bit_photo_to_the_full_8_bit_range(tmp_path):
+    # a 12-bit camera's photo in a 16-bit file: 4095 is white, not 4095/65535 of white
+    path = _save16(tmp_path / "mono12.png", [[0, 1000, 2048, 4095, 60000]])
+    assert np.asarray(load_image(path, white_level=4095))[0, :, 0].tolist() == [0, 62, 128, 255, 255]
+    assert np.asarray(load_image(path))[0, :, 0].tolist() == [0, 4, 8, 16, 233]  # full range: nearly black
+    arr = np.array([[0, 1000, 2048, 4095, 60000]], np.uint16)  # arrays: the same rule
+    assert np.asarray(load_image(arr, white_level=4095))[0, :, 1].tolist() == [0, 62, 128, 255, 255]
+    rgb8 = np.full((2, 2, 3), 77, np.uint8)  # 8-bit photos are never rescaled
+    assert np.asarray(load_image(rgb8, white_level=4095)).max() == 77
+
+
+def test_measure_white_level_is_the_999th_percentile_of_deep_photos(tmp_path):
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(50, 900, size=(40, 60)) for _ in range(3)]
+    paths = [_save16(tmp_path / f"p{i}.png", a) for i, a in enumerate(photos)]
+    from minimaxad.data.io import WHITE_LEVEL_PERCENTILE, measure_white_level
+
+    expected = np.percentile(np.concatenate([a.ravel() for a in photos]), WHITE_LEVEL_PERCENTILE)
+    assert measure_white_level(paths) == pytest.approx(expected, rel=1e-6)
+    assert 850 < measure_white_level(paths) < 900
+    # 8-bit photos have no white level to measure; nor have all-black ones
+    save_image(tmp_path / "rgb.png", (16, 16), 1)
+    assert measure_white_level([tmp_path / "rgb.png"]) is None
+    assert measure_white_level([_save16(tmp_path / "black.png", np.zeros((4, 4)))]) is None
+    assert measure_white_level([]) is None
+    # an unreadable file is skipped (the dataset check reports it), the others still count
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    assert measure_white_level([tmp_path / "broken.png", *paths]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_measure_white_level_reads_a_sample_of_many_photos(tmp_path):
+    from minimaxad.data.io import measure_white_level
+
+    paths = [_save16(tmp_path / f"p{i:02d}.png", np.full((4, 4), 100 * (i + 1))) for i in range(20)]
+    # 5 evenly spaced photos (the first, the last and three between): their values only
+    assert measure_white_level(paths, max_photos=5) == pytest.approx(
+        np.percentile(np.repeat([100, 600, 1100, 1500, 2000], 16), 99.9)
+    )

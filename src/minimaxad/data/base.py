@@ -229,6 +229,8 @@ class AnomalyDataset(_RecordViews, Dataset):
             common path) or the AeBAD-S dataset's rule, 'relabel-max' / 'relabel-half' (an
             anomalous item whose cropped mask is empty is relabelled normal; see
             :func:`~minimaxad.data.transforms.relabel_cropped_mask`).
+        white_level: photos of more than 8 bits a channel are read with this value as white
+            (see :func:`~minimaxad.data.io.measure_white_level`); None: their type's full range.
     """
 
     def __init__(
@@ -244,12 +246,14 @@ class AnomalyDataset(_RecordViews, Dataset):
         num_threads: Optional[int] = None,
         name: str = "dataset",
         mask_rule: str = "binarise",
+        white_level: Optional[float] = None,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r}; expected 'train' or 'test'")
         if mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule={mask_rule!r}; expected one of {', '.join(MASK_RULES)}")
         self.mask_rule = mask_rule
+        self.white_level = white_level
         self.split = split
         self.name = name
         self.transform = Transform(image_size, crop_size)
@@ -295,7 +299,7 @@ class AnomalyDataset(_RecordViews, Dataset):
     # -- loading
     def _decode(self, index: int) -> tuple[Image.Image, Optional[np.ndarray]]:
         rec = self.records[index]
-        image = load_image(rec.path)
+        image = load_image(rec.path, self.white_level)
         mask = load_mask(rec.mask_path, mode=rec.mask_mode) if rec.mask_path else None
         return image, mask
 

@@ -129,6 +129,7 @@ def build_dataset(
     validate: Union[bool, str] = True,
     num_threads: Optional[int] = None,
     mask_rule: str = "binarise",
+    white_level: Optional[float] = None,
     **options: Any,
 ) -> AnomalyDataset:
     """Open a dataset in one of :func:`list_formats` and check its files.
@@ -148,6 +149,8 @@ def build_dataset(
         validate: True quick check of every file now, 'full' decode all, False none.
         mask_rule: 'binarise' (masks > 0.5), or AeBAD-S's 'relabel-max' / 'relabel-half'
             (see :class:`AnomalyDataset`).
+        white_level: the value read as white in photos of more than 8 bits (a run measures it on
+            its training photos: :func:`~minimaxad.data.io.measure_white_level`); None: full range.
         options: reader options: allow_missing_masks (mvtec, visa, goodsad, aebad, mad,
             realiad, mvtec_ad2, folder), split_file (visa), subset (mad), resolution and json_dir
             (realiad), category (folder: name of a single-category root).
@@ -184,6 +187,7 @@ def build_dataset(
         num_threads=num_threads,
         name=label,
         mask_rule=mask_rule,
+        white_level=white_level,
     )
 
 

@@ -8,6 +8,9 @@ Everything here only *reads*: no file on disk is ever modified.
   anti-aliased edges kept as grey levels (they are resized, then binarised at 0.5, exactly
   like the authors' ``Resize`` + ``ToTensor`` + ``> 0.5``). A file that cannot be a mask
   raises :class:`BadMaskError`.
+* :func:`measure_white_level` finds the value that photos of more than 8 bits reach (the
+  99.9th percentile of their pixels): ``load_image(..., white_level=...)`` reads it as white, so
+  a 12-bit camera's photos in 16-bit files are not read as nearly black.
 * :func:`probe_image` is the quick per-file check of the validation pass: header, size,
   EXIF orientation and a look at the end of PNG/JPEG files for truncation.
 """
@@ -18,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -34,6 +37,9 @@ __all__ = [
     "list_images",
     "load_image",
     "to_rgb",
+    "is_high_depth",
+    "measure_white_level",
+    "WHITE_LEVEL_PERCENTILE",
     "load_mask",
     "mask_to_uint8",
     "probe_image",
@@ -95,10 +101,24 @@ def _sixteen_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
 
 
-def _high_depth_to_l(im: Image.Image) -> Image.Image:
-    """Modes I;16*, I and F -> 8-bit L, scaled (Pillow's own conversion clips 16-bit
-    values at 255, which turns most 16-bit photos white)."""
+def _white_to_uint8(arr: np.ndarray, white_level: float) -> np.ndarray:
+    """Values 0..``white_level`` -> 0..255 (rounded), brighter ones clipped to 255."""
+    scaled = np.nan_to_num(arr.astype(np.float32)) * np.float32(255.0 / white_level)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def is_high_depth(mode: str) -> bool:
+    """A PIL mode of more than 8 bits a channel (I;16*, I, F), which must be scaled to 8 bits."""
+    return mode.startswith("I") or mode == "F"
+
+
+def _high_depth_to_l(im: Image.Image, white_level: Optional[float] = None) -> Image.Image:
+    """Modes I;16*, I and F -> 8-bit L, scaled: ``white_level`` (the dataset's, see
+    :func:`measure_white_level`) becomes 255; without it, the type's full range (16-bit:
+    65535). Pillow's own conversion clips at 255, which turns most 16-bit photos white."""
     arr = np.asarray(im)
+    if white_level is not None:
+        return Image.fromarray(_white_to_uint8(arr, white_level), "L")
     if im.mode.startswith("I;16"):
         return Image.fromarray(_sixteen_bit_to_uint8(arr), "L")
     if im.mode == "F":
@@ -115,25 +135,63 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(np.clip(arr, 0, None) * (255.0 / peak)).astype(np.uint8), "L")
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image, white_level: Optional[float] = None) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Alpha is dropped, as ``Image.convert('RGB')`` does in the
-    authors' pipeline; high bit depths are scaled rather than clipped."""
+    authors' pipeline; high bit depths are scaled (to ``white_level``, see :func:`_high_depth_to_l`)
+    rather than clipped."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I") or im.mode == "F":
-        im = _high_depth_to_l(im)
+    if is_high_depth(im.mode):
+        im = _high_depth_to_l(im, white_level)
     return im.convert("RGB")
 
 
-def _array_to_pil(arr: np.ndarray) -> Image.Image:
+#: the percentile of the pixels of the training photos that :func:`measure_white_level` reads as white
+WHITE_LEVEL_PERCENTILE = 99.9
+
+
+def measure_white_level(paths: Sequence[Union[str, os.PathLike]], max_photos: int = 64) -> Optional[float]:
+    """The white level of photos of more than 8 bits: the :data:`WHITE_LEVEL_PERCENTILE` th
+    percentile of the pixel values of up to ``max_photos`` of ``paths`` (evenly spaced), so that
+    the brightest 0.1 % saturate. A 12-bit camera's photos stored in 16-bit files (values up to
+    4095, or far less for a dark object) then fill the 8-bit range instead of reading as nearly
+    black. None when none of those photos has more than 8 bits (8-bit photos are never scaled),
+    or when they are all black. Unreadable files are skipped (the dataset check reports them)."""
+    paths = list(paths)
+    if not paths:
+        return None
+    count = min(max_photos, len(paths))
+    picks = sorted({round(i * (len(paths) - 1) / max(1, count - 1)) for i in range(count)})
+    samples = []
+    for k in picks:
+        try:
+            with Image.open(paths[k]) as im:
+                if not is_high_depth(im.mode):
+                    continue
+                im.load()
+                values = np.asarray(im).ravel()
+        except (Image.DecompressionBombError, *DECODE_ERRORS):
+            continue
+        step = max(1, values.size // 262_144)  # a quarter million values a photo is plenty for a percentile
+        samples.append(np.nan_to_num(values[::step].astype(np.float64)))
+    if not samples:
+        return None
+    level = float(np.percentile(np.concatenate(samples), WHITE_LEVEL_PERCENTILE))
+    return float(f"{level:.6g}") if level > 0 else None
+
+
+def _array_to_pil(arr: np.ndarray, white_level: Optional[float] = None) -> Image.Image:
     """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> PIL image. uint8 as is; other
-    integer types scaled from their range (uint16 -> /257); floats and bools read as [0, 1]."""
+    integer types scaled from ``white_level``, else their range (uint16 -> /257); floats and
+    bools read as [0, 1]."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ValueError(f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
+    elif white_level is not None and np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+        arr = _white_to_uint8(arr, white_level)
     elif np.issubdtype(arr.dtype, np.floating):
         arr = np.clip(np.round(np.nan_to_num(arr.astype(np.float32)) * 255.0), 0, 255).astype(np.uint8)
     elif arr.dtype == np.uint16:
@@ -148,18 +206,20 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def load_image(src: ImageSource) -> Image.Image:
+def load_image(src: ImageSource, white_level: Optional[float] = None) -> Image.Image:
     """Decode ``src`` (path, PIL image or numpy array) into an upright 8-bit RGB PIL image.
 
-    EXIF orientation is applied (a portrait phone photo stays portrait). Raises
+    EXIF orientation is applied (a portrait phone photo stays portrait). A photo of more than 8
+    bits a channel is scaled so that ``white_level`` (a model's, measured on its training photos by
+    :func:`measure_white_level`) becomes 255; without one, from its type's full range. Raises
     :class:`BadImageError` naming the path when a file cannot be decoded completely; any other
     exception (a ``MemoryError``, a bug) is not a bad file and propagates as it is.
     """
     if isinstance(src, np.ndarray):
-        return to_rgb(_array_to_pil(src))
+        return to_rgb(_array_to_pil(src, white_level), white_level)
     if isinstance(src, Image.Image):
         src.load()
-        return to_rgb(_upright(src))
+        return to_rgb(_upright(src), white_level)
     path = os.fspath(src)
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"image file not found: {path}")
@@ -174,7 +234,7 @@ def load_image(src: ImageSource) -> Image.Image:
             f"cannot decode image {path}: {str(exc) or type(exc).__name__}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
             "file; replace the file, or pass skip_bad_images=True to leave it out with a warning."
         ) from exc
-    return to_rgb(photo)
+    return to_rgb(photo, white_level)
 
 
 # What PIL raises on a malformed file. UnidentifiedImageError is an OSError (Image.open turns its
