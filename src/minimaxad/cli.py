@@ -106,13 +106,20 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="leave unreadable images out with a warning instead of stopping",
     )
+    p.add_argument(
+        "--white-level",
+        type=float,
+        metavar="VALUE",
+        help="photos of more than 8 bits (16-bit PNG/TIFF): the pixel value read as white, e.g. 4095 for a "
+        "12-bit camera (default: measured on the training photos, the 99.9th percentile of their pixels)",
+    )
     p.add_argument("--val-fraction", type=float, help="normal training images held out for thresholds")
     p.add_argument("--image-fpr", type=float, help="target false-positive rate of the image threshold")
     p.add_argument("--pixel-fpr", type=float, help="target false-positive rate of the pixel threshold")
     p.add_argument(
         "--pixel-threshold-rule",
         choices=list(PIXEL_RULE_NAMES),
-        help="how the pixel threshold is chosen from normal photos (default quantile: see docs/metrics.md)",
+        help="how the pixel threshold is chosen from normal photos (default image_max_p90: see docs/metrics.md)",
     )
     p.add_argument("--top-ratio", type=float, help="image score: mean of this fraction of top pixels (0: max)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs of image metrics")
@@ -183,6 +190,7 @@ FIT_KEYS = (
     "workers",
     "cache",
     "skip_bad_images",
+    "white_level",
     "val_fraction",
     "image_fpr",
     "pixel_fpr",

@@ -291,7 +291,7 @@ def test_a_file_that_vanishes_is_skipped_and_said_once(predictor, sources, tmp_p
         if os.path.lexists(gone):
             os.unlink(gone)
 
-    real_stat, real_load = os.stat, watch_module.load_image
+    real_stat, real_load = os.stat, predictor.decode
     if stage == "stat":
 
         def stat(path, *args, **kwargs):
@@ -302,21 +302,21 @@ def test_a_file_that_vanishes_is_skipped_and_said_once(predictor, sources, tmp_p
         monkeypatch.setattr(os, "stat", stat)
     elif stage == "decode":
 
-        def load(path):
-            if Path(path).name == "gone.png":
+        def load(path):  # also decodes the photos themselves (PIL images) before they are scored
+            if isinstance(path, (str, os.PathLike)) and Path(path).name == "gone.png":
                 vanish()
             return real_load(path)
 
-        monkeypatch.setattr(watch_module, "load_image", load)
+        monkeypatch.setattr(predictor, "decode", load)
     elif stage == "restat":
 
         def load(path):
             photo = real_load(path)
-            if Path(path).name == "gone.png":
+            if isinstance(path, (str, os.PathLike)) and Path(path).name == "gone.png":
                 vanish()
             return photo
 
-        monkeypatch.setattr(watch_module, "load_image", load)
+        monkeypatch.setattr(predictor, "decode", load)
     clock = FakeClock()
     messages: list[str] = []
     watcher = FolderWatcher(

@@ -37,6 +37,9 @@ class RunConfig:
     tile_blend: str = "mean"  # overlapping tile maps: mean | distance
     workers: int = 0
     skip_bad_images: bool = False
+    # photos of more than 8 bits a channel (16-bit PNG/TIFF): the value read as white; None: measured
+    # on the training photos (data/io.py measure_white_level), and stays None for 8-bit photos
+    white_level: float | None = None
     # model
     backbone: str = "unireplknet_n"
     encoder_weights: str = "hub"  # path | hub | none

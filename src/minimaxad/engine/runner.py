@@ -109,7 +109,12 @@ def open_dataset(config: RunConfig, split: str, categories: list[str] | None = N
     if config.data is None:
         raise ValueError("no data root given: pass --data ROOT")
     augment = config.augment and split == "train"
-    common = dict(image_size=config.image_size, crop_size=config.crop_size, skip_bad_images=config.skip_bad_images)
+    common = dict(
+        image_size=config.image_size,
+        crop_size=config.crop_size,
+        skip_bad_images=config.skip_bad_images,
+        white_level=config.white_level,
+    )
     # tiled runs cut the decoded photos themselves: a cache of whole photos resized to image_size is of no use
     cache = config.cache and split == "train" and not augment and config.tile_size is None
     kwargs = dict(common, augment=augment, cache=cache)
@@ -148,7 +153,27 @@ def _open_extra(config: RunConfig, extra: dict[str, Any], split: str, categories
         image_size=extra.get("image_size", config.crop_size or config.image_size),
         crop_size=extra.get("crop_size"),
         skip_bad_images=config.skip_bad_images,
+        white_level=config.white_level,
     )
+
+
+def resolve_white_level(config: RunConfig) -> RunConfig:
+    """``config`` with its ``white_level`` measured on the training photos when not given: photos
+    of more than 8 bits are then read with their own range as white, in training, in testing and
+    (through the checkpoint's configuration) in ``predict``/``serve``/``watch``. Unchanged when
+    it is given, or when the training photos are 8-bit."""
+    from minimaxad.data import build_dataset
+    from minimaxad.data.io import measure_white_level
+
+    if config.white_level is not None:
+        if not config.white_level > 0:
+            raise ValueError(f"--white-level {config.white_level:g}: expected a pixel value above 0, e.g. 4095")
+        return config
+    if config.data is None:
+        return config
+    listing = build_dataset(config.format, config.data, "train", categories=config.categories, validate=False)
+    level = measure_white_level([record.path for record in listing.records])
+    return config if level is None else config.updated(white_level=level)
 
 
 @dataclass
@@ -423,6 +448,7 @@ def _fit(
             lambda: resolve_weights_source(get_backbone_spec(config.backbone), config.encoder_weights)
         )
         config = config.updated(encoder_weights=str(resolved))
+    config = resolve_white_level(config)  # before any photo is decoded: training and test read them alike
     if context.is_main:
         config.save(output / "config.json")
     logger = create_logger(config.logger, output, is_main=context.is_main)  # --logger: rank 0 only
@@ -436,6 +462,8 @@ def _fit(
     echo(f"      protocol {run_protocol(config).describe()}")
     if tiling is not None:
         echo(f"      tiling: {tiling.describe()}")
+    if config.white_level is not None:
+        echo(f"      photos of more than 8 bits read with {config.white_level:g} as white")
     if run_protocol(config).name == "aebad-mvtec" and not config.extra_datasets:
         echo(
             "      WARNING: the aebad-mvtec protocol trains on AeBAD-S merged with MVTec AD; without "

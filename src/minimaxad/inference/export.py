@@ -112,12 +112,14 @@ def export_metadata(
         "std": [0.229, 0.224, 0.225],
         "preprocessing": f"RGB, resize to {state['image_size']} (bilinear)"
         + (f", centre crop {state['crop_size']}" if state.get("crop_size") else "")
-        + ", scale to [0, 1], normalise with mean/std",
+        + ", scale to [0, 1] (more than 8 bits: white_level is 1), normalise with mean/std",
         "backbone": state["backbone"],
         "top_ratio": state.get("top_ratio", 0.01),
         "categories": state.get("categories", []),
         # a tiled model's graph maps tiles (unsmoothed); photos are cut and stitched as minimaxad.tiling says
         "tiling": state.get("tiling"),
+        # photos of more than 8 bits: the value read as white (None: the full range of their type)
+        "white_level": (state.get("config") or {}).get("white_level"),
         "map": "tile maps before smoothing: stitch, then smooth" if state.get("tiling") else "smoothed",
         "thresholds": state.get("thresholds") or {},
         "parity_relative_error": parity,

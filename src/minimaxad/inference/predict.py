@@ -98,8 +98,11 @@ class Predictor:
         float32_backend: Backend | None = None,
         categories: Sequence[str] | None = None,
         tiling: Tiling | None = None,
+        white_level: float | None = None,
     ) -> None:
         self.transform = Transform(image_size, crop_size)
+        # photos of more than 8 bits are read as the model's training photos were (None: full range)
+        self.white_level = white_level
         size = self.transform.output_size[0]
         self.tiling = tiling
         if tiling is not None:
@@ -195,6 +198,7 @@ class Predictor:
             backend=backend,
             categories=state.get("categories"),
             tiling=(tiling or TilingOverrides()).apply(checkpoint_tiling(state), state["image_size"]),
+            white_level=(state.get("config") or {}).get("white_level"),
             **threshold_overrides,
         )
 
@@ -245,6 +249,7 @@ class Predictor:
             float32_backend=float32,
             categories=meta.get("categories"),
             tiling=tiled,
+            white_level=meta.get("white_level"),
             **threshold_overrides,
         )
 
@@ -258,9 +263,14 @@ class Predictor:
         """The pixel threshold of the defect masks in force, or None."""
         return self.thresholds.pixel.value
 
+    def decode(self, image: Any) -> Image.Image:
+        """A path, PIL image or array -> the upright 8-bit RGB photo, read as the model's training
+        photos were (:func:`~minimaxad.data.io.load_image` with the model's white level)."""
+        return load_image(image, self.white_level)
+
     def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Paths, PIL images or arrays -> a normalised batch and the original (W, H) sizes."""
-        pil = [load_image(image) for image in images]
+        pil = [self.decode(image) for image in images]
         return torch.stack([self.transform(p) for p in pil]), [p.size for p in pil]
 
     def predict(self, images: Sequence[Any], batch_size: int = 16, category: str | None = None) -> Prediction:
@@ -272,7 +282,7 @@ class Predictor:
             images = [images]
         thresholds = self.thresholds_for(category)
         if self.tiling is not None:
-            photos = [load_image(image) for image in images]
+            photos = [self.decode(image) for image in images]
             maps_list, scores_arr, near = self.run_photos(photos, [thresholds.image.value] * len(photos), batch_size)
             return Prediction(scores_arr, maps_list, thresholds, [p.size for p in photos], near)
         scores, maps, sizes, rechecked = [], [], [], []
@@ -541,7 +551,7 @@ def predict_paths(
     # a tiled model's batches count tiles: photos are read a batch of tiles at a time (bounded memory)
     weight = None if predictor.tiling is None else functools.partial(_tile_count, predictor.tiling)
     for chunk in _chunks(list(zip(files, names)), batch_size, progress, weight):
-        photos, readable = _read_photos(chunk, failed)
+        photos, readable = _read_photos(predictor, chunk, failed)
         if photos:
             tiles_per_batch = len(photos) if predictor.tiling is None else batch_size
             result = predictor.predict(photos, batch_size=tiles_per_batch, category=category)
@@ -594,12 +604,14 @@ def _chunks(
             bar.close()
 
 
-def _read_photos(chunk: list[Named], failed: list[tuple[str, str]]) -> tuple[list[Image.Image], list[Named]]:
+def _read_photos(
+    predictor: Predictor, chunk: list[Named], failed: list[tuple[str, str]]
+) -> tuple[list[Image.Image], list[Named]]:
     """The decodable photos of ``chunk``; the others go to ``failed`` with the reason."""
     photos, readable = [], []
     for path, name in chunk:
         try:
-            photos.append(load_image(path))
+            photos.append(predictor.decode(path))
             readable.append((path, name))
         except (BadImageError, DatasetError, OSError) as exc:
             failed.append((str(path), str(exc).split(". ")[0]))

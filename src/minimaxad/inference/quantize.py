@@ -154,23 +154,28 @@ def _evenly(count: int, available: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, available - 1, count).round()})
 
 
-def _tiles_of(paths: Sequence[str | Path], tiling: Any, count: int) -> torch.Tensor:
+def _tiles_of(paths: Sequence[str | Path], tiling: Any, count: int, white_level: float | None = None) -> torch.Tensor:
     """Up to ``count`` normalised tiles, spread evenly over the photos' tiles."""
     from minimaxad.data.io import load_image
     from minimaxad.data.tiles import PhotoTiler
 
     tiler = PhotoTiler(tiling)
-    tiles = [tiler.cut(load_image(p)).tiles for p in paths]
+    tiles = [tiler.cut(load_image(p, white_level)).tiles for p in paths]
     every = torch.cat(tiles)
     return every[_evenly(count, len(every))]
 
 
 def calibration_from_folder(
-    folder: str | Path, count: int, image_size: int, crop_size: int | None = None, tiling: Any = None
+    folder: str | Path,
+    count: int,
+    image_size: int,
+    crop_size: int | None = None,
+    tiling: Any = None,
+    white_level: float | None = None,
 ) -> torch.Tensor:
     """Up to ``count`` normal images (or, for a tiled model, tiles) of ``folder`` (searched
-    recursively), preprocessed as ``predict`` does: ``(N, 3, S, S)`` float32."""
-    from minimaxad.data.io import is_image_file
+    recursively), preprocessed as ``predict`` does (``white_level``: the model's): ``(N, 3, S, S)`` float32."""
+    from minimaxad.data.io import is_image_file, load_image
     from minimaxad.data.transforms import Transform
 
     folder = Path(folder)
@@ -181,9 +186,9 @@ def calibration_from_folder(
         raise ValueError(f"--calibration-data {folder}: no images found in it (or its subfolders)")
     if tiling is not None:
         # a few photos give many tiles: read only as many photos as could be needed
-        return _tiles_of([paths[i] for i in _evenly(count, len(paths))], tiling, count)
+        return _tiles_of([paths[i] for i in _evenly(count, len(paths))], tiling, count, white_level)
     transform = Transform(image_size, crop_size)
-    return torch.stack([transform(paths[i]) for i in _evenly(count, len(paths))])
+    return torch.stack([transform(load_image(paths[i], white_level)) for i in _evenly(count, len(paths))])
 
 
 def calibration_from_checkpoint(state: dict[str, Any], count: int, tiling: Any = None) -> torch.Tensor:
@@ -212,7 +217,7 @@ def calibration_from_checkpoint(state: dict[str, Any], count: int, tiling: Any =
     tiling = tiling if tiling is not None else checkpoint_tiling(state)
     if tiling is not None:
         paths = [dataset.records[i].path for i in _evenly(count, len(dataset))]
-        return _tiles_of(paths, tiling, count)
+        return _tiles_of(paths, tiling, count, run.white_level)
     return torch.stack([dataset[i]["image"] for i in _evenly(count, len(dataset))])
 
 
@@ -229,7 +234,10 @@ def calibration_images(
     tiling = tiling if tiling is not None else checkpoint_tiling(state)
     unit = "tiles" if tiling is not None else "images"
     if folder is not None:
-        images = calibration_from_folder(folder, count, state["image_size"], state.get("crop_size"), tiling)
+        white_level = (state.get("config") or {}).get("white_level")
+        images = calibration_from_folder(
+            folder, count, state["image_size"], state.get("crop_size"), tiling, white_level
+        )
         return images, f"{len(images)} {unit} of {folder}"
     images = calibration_from_checkpoint(state, count, tiling)
     return images, f"{len(images)} normal training {unit} of {(state.get('config') or {}).get('data')}"

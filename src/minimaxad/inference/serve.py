@@ -178,14 +178,15 @@ def open_upload(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def decode_opened(image: Image.Image) -> Image.Image:
-    """Decode an image from :func:`open_upload` into an upright RGB photo, or :class:`BadImage`."""
+def decode_opened(image: Image.Image, white_level: float | None = None) -> Image.Image:
+    """Decode an image from :func:`open_upload` into an upright RGB photo, or :class:`BadImage`;
+    ``white_level``: the model's, for photos of more than 8 bits (see :func:`load_image`)."""
     try:
         image.load()  # the whole file: truncated uploads fail here
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise BadImage(f"truncated or corrupt {image.format} data ({exc})") from exc
     try:
-        return load_image(image)  # EXIF orientation, any mode -> RGB
+        return load_image(image, white_level)  # EXIF orientation, any mode -> RGB
     except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises on bad EXIF or pixel data
         raise BadImage(f"cannot convert the {image.mode} image to RGB ({exc})") from exc
 
@@ -549,7 +550,7 @@ class InspectionService:
         tensors, sizes, photos, errors = [], [], [], []
         for index, image in enumerate(opened):
             try:
-                photo = decode_opened(image)
+                photo = decode_opened(image, self.predictor.white_level)
             except BadImage as exc:
                 errors.append({"index": index, "name": request.uploads[index][0], "error": str(exc)})
                 continue

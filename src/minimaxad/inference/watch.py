@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterable
 
 from PIL import Image
 
-from minimaxad.data.io import DatasetError, is_image_file, load_image
+from minimaxad.data.io import DatasetError, is_image_file
 from minimaxad.files import atomic_write, check_writable_folder, inside, safe_name
 from minimaxad.inference.predict import MapStyle, Prediction, Predictor
 
@@ -497,7 +497,7 @@ class FolderWatcher:
         for rel, info in files:
             path = self.input_dir / rel
             try:
-                photo = load_image(path)
+                photo = self.predictor.decode(path)
             except (DatasetError, OSError) as exc:  # the file's fault: reported if it lasts
                 try:
                     os.stat(path)
