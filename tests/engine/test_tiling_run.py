@@ -289,7 +289,9 @@ def test_predict_command_reads_photos_a_batch_of_tiles_at_a_time(tiled_run, tmp_
     chunks: list[int] = []
     original = predict_module._read_photos
     monkeypatch.setattr(
-        predict_module, "_read_photos", lambda chunk, failed: (chunks.append(len(chunk)), original(chunk, failed))[1]
+        predict_module,
+        "_read_photos",
+        lambda predictor, chunk, failed: (chunks.append(len(chunk)), original(predictor, chunk, failed))[1],
     )
     argv = ["predict", "--checkpoint", str(checkpoint), str(folder), "--output", str(tmp_path / "p")]
     assert main(argv + ["--batch-size", "9", "--device", "cpu", "--quiet"]) == 0
