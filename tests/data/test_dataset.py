@@ -46,7 +46,7 @@ def test_metadata_does_not_decode(mvtec_root, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("decoded an image")
 
-    monkeypatch.setattr(base, "load_image", boom)
+    monkeypatch.setattr(base, "load_image_and_orientation", boom)
     assert ds.labels.tolist() == [1, 1, 0, 0, 1, 1] * 2
     assert ds.categories == ["bottle", "cable"] and ds.item_categories.count("cable") == 6
     assert ds.indices_of("cable").tolist() == list(range(6, 12))

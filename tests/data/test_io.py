@@ -344,3 +344,59 @@ def test_measure_white_level_reads_a_sample_of_many_photos(tmp_path):
     assert measure_white_level(paths, max_photos=5) == pytest.approx(
         np.percentile(np.repeat([100, 600, 1100, 1500, 2000], 16), 99.9)
     )
+
+
+# --------------------------------------------------------------------------- masks of EXIF-turned photos
+
+
+def _turned_category(root, orientation: int, mask_on: str):
+    """One MVTec category whose defective photo is stored 40x24 (a bright block at rows 4-9,
+    columns 28-35 of the stored pixels) with an EXIF ``orientation``, and its mask drawn on the
+    ``'stored'`` pixels or on the ``'upright'`` photo."""
+    from minimaxad.data.io import _UPRIGHT
+
+    stored = np.full((24, 40, 3), 40, np.uint8)
+    stored[4:10, 28:36] = 250
+    mask = np.zeros((24, 40), np.uint8)
+    mask[4:10, 28:36] = 255
+    if mask_on == "upright":
+        mask = np.asarray(Image.fromarray(mask).transpose(_UPRIGHT[orientation]))
+    for folder in ("train/good", "test/good", "test/dent", "ground_truth/dent"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for path in (root / "train/good/a.jpg", root / "test/good/a.jpg", root / "test/dent/a.jpg"):
+        Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=98)
+    Image.fromarray(mask).save(root / "ground_truth/dent/a_mask.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "orientation, mask_on", [(6, "stored"), (6, "upright"), (8, "stored"), (3, "stored"), (2, "stored"), (1, "stored")]
+)
+def test_the_mask_of_an_exif_turned_photo_covers_its_defect(tmp_path, orientation, mask_on):
+    from minimaxad.data import build_dataset
+
+    root = _turned_category(tmp_path / "cat", orientation, mask_on)
+    test = build_dataset("mvtec", root, "test", image_size=32)  # the check accepts either grid
+    (index,) = [i for i, r in enumerate(test.records) if r.label == 1]
+    photo, mask = test.decode(index)
+    assert mask.shape == (photo.size[1], photo.size[0])  # on the upright photo's grid
+    bright = np.asarray(photo)[..., 0] > 150
+    assert bright.sum() == (mask > 127).sum() == 48 and np.array_equal(bright, mask > 127)
+    item = test[index]  # and after the resize: the defect's pixels are the bright ones
+    defect = item["mask"][0] > 0.5
+    assert item["image"][0][defect].mean() > 1.5 and item["image"][0][~defect].mean() < -1.0
+
+
+def test_mask_to_photo_grid_keeps_an_upright_mask_and_turns_a_stored_one():
+    from minimaxad.data.io import mask_to_photo_grid
+
+    stored = np.zeros((3, 5), np.uint8)
+    stored[0, 4] = 255  # top right of the stored pixels
+    # orientation 6: stored 5x3 (w x h) shows as 3x5; its top-right pixel lands bottom right
+    turned = mask_to_photo_grid(stored, (3, 5), 6)
+    assert turned.shape == (5, 3) and turned[4, 2] == 255 and turned.sum() == 255
+    assert mask_to_photo_grid(turned, (3, 5), 6) is turned  # fits only the upright photo: kept
+    assert mask_to_photo_grid(stored, (5, 3), 1) is stored  # no orientation
+    assert mask_to_photo_grid(stored, (5, 3), 3)[2, 0] == 255  # 180 degrees: stored pixels assumed

@@ -35,8 +35,9 @@ from minimaxad.data.io import (
     BadMaskError,
     DatasetError,
     check_mask_size,
-    load_image,
+    load_image_and_orientation,
     load_mask,
+    mask_to_photo_grid,
     probe_image,
 )
 from minimaxad.data.transforms import MASK_RULES, RandomResizedCropFlip, Size, Transform, relabel_cropped_mask
@@ -91,7 +92,7 @@ def _check_record(rec: Record, full: bool) -> Optional[str]:
         return None
     try:
         mask = load_mask(rec.mask_path, mode=rec.mask_mode)  # masks are small: always decode
-        check_mask_size((mask.shape[1], mask.shape[0]), info.size, rec.mask_path)
+        check_mask_size((mask.shape[1], mask.shape[0]), info.size, rec.mask_path, info.orientation)
     except DatasetError as exc:
         return f"bad mask of {rec.path}: {exc}"
     return None
@@ -299,8 +300,10 @@ class AnomalyDataset(_RecordViews, Dataset):
     # -- loading
     def _decode(self, index: int) -> tuple[Image.Image, Optional[np.ndarray]]:
         rec = self.records[index]
-        image = load_image(rec.path, self.white_level)
+        image, orientation = load_image_and_orientation(rec.path, self.white_level)
         mask = load_mask(rec.mask_path, mode=rec.mask_mode) if rec.mask_path else None
+        if mask is not None and orientation != 1:  # the mask onto the upright photo's pixels
+            mask = mask_to_photo_grid(mask, image.size, orientation)
         return image, mask
 
     def decode(self, index: int) -> tuple[Image.Image, Optional[np.ndarray]]:

@@ -36,6 +36,8 @@ __all__ = [
     "is_image_file",
     "list_images",
     "load_image",
+    "load_image_and_orientation",
+    "mask_to_photo_grid",
     "to_rgb",
     "is_high_depth",
     "measure_white_level",
@@ -215,18 +217,24 @@ def load_image(src: ImageSource, white_level: Optional[float] = None) -> Image.I
     :class:`BadImageError` naming the path when a file cannot be decoded completely; any other
     exception (a ``MemoryError``, a bug) is not a bad file and propagates as it is.
     """
+    return load_image_and_orientation(src, white_level)[0]
+
+
+def load_image_and_orientation(src: ImageSource, white_level: Optional[float] = None) -> tuple[Image.Image, int]:
+    """:func:`load_image`, and the EXIF orientation it applied (1: none; see :func:`mask_to_photo_grid`)."""
     if isinstance(src, np.ndarray):
-        return to_rgb(_array_to_pil(src, white_level), white_level)
+        return to_rgb(_array_to_pil(src, white_level), white_level), 1
     if isinstance(src, Image.Image):
         src.load()
-        return to_rgb(_upright(src), white_level)
+        photo, orientation = _upright(src)
+        return to_rgb(photo, white_level), orientation
     path = os.fspath(src)
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"image file not found: {path}")
     try:  # PIL's calls only: what they raise on bad data is a bad file; our conversion stays outside
         with Image.open(path) as im:
             im.load()  # decode fully now: truncated files fail here, not in the network
-            photo = _upright(im)
+            photo, orientation = _upright(im)
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"cannot decode image {path}: {_bomb_reason(exc)}") from exc
     except DECODE_ERRORS as exc:
@@ -234,7 +242,7 @@ def load_image(src: ImageSource, white_level: Optional[float] = None) -> Image.I
             f"cannot decode image {path}: {str(exc) or type(exc).__name__}. Expected a complete PNG/JPEG/BMP/TIFF/WebP "
             "file; replace the file, or pass skip_bad_images=True to leave it out with a warning."
         ) from exc
-    return to_rgb(photo, white_level)
+    return to_rgb(photo, white_level), orientation
 
 
 # What PIL raises on a malformed file. UnidentifiedImageError is an OSError (Image.open turns its
@@ -259,8 +267,9 @@ _UPRIGHT = {
 _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
-def _upright(im: Image.Image) -> Image.Image:
-    """A new image: the decoded ``im`` turned as its EXIF orientation says. Like
+def _upright(im: Image.Image) -> tuple[Image.Image, int]:
+    """A new image: the decoded ``im`` turned as its EXIF orientation says, and that orientation
+    (1 when it was not turned). Like
     ``ImageOps.exif_transpose``, but a turned image drops its metadata (so that it is never
     turned twice) instead of re-encoding the rest of the EXIF block: PIL's EXIF writer raises
     TypeError, AttributeError or struct.error on damaged EXIF values of an otherwise good photo.
@@ -268,11 +277,41 @@ def _upright(im: Image.Image) -> Image.Image:
     orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
     method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     if method is None:
-        return im.copy()
+        return im.copy(), 1
     turned = im.transpose(method)
     for key in _ORIENTATION_KEYS:
         turned.info.pop(key, None)
-    return turned
+    return turned, orientation
+
+
+#: EXIF orientations that swap a photo's width and height
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def _same_view(size_a: tuple[int, int], size_b: tuple[int, int]) -> bool:
+    """Two (width, height) sizes of one field of view: equal aspect ratios (see check_mask_size)."""
+    ratio_a, ratio_b = size_a[0] / size_a[1], size_b[0] / size_b[1]
+    return abs(ratio_a - ratio_b) / ratio_b <= _MAX_ASPECT_MISMATCH
+
+
+def mask_to_photo_grid(mask: np.ndarray, photo_size: tuple[int, int], orientation: int) -> np.ndarray:
+    """A (H, W) mask of a photo that :func:`load_image` turned upright by its EXIF ``orientation``,
+    on the upright photo's pixel grid (``photo_size``: its (width, height)).
+
+    A mask carries no orientation of its own. One whose shape fits only the upright photo was drawn
+    on it (LabelMe, CVAT and OpenCV show photos upright) and is kept; any other was drawn on the
+    stored pixels, as every PIL-based pipeline reads the photo (the authors' scripts, anomalib),
+    and is turned with the photo. Only a turn by 90 degrees of a photo that is not square tells the
+    two apart; otherwise the stored pixels are assumed, the convention of anomaly-detection sets."""
+    method = _UPRIGHT.get(orientation)
+    if method is None:
+        return mask
+    height, width = mask.shape
+    if orientation in _SWAPS_AXES and _same_view((width, height), photo_size):
+        stored_size = (photo_size[1], photo_size[0])
+        if not _same_view((width, height), stored_size):
+            return mask
+    return np.ascontiguousarray(np.asarray(Image.fromarray(mask).transpose(method)))
 
 
 def _bomb_reason(exc: Exception) -> str:
@@ -366,7 +405,7 @@ def load_mask(path: Union[str, os.PathLike], mode: str = "auto") -> np.ndarray:
     try:  # PIL's calls only, as in load_image
         with Image.open(path) as im:
             im.load()
-            mask = _upright(im)
+            mask, _ = _upright(im)
     except Image.DecompressionBombError as exc:
         raise BadMaskError(f"cannot decode mask {path}: {_bomb_reason(exc)}") from exc
     except DECODE_ERRORS as exc:
@@ -387,6 +426,7 @@ class ImageInfo:
     format: str
     mode: str
     size: tuple[int, int]  # (width, height)
+    orientation: int = 1  # the EXIF orientation turned (1: none)
 
 
 _PNG_END = b"IEND\xaeB`\x82"
@@ -432,16 +472,19 @@ def probe_image(path: Union[str, os.PathLike], full: bool = False) -> ImageInfo:
     except DECODE_ERRORS as exc:
         reason = str(exc).replace(repr(path), "file").replace(path, "file")  # path said once
         raise BadImageError(f"{path}: {reason}") from exc
-    if orientation in (5, 6, 7, 8):
+    orientation = orientation if isinstance(orientation, int) and orientation in _UPRIGHT else 1
+    if orientation in _SWAPS_AXES:
         w, h = h, w
-    return ImageInfo(path=path, format=fmt, mode=mode, size=(w, h))
+    return ImageInfo(path=path, format=fmt, mode=mode, size=(w, h), orientation=orientation)
 
 
-def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int], where: str) -> None:
+def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int], where: str, orientation: int = 1) -> None:
     """A mask of another size than its image is fine (it is resized with it) as long as the
-    aspect ratios agree; otherwise it belongs to another image. Sizes are (width, height)."""
+    aspect ratios agree; otherwise it belongs to another image. Sizes are (width, height); a photo
+    turned upright by its EXIF ``orientation`` may also have a mask of its stored pixels (see
+    :func:`mask_to_photo_grid`)."""
     (mw, mh), (iw, ih) = mask_size, image_size
-    if (mw, mh) == (iw, ih):
+    if (mw, mh) == (iw, ih) or (orientation in _SWAPS_AXES and _same_view((mw, mh), (ih, iw))):
         return
     ratio_m, ratio_i = mw / mh, iw / ih
     if abs(ratio_m - ratio_i) / ratio_i > _MAX_ASPECT_MISMATCH:
