@@ -17,6 +17,7 @@ from minimaxad.data.io import WHITE_LEVEL_PERCENTILE
 from minimaxad.engine.checkpoint import read_checkpoint
 from minimaxad.inference.export import export_metadata
 from minimaxad.inference.predict import Predictor
+from minimaxad.inference.serve import decode_opened, open_upload
 
 from .conftest import TINY
 
@@ -58,6 +59,8 @@ def test_fit_measures_the_white_level_and_every_path_reads_photos_alike(deep_roo
     decoded = np.asarray(predictor.decode(test_set.records[0].path))
     assert np.array_equal(decoded, np.asarray(photo))
     assert decoded.max() >= 200 and np.asarray(build_dataset("mvtec", deep_root, "test").decode(0)[0]).max() <= 3
+    uploaded = open_upload(Path(test_set.records[0].path).read_bytes(), 10**8)  # the HTTP service's path
+    assert np.array_equal(np.asarray(decode_opened(uploaded, predictor.white_level)), decoded)
 
     # predict scores a photo exactly as test does
     tested = tmp_path / "test"
