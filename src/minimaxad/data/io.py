@@ -484,11 +484,9 @@ def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int], whe
     turned upright by its EXIF ``orientation`` may also have a mask of its stored pixels (see
     :func:`mask_to_photo_grid`)."""
     (mw, mh), (iw, ih) = mask_size, image_size
-    if (mw, mh) == (iw, ih) or (orientation in _SWAPS_AXES and _same_view((mw, mh), (ih, iw))):
+    if _same_view((mw, mh), (iw, ih)) or (orientation in _SWAPS_AXES and _same_view((mw, mh), (ih, iw))):
         return
-    ratio_m, ratio_i = mw / mh, iw / ih
-    if abs(ratio_m - ratio_i) / ratio_i > _MAX_ASPECT_MISMATCH:
-        raise BadMaskError(
-            f"{where}: mask is {mw}x{mh} but its image is {iw}x{ih}; a mask must cover the "
-            "same field of view (same aspect ratio). Is it the mask of another image?"
-        )
+    raise BadMaskError(
+        f"{where}: mask is {mw}x{mh} but its image is {iw}x{ih}; a mask must cover the "
+        "same field of view (same aspect ratio). Is it the mask of another image?"
+    )
