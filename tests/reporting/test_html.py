@@ -342,3 +342,14 @@ def test_renders_in_headless_chromium(report, tmp_path: Path) -> None:
         assert im.size[0] >= 1000 and np.asarray(im.convert("L")).std() > 10
     if os.environ.get("MINIMAXAD_REPORT_SCREENSHOT"):  # keep a copy to look at
         shutil.copy(shot, os.environ["MINIMAXAD_REPORT_SCREENSHOT"])
+
+
+def test_a_deep_photo_is_shown_as_the_model_read_it(tmp_path):
+    from minimaxad.reporting.html import _load_photo
+
+    path = tmp_path / "mono12.png"
+    Image.fromarray(np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))).save(path)
+    item = ReportItem(str(path), "part", 0, 0.1, np.zeros((8, 8), np.float32))
+    shown, size, error = _load_photo(item, 32, white_level=4095)
+    assert error is None and size == (64, 16) and np.asarray(shown).max() >= 240
+    assert np.asarray(_load_photo(item, 32)[0]).max() <= 16  # the full 16-bit scale: nearly black

@@ -120,6 +120,7 @@ def write_report(
         alpha=alpha,
         side=int(thumb_size),
         jpeg_quality=jpeg_quality,
+        white_level=(config or {}).get("white_level"),  # deep photos shown as the model read them
     )
     has_thr = any(inf["thr"] is not None for inf in infos)
     sections = [
@@ -679,6 +680,7 @@ def _gallery_section(
     alpha: float,
     side: int,
     jpeg_quality: int,
+    white_level: float | None = None,
 ) -> str:
     """The gallery: how it is ordered, the colour bar of the common heatmap range, the rows."""
     has_thr = any(inf["thr"] is not None for inf in infos)
@@ -696,6 +698,7 @@ def _gallery_section(
             pixel_thr=_thr_for(pixel_threshold, str(items[i].category)),
             show_pred=show_pred,
             jpeg_quality=jpeg_quality,
+            white_level=white_level,
         )
         for rank, i in enumerate(shown, 1)
     ]
@@ -755,12 +758,13 @@ def _render_item(
     pixel_thr: float | None,
     show_pred: bool,
     jpeg_quality: int,
+    white_level: float | None = None,
 ) -> str:
     """One gallery row: photo, heatmap overlay, ground truth, predicted mask (if asked) and details.
     A picture that cannot be made becomes a placeholder saying why; the row is always written."""
     cls, badge, why = _OUTCOME[info["outcome"]]
     name = os.path.basename(str(it.path)) or str(it.path)
-    photo, orig_size, err = _load_photo(it, side)
+    photo, orig_size, err = _load_photo(it, side, white_level)
     try:
         amap = _as_2d(it.anomaly_map)
         map_ok = amap.size > 0
@@ -843,8 +847,11 @@ def _render_item(
     )
 
 
-def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
-    """Return (thumbnail RGB, original size, error)."""
+def _load_photo(
+    item: ReportItem, side: int, white_level: float | None = None
+) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
+    """Return (thumbnail RGB, original size, error); photos of more than 8 bits are scaled to
+    ``white_level`` (the model's), as the model read them."""
     try:
         if item.image is not None:
             im = item.image
@@ -864,7 +871,7 @@ def _load_photo(item: ReportItem, side: int) -> tuple[Image.Image | None, tuple[
                     im.draft("RGB", (side, side))  # fast JPEG decoding at reduced scale
                 except Exception:
                     pass
-                thumb = to_rgb(ImageOps.exif_transpose(im))
+                thumb = to_rgb(ImageOps.exif_transpose(im), white_level)
         if thumb is item.image:
             thumb = thumb.copy()
         thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
